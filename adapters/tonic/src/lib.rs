@@ -1,0 +1,2 @@
+//! tonic binding for pickwise (work in progress).
+pub use pickwise;

@@ -1,0 +1,44 @@
+//! # pickwise
+//!
+//! The algorithm core of a client-side load balancer: a consistent-hash ring compatible with Envoy
+//! and grpc-go, and a power-of-two-choices picker whose load lives in atomics.
+//!
+//! **Sans-IO.** This crate reads no clock, draws no randomness of its own, starts no thread and does
+//! no I/O: callers pass `now` and random numbers in. It is `#![no_std]`; feature `alloc` adds owned
+//! rings, `std` (default) implies `alloc`. Adapters such as `pickwise-tonic` bind it to real traffic.
+//!
+//! - [`ring`]: [`Ring`], [`FixedRing`], [`RingView`]: build, look up, walk to the next ready endpoint,
+//!   measure disruption.
+//! - [`hash`]: request-key hashing (XXH64 as Envoy/grpc-go, gRFC A76 joined values, XXH3).
+//!
+//! # Examples
+//!
+//! ```
+//! use pickwise::{hash, Ring, RingConfig};
+//!
+//! let ring = Ring::build(&[("a:80", 1), ("b:80", 1), ("c:80", 1)], &RingConfig::grpc()).unwrap();
+//! let owner = ring.lookup(hash::xxh64(b"session-7")).unwrap();
+//! // Skip endpoints that are not ready: walk clockwise to the next one that is.
+//! let ready = [true, false, true];
+//! let chosen = ring.find(hash::xxh64(b"session-7"), |e| ready[e as usize]).unwrap();
+//! assert!(ready[chosen as usize]);
+//! # let _ = owner;
+//! ```
+#![no_std]
+#![forbid(unsafe_code)]
+#![deny(missing_docs)]
+#![cfg_attr(docsrs, feature(doc_cfg))]
+
+#[cfg(feature = "alloc")]
+extern crate alloc;
+#[cfg(any(test, feature = "std"))]
+extern crate std;
+
+mod error;
+pub mod hash;
+pub mod ring;
+
+pub use error::RingError;
+#[cfg(feature = "alloc")]
+pub use ring::Ring;
+pub use ring::{FixedRing, Mode, RingConfig, RingView, MAX_RING_SIZE};
