@@ -42,3 +42,8 @@ pub use error::RingError;
 #[cfg(feature = "alloc")]
 pub use ring::Ring;
 pub use ring::{FixedRing, Mode, RingConfig, RingView, MAX_RING_SIZE};
+
+/// The README's examples, compiled and run as doctests.
+#[doc = include_str!("../../README.md")]
+#[cfg(doctest)]
+pub struct ReadmeDoctests;

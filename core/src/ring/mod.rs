@@ -11,6 +11,8 @@
 //!   weights normalized to fractions, `scale = min(ceil(min_w * min_ring_size) / min_w,
 //!   max_ring_size)`, and for each endpoint points `xxh64("<key>_<i>")` while a running total stays
 //!   below `scale * w` summed so far. Envoy walks endpoints in the order given, grpc-go sorted by key.
+//!   Like theirs, the running total is an `f64`, so rounding can add one point past
+//!   `max_ring_size` (the exact ring those systems build).
 //!   The ring size depends on the whole endpoint set, so a membership change can move keys between
 //!   surviving endpoints too (as in those systems).
 //! - [`Mode::Native`] gives every endpoint exactly `weight * points_per_weight` points derived from

@@ -1,0 +1,72 @@
+//! The `route` example as users run it: Envoy's `Basic` golden vector, and exit code 2 on bad input.
+
+use std::path::PathBuf;
+use std::process::Command;
+
+/// `cargo test` builds examples next to the test binaries' `deps/` directory.
+fn route() -> Command {
+    let exe = std::env::current_exe().unwrap();
+    let dir: PathBuf = exe.parent().unwrap().parent().unwrap().join("examples");
+    Command::new(dir.join(format!("route{}", std::env::consts::EXE_SUFFIX)))
+}
+
+const BASIC: [&str; 6] = [
+    "127.0.0.1:90",
+    "127.0.0.1:91",
+    "127.0.0.1:92",
+    "127.0.0.1:93",
+    "127.0.0.1:94",
+    "127.0.0.1:95",
+];
+
+#[test]
+fn envoy_basic_via_route() {
+    let out = route()
+        .args(["--mode", "envoy", "--min-ring-size", "12", "--dump"])
+        .args(["--hash", "3551244743356806947", "--hash", "3551244743356806948"])
+        .args(BASIC)
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let text = String::from_utf8(out.stdout).unwrap();
+    let lines: Vec<&str> = text.lines().collect();
+    assert_eq!(lines.len(), 14);
+    assert_eq!(lines[0], "833437586790550860 127.0.0.1:94");
+    assert_eq!(lines[1], "928266305478181108 127.0.0.1:92");
+    assert_eq!(lines[2], "1033482794131418490 127.0.0.1:90");
+    assert_eq!(lines[12], "3551244743356806947 127.0.0.1:95");
+    assert_eq!(lines[13], "3551244743356806948 127.0.0.1:93");
+}
+
+#[test]
+fn keys_are_hashed_like_the_mode() {
+    let out = route()
+        .args(["--mode", "grpc", "--key", "127.0.0.1:93_0"])
+        .args(BASIC)
+        .output()
+        .unwrap();
+    let text = String::from_utf8(out.stdout).unwrap();
+    assert_eq!(
+        text,
+        format!("{} 127.0.0.1:93\n", pickwise::hash::xxh64(b"127.0.0.1:93_0"))
+    );
+}
+
+#[test]
+fn bad_arguments_exit_2_with_one_line() {
+    for args in [
+        &["--mode", "bogus", "a"][..],
+        &["a=notanumber"],
+        &["--hash", "-1", "a"],
+        &["--min-ring-size"],
+        &[],
+        &["a", "a"],
+        &["--min-ring-size", "10", "--max-ring-size", "5", "a"],
+        &["--wat", "a"],
+    ] {
+        let out = route().args(args).output().unwrap();
+        assert_eq!(out.status.code(), Some(2), "{args:?}");
+        let err = String::from_utf8(out.stderr).unwrap();
+        assert_eq!(err.lines().count(), 1, "{args:?}: {err}");
+    }
+}
