@@ -10,6 +10,15 @@
 //! - [`ring`]: [`Ring`], [`FixedRing`], [`RingView`]: build, look up, walk to the next ready endpoint,
 //!   measure disruption.
 //! - [`hash`]: request-key hashing (XXH64 as Envoy/grpc-go, gRFC A76 joined values, XXH3).
+//! - [`p2c`]: [`P2c`], power of two choices over [`EndpointState`]s (atomics, padded to a cache
+//!   line); [`InFlight`] guards release their slot on drop.
+//! - [`pool`]: [`Pool`]: cost [`Policy`] (least-request, peak-EWMA, go-zero) and passive outlier
+//!   detection ([`OutlierConfig`], Envoy defaults).
+//! - [`hashing`]: [`RingPicker`]: ring picks that skip unavailable endpoints, bounded load
+//!   (Envoy `hash_balance_factor`) and pickwise's affinity-with-load.
+//!
+//! Time is the caller's monotonic clock in nanoseconds, passed as `now: u64`; it must not go
+//! backwards by more than the intervals involved (a backwards step only shortens elapsed time to 0).
 //!
 //! # Examples
 //!
@@ -34,14 +43,26 @@ extern crate alloc;
 #[cfg(any(test, feature = "std"))]
 extern crate std;
 
+mod endpoint;
 mod error;
 pub mod hash;
+pub mod hashing;
+mod math;
+pub mod p2c;
+pub mod pool;
 pub mod ring;
+mod rng;
+mod sync;
 
+pub use endpoint::{Completion, EndpointState, InFlight, Outcome};
 pub use error::RingError;
+pub use hashing::{HashPolicy, RingPicker};
+pub use p2c::{P2c, PickError};
+pub use pool::{OutlierConfig, Policy, Pool, PoolConfig};
 #[cfg(feature = "alloc")]
 pub use ring::Ring;
 pub use ring::{FixedRing, Mode, RingConfig, RingView, MAX_RING_SIZE};
+pub use rng::{Rng, SplitMix64};
 
 /// The README's examples, compiled and run as doctests.
 #[doc = include_str!("../../README.md")]

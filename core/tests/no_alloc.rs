@@ -1,0 +1,92 @@
+//! The pick path allocates nothing: a counting global allocator watches picks, guards,
+//! completions and ring lookups.
+
+// A global allocator can only be written with `unsafe`; the library itself forbids it.
+#![allow(unsafe_code)]
+
+use std::alloc::{GlobalAlloc, Layout, System};
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+use pickwise::{
+    hash, hashing::total_weight, EndpointState, HashPolicy, InFlight, Outcome, P2c, Policy, Pool, PoolConfig,
+    Ring, RingConfig, RingPicker, SplitMix64,
+};
+
+struct Counting;
+
+static ALLOCS: AtomicUsize = AtomicUsize::new(0);
+
+// SAFETY: forwards every call unchanged to the system allocator; only counts allocations.
+unsafe impl GlobalAlloc for Counting {
+    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
+        ALLOCS.fetch_add(1, Ordering::SeqCst);
+        unsafe { System.alloc(layout) }
+    }
+    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
+        unsafe { System.dealloc(ptr, layout) }
+    }
+}
+
+#[global_allocator]
+static GLOBAL: Counting = Counting;
+
+#[test]
+fn picks_completions_and_lookups_allocate_nothing() {
+    let states: Vec<EndpointState> = (0..1000).map(|i| EndpointState::new(1 + i % 3)).collect();
+    let hosts: Vec<(String, u32)> = (0..1000)
+        .map(|i| (format!("10.0.{}.{}:80", i / 256, i % 256), 1))
+        .collect();
+    let ring = Ring::build(&hosts, &RingConfig::native(100)).unwrap();
+    let tw = total_weight(&states);
+    let keys: Vec<[u8; 16]> = (0..64u64)
+        .map(|i| {
+            (i * 0x9e37_79b9_7f4a_7c15)
+                .to_le_bytes()
+                .repeat(2)
+                .try_into()
+                .unwrap()
+        })
+        .collect();
+    for policy in [Policy::LeastRequest, Policy::PeakEwma, Policy::GoZero] {
+        let pool = Pool::new(PoolConfig {
+            policy,
+            track_total: true,
+            ..Default::default()
+        });
+        pool.set_endpoints(states.len());
+        let mut rng = SplitMix64::new(9);
+        let before = ALLOCS.load(Ordering::SeqCst);
+        let mut now = 0u64;
+        for round in 0..10_000u64 {
+            now += 1_000;
+            let i = P2c::new(&states, &pool).pick(now, &mut rng).unwrap();
+            let g = InFlight::start(&states[i], &pool, now);
+            if round % 3 == 0 {
+                drop(g); // cancelled
+            } else {
+                let _ = g.complete(
+                    now + 500_000,
+                    if round % 7 == 0 {
+                        Outcome::Failure
+                    } else {
+                        Outcome::Success
+                    },
+                );
+            }
+            let key = &keys[(round % 64) as usize];
+            let _ = ring.lookup(hash::native(key));
+            let picker = RingPicker::new(ring.view(), &states, &pool, tw);
+            for p in [
+                HashPolicy::Plain,
+                HashPolicy::Bounded { factor_percent: 125 },
+                HashPolicy::Affinity { ratio: 2.0 },
+            ] {
+                let j = picker.pick(now, hash::native(key), p).unwrap();
+                drop(InFlight::start(&states[j], &pool, now));
+            }
+        }
+        pool.sweep(now, &states);
+        assert_eq!(ALLOCS.load(Ordering::SeqCst) - before, 0, "{policy:?} allocated");
+    }
+    assert!(states.iter().all(|e| e.in_flight() == 0));
+}
