@@ -1,4 +1,5 @@
-//! Atomic facade: `core`'s atomics, or `portable-atomic`'s with the `portable-atomic` feature.
+//! Atomic facade: `core`'s atomics, or `portable-atomic`'s with the `portable-atomic` feature
+//! (for targets without compare-and-swap, e.g. `thumbv6m`, with portable-atomic's own cfgs).
 //!
 //! All load state is 32-bit so the core runs on targets without 64-bit atomics
 //! (`thumbv7em-none-eabihf`). Statistics counters are 64-bit where the target has 64-bit atomics
@@ -11,10 +12,10 @@ pub(crate) use portable_atomic::{AtomicU32, Ordering};
 
 #[cfg(all(not(feature = "portable-atomic"), target_has_atomic = "64"))]
 pub(crate) type Counter = core::sync::atomic::AtomicU64;
-#[cfg(feature = "portable-atomic")]
+#[cfg(all(feature = "portable-atomic", target_has_atomic = "64"))]
 pub(crate) type Counter = portable_atomic::AtomicU64;
-#[cfg(all(not(feature = "portable-atomic"), not(target_has_atomic = "64")))]
-pub(crate) type Counter = core::sync::atomic::AtomicU32;
+#[cfg(not(target_has_atomic = "64"))]
+pub(crate) type Counter = AtomicU32;
 
 /// Reads a statistics counter as `u64`.
 #[inline]

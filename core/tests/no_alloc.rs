@@ -40,7 +40,7 @@ fn picks_completions_and_lookups_allocate_nothing() {
     let tw = total_weight(&states);
     let keys: Vec<[u8; 16]> = (0..64u64)
         .map(|i| {
-            (i * 0x9e37_79b9_7f4a_7c15)
+            i.wrapping_mul(0x9e37_79b9_7f4a_7c15)
                 .to_le_bytes()
                 .repeat(2)
                 .try_into()
