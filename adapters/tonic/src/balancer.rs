@@ -1,0 +1,374 @@
+//! The balancer task (grpc's balancer): owns the endpoints and their connection tasks, applies
+//! discovery changes, and publishes an immutable picker [`Snapshot`] whenever membership or
+//! readiness changes.
+
+use std::borrow::Borrow;
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use arc_swap::ArcSwap;
+use pickwise::{hashing, EndpointState, Pool, Ring};
+use tokio::sync::{mpsc, oneshot, watch};
+use tokio::task::JoinHandle;
+use tokio::time::Instant;
+use tokio_stream::StreamExt;
+use tonic::transport::Channel;
+
+use crate::config::{Config, LbPolicy};
+use crate::discover::{BoxDiscover, Change};
+use crate::error::NoEndpoint;
+use crate::subchannel::{self, ConnectivityState, Subchannel};
+use crate::BalancedChannel;
+
+/// State shared by the balancer task and every request.
+#[derive(Debug)]
+pub(crate) struct Shared {
+    pub(crate) snapshot: ArcSwap<Snapshot>,
+    pub(crate) version: watch::Sender<u64>,
+    pub(crate) pool: Arc<Pool>,
+    pub(crate) config: Arc<Config>,
+    epoch: Instant,
+}
+
+impl Shared {
+    /// Monotonic nanoseconds since the balancer started: the core's `now`.
+    #[inline]
+    pub(crate) fn now(&self) -> u64 {
+        self.epoch.elapsed().as_nanos() as u64
+    }
+}
+
+/// An endpoint as a snapshot sees it.
+#[derive(Clone, Debug)]
+pub(crate) struct Member {
+    pub(crate) sub: Arc<Subchannel>,
+    pub(crate) channel: Option<Channel>,
+}
+
+impl Borrow<EndpointState> for Member {
+    fn borrow(&self) -> &EndpointState {
+        &self.sub.core
+    }
+}
+
+/// An immutable picker: what requests read, swapped atomically.
+#[derive(Debug, Default)]
+pub(crate) struct Snapshot {
+    /// All endpoints; ring owners index this.
+    pub(crate) members: Vec<Member>,
+    /// Endpoints in `Ready` with a channel, for P2C.
+    pub(crate) ready: Vec<Member>,
+    pub(crate) ring: Option<Arc<Ring>>,
+    pub(crate) total_weight: u64,
+    /// Discovery has produced at least one update.
+    pub(crate) resolved: bool,
+    pub(crate) connecting: usize,
+    pub(crate) failing: usize,
+    pub(crate) last_error: Option<String>,
+    pub(crate) discovery_error: Option<String>,
+}
+
+/// What a request does when the snapshot yields no endpoint.
+pub(crate) enum Unpicked {
+    /// Something may become ready: wait for the next snapshot.
+    Wait,
+    /// Nothing will: fail now.
+    Fail(NoEndpoint),
+}
+
+impl Snapshot {
+    /// Classifies a failed pick (grpc's rules: queue while connecting, fail fast otherwise).
+    pub(crate) fn unpicked(&self) -> Unpicked {
+        if !self.resolved {
+            return match &self.discovery_error {
+                Some(e) => Unpicked::Fail(NoEndpoint::Discovery(e.clone())),
+                None => Unpicked::Wait,
+            };
+        }
+        if self.members.is_empty() {
+            return Unpicked::Fail(NoEndpoint::EmptySet);
+        }
+        if self.connecting > 0 {
+            return Unpicked::Wait;
+        }
+        if !self.ready.is_empty() {
+            return Unpicked::Fail(NoEndpoint::AllEjected {
+                endpoints: self.members.len(),
+            });
+        }
+        Unpicked::Fail(NoEndpoint::AllFailing {
+            endpoints: self.members.len(),
+            last_error: self.last_error.clone(),
+        })
+    }
+
+    pub(crate) fn describe(&self) -> String {
+        format!(
+            "{} endpoints: {} ready, {} connecting, {} failing",
+            self.members.len(),
+            self.ready.len(),
+            self.connecting,
+            self.failing
+        )
+    }
+}
+
+/// One endpoint's statistics, from [`BalancedChannel::stats`].
+#[derive(Clone, Debug, PartialEq)]
+pub struct EndpointStats {
+    /// The address (discovery key).
+    pub address: String,
+    /// Connectivity state.
+    pub state: ConnectivityState,
+    /// Weight.
+    pub weight: u32,
+    /// Requests in flight.
+    pub in_flight: u32,
+    /// Latency estimate (the cost policy's EWMA), decayed to now; `None` before the first sample.
+    pub latency: Option<Duration>,
+    /// Requests started.
+    pub picks: u64,
+    /// Requests that failed.
+    pub failures: u64,
+    /// Remaining ejection time, if ejected.
+    pub ejected_for: Option<Duration>,
+}
+
+impl Shared {
+    pub(crate) fn stats(&self) -> Vec<EndpointStats> {
+        let now = self.now();
+        let snap = self.snapshot.load();
+        snap.members
+            .iter()
+            .map(|m| {
+                let e = &m.sub.core;
+                EndpointStats {
+                    address: m.sub.addr.clone(),
+                    state: m.sub.state(),
+                    weight: e.weight(),
+                    in_flight: e.in_flight(),
+                    latency: e
+                        .latency_ns()
+                        .map(|_| Duration::from_nanos(self.pool.estimate(e, now) as u64)),
+                    picks: e.picks(),
+                    failures: e.failures(),
+                    ejected_for: e
+                        .ejected_for_ms(now)
+                        .map(|ms| Duration::from_millis(u64::from(ms))),
+                }
+            })
+            .collect()
+    }
+}
+
+struct Entry {
+    sub: Arc<Subchannel>,
+    task: JoinHandle<()>,
+}
+
+/// The task's own state.
+struct Balancer {
+    shared: Arc<Shared>,
+    /// Insertion order = ring order for Envoy mode.
+    order: Vec<String>,
+    entries: HashMap<String, Entry>,
+    ring: Option<Arc<Ring>>,
+    ring_dirty: bool,
+    resolved: bool,
+    discovery_error: Option<String>,
+    events: mpsc::UnboundedSender<u64>,
+    next_id: u64,
+}
+
+/// Starts the balancer task and returns the user's handle.
+pub(crate) fn spawn(config: Config, discovery: BoxDiscover) -> BalancedChannel {
+    let pool = Pool::new(config.pool);
+    let (version, _) = watch::channel(0u64);
+    let shared = Arc::new(Shared {
+        snapshot: ArcSwap::from_pointee(Snapshot::default()),
+        version,
+        pool: Arc::new(pool),
+        config: Arc::new(config),
+        epoch: Instant::now(),
+    });
+    let (events_tx, events_rx) = mpsc::unbounded_channel();
+    let (shutdown_tx, shutdown_rx) = oneshot::channel();
+    let balancer = Balancer {
+        shared: shared.clone(),
+        order: Vec::new(),
+        entries: HashMap::new(),
+        ring: None,
+        ring_dirty: false,
+        resolved: false,
+        discovery_error: None,
+        events: events_tx,
+        next_id: 0,
+    };
+    tokio::spawn(balancer.run(discovery, events_rx, shutdown_rx));
+    BalancedChannel::new(shared, shutdown_tx)
+}
+
+impl Balancer {
+    async fn run(
+        mut self,
+        mut discovery: BoxDiscover,
+        mut events: mpsc::UnboundedReceiver<u64>,
+        mut shutdown: oneshot::Receiver<()>,
+    ) {
+        let mut discovery_open = true;
+        let mut sweep = tokio::time::interval(self.shared.config.sweep_interval);
+        sweep.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                biased;
+                _ = &mut shutdown => break,
+                item = discovery.next(), if discovery_open => match item {
+                    Some(Ok(change)) => {
+                        self.apply(change);
+                        // Apply everything already queued before publishing once.
+                        while let Some(Some(Ok(change))) = futures_now(&mut discovery) {
+                            self.apply(change);
+                        }
+                    }
+                    Some(Err(e)) => {
+                        let msg = subchannel::error_chain(&*e);
+                        tracing::warn!(error = %msg, endpoints = self.order.len(), "discovery error; keeping the last endpoint set");
+                        if !self.resolved {
+                            self.discovery_error = Some(msg);
+                        } else {
+                            continue;
+                        }
+                    }
+                    None => {
+                        tracing::warn!(endpoints = self.order.len(), "discovery stream ended; keeping the last endpoint set");
+                        discovery_open = false;
+                        continue;
+                    }
+                },
+                Some(_) = events.recv() => {
+                    while events.try_recv().is_ok() {}
+                }
+                _ = sweep.tick() => {
+                    let snap = self.shared.snapshot.load();
+                    self.shared.pool.sweep(self.shared.now(), snap.members.iter().map(|m| &m.sub.core));
+                    continue;
+                }
+            }
+            self.publish();
+        }
+        for (_, e) in self.entries.drain() {
+            e.task.abort();
+        }
+        self.shared.snapshot.store(Arc::new(Snapshot {
+            resolved: true,
+            ..Snapshot::default()
+        }));
+    }
+
+    fn apply(&mut self, change: Change<String, u32>) {
+        self.resolved = true;
+        self.discovery_error = None;
+        match change {
+            Change::Insert(addr, weight) => {
+                if let Some(e) = self.entries.get(&addr) {
+                    // Same endpoint again: no new connection; only a weight change matters.
+                    if e.sub.core.weight() != weight.max(1) {
+                        e.sub.core.set_weight(weight);
+                        self.ring_dirty = true;
+                    }
+                    return;
+                }
+                let sub = Arc::new(Subchannel::new(addr.clone(), weight));
+                let id = self.next_id;
+                self.next_id += 1;
+                let task = tokio::spawn(subchannel::run(
+                    sub.clone(),
+                    self.shared.config.clone(),
+                    id,
+                    self.events.clone(),
+                ));
+                self.entries.insert(addr.clone(), Entry { sub, task });
+                self.order.push(addr);
+                self.ring_dirty = true;
+            }
+            Change::Remove(addr) => {
+                if let Some(e) = self.entries.remove(&addr) {
+                    e.task.abort();
+                    e.sub.core.set_ready(false);
+                    self.shared.pool.remove(&e.sub.core);
+                    self.order.retain(|a| *a != addr);
+                    self.ring_dirty = true;
+                }
+            }
+        }
+    }
+
+    fn publish(&mut self) {
+        let members: Vec<Member> = self
+            .order
+            .iter()
+            .filter_map(|a| self.entries.get(a))
+            .map(|e| Member {
+                channel: e.sub.channel(),
+                sub: e.sub.clone(),
+            })
+            .collect();
+        self.shared.pool.set_endpoints(members.len());
+        if self.ring_dirty {
+            self.ring_dirty = false;
+            self.ring = match self.shared.config.policy {
+                LbPolicy::RingHash { ring, .. } if !members.is_empty() => {
+                    let list: Vec<(&str, u32)> = members
+                        .iter()
+                        .map(|m| (m.sub.addr.as_str(), m.sub.core.weight()))
+                        .collect();
+                    match Ring::build(&list, &ring) {
+                        Ok(r) => Some(Arc::new(r)),
+                        Err(e) => {
+                            tracing::error!(error = %e, "cannot build the hash ring; requests fall back to P2C");
+                            None
+                        }
+                    }
+                }
+                _ => None,
+            };
+        }
+        let ready: Vec<Member> = members
+            .iter()
+            .filter(|m| m.sub.state() == ConnectivityState::Ready && m.channel.is_some())
+            .cloned()
+            .collect();
+        let count = |s| members.iter().filter(|m| m.sub.state() == s).count();
+        let connecting = count(ConnectivityState::Connecting) + count(ConnectivityState::Idle);
+        let failing = count(ConnectivityState::TransientFailure);
+        let last_error = members
+            .iter()
+            .filter(|m| m.sub.state() == ConnectivityState::TransientFailure)
+            .find_map(|m| m.sub.last_error());
+        let snapshot = Snapshot {
+            total_weight: hashing::total_weight(&members),
+            ring: self.ring.clone(),
+            ready,
+            members,
+            resolved: self.resolved,
+            connecting,
+            failing,
+            last_error,
+            discovery_error: self.discovery_error.clone(),
+        };
+        tracing::trace!(state = %snapshot.describe(), "new picker");
+        self.shared.snapshot.store(Arc::new(snapshot));
+        self.shared.version.send_modify(|v| *v += 1);
+    }
+}
+
+/// Polls a stream once without waiting (for coalescing queued discovery items).
+fn futures_now<S: tokio_stream::Stream + Unpin>(s: &mut S) -> Option<Option<S::Item>> {
+    let waker = std::task::Waker::noop();
+    let mut cx = std::task::Context::from_waker(waker);
+    match std::pin::Pin::new(s).poll_next(&mut cx) {
+        std::task::Poll::Ready(item) => Some(item),
+        std::task::Poll::Pending => None,
+    }
+}

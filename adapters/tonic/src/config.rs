@@ -1,0 +1,281 @@
+//! [`Builder`]: how a [`BalancedChannel`](crate::BalancedChannel) is configured.
+
+use std::fmt;
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures_core::Stream;
+use http::HeaderName;
+use pickwise::{HashPolicy, OutlierConfig, Policy, PoolConfig, RingConfig};
+use tonic::transport::Endpoint;
+use tonic::Code;
+
+use crate::discover::Change;
+use crate::BoxError;
+
+/// Which picker the balancer uses.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum LbPolicy {
+    /// Power of two choices with a cost policy.
+    P2c(Policy),
+    /// Consistent hashing on a ring, with a load policy. Requests without a hash key use
+    /// [`Builder::no_key`].
+    RingHash {
+        /// Ring mode and size.
+        ring: RingConfig,
+        /// How the ring pick treats load.
+        load: HashPolicy,
+    },
+}
+
+/// What a ring-hash balancer does with a request that carries no hash key.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum NoKey {
+    /// Pick by P2C with the pool's cost policy (default).
+    #[default]
+    P2c,
+    /// Pick a random hash on the ring (grpc-go's behaviour, gRFC A76).
+    RandomHash,
+}
+
+/// gRPC connection backoff (defaults from the gRPC spec: 1 s, x1.6, +-20%, at most 120 s).
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Backoff {
+    /// Delay after the first failure.
+    pub initial: Duration,
+    /// Growth per failure.
+    pub multiplier: f64,
+    /// Random spread, as a fraction of the delay.
+    pub jitter: f64,
+    /// Upper bound.
+    pub max: Duration,
+}
+
+impl Default for Backoff {
+    fn default() -> Self {
+        Self {
+            initial: Duration::from_secs(1),
+            multiplier: 1.6,
+            jitter: 0.2,
+            max: Duration::from_secs(120),
+        }
+    }
+}
+
+/// Active health checking with `grpc.health.v1.Health/Check`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct HealthCheck {
+    /// The service name to check (`""` = the whole server).
+    pub service: String,
+    /// Time between checks.
+    pub interval: Duration,
+    /// Timeout of one check.
+    pub timeout: Duration,
+}
+
+pub(crate) type EndpointFn = dyn Fn(&str) -> Result<Endpoint, BoxError> + Send + Sync;
+
+/// Resolved configuration, shared by the balancer task and every request.
+pub(crate) struct Config {
+    pub(crate) policy: LbPolicy,
+    pub(crate) pool: PoolConfig,
+    pub(crate) endpoint: Arc<EndpointFn>,
+    pub(crate) connect_timeout: Duration,
+    pub(crate) backoff: Backoff,
+    pub(crate) health: Option<HealthCheck>,
+    pub(crate) wait_for_ready: Duration,
+    pub(crate) failure_codes: Vec<Code>,
+    pub(crate) hash_header: Option<HeaderName>,
+    pub(crate) no_key: NoKey,
+    pub(crate) sweep_interval: Duration,
+}
+
+impl fmt::Debug for Config {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Config")
+            .field("policy", &self.policy)
+            .field("pool", &self.pool)
+            .field("connect_timeout", &self.connect_timeout)
+            .field("backoff", &self.backoff)
+            .field("health", &self.health)
+            .field("wait_for_ready", &self.wait_for_ready)
+            .field("failure_codes", &self.failure_codes)
+            .field("hash_header", &self.hash_header)
+            .field("no_key", &self.no_key)
+            .finish_non_exhaustive()
+    }
+}
+
+/// go-zero's failure codes: the gRPC codes that count against an endpoint by default.
+pub const GO_ZERO_FAILURE_CODES: [Code; 6] = [
+    Code::DeadlineExceeded,
+    Code::Internal,
+    Code::Unavailable,
+    Code::DataLoss,
+    Code::Unimplemented,
+    Code::ResourceExhausted,
+];
+
+/// Builds a [`BalancedChannel`](crate::BalancedChannel).
+///
+/// ```no_run
+/// # async fn demo() {
+/// use std::time::Duration;
+/// use pickwise_tonic::{discover, Builder, Policy};
+///
+/// let channel = Builder::new()
+///     .p2c(Policy::PeakEwma)
+///     .wait_for_ready(Duration::from_secs(2))
+///     .build(discover::fixed(["127.0.0.1:50051", "127.0.0.1:50052"]));
+/// // let client = GreeterClient::new(channel);
+/// # }
+/// ```
+pub struct Builder {
+    config: Config,
+}
+
+impl fmt::Debug for Builder {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.config.fmt(f)
+    }
+}
+
+impl Default for Builder {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Builder {
+    /// P2C with peak-EWMA, Envoy's outlier defaults, plain-text HTTP/2, gRPC backoff, 10 s
+    /// wait-for-ready, go-zero's failure codes.
+    pub fn new() -> Self {
+        Self {
+            config: Config {
+                policy: LbPolicy::P2c(Policy::PeakEwma),
+                pool: PoolConfig::default(),
+                endpoint: Arc::new(|addr: &str| Ok(Endpoint::from_shared(format!("http://{addr}"))?)),
+                connect_timeout: Duration::from_secs(5),
+                backoff: Backoff::default(),
+                health: None,
+                wait_for_ready: Duration::from_secs(10),
+                failure_codes: GO_ZERO_FAILURE_CODES.to_vec(),
+                hash_header: None,
+                no_key: NoKey::P2c,
+                sweep_interval: Duration::from_secs(1),
+            },
+        }
+    }
+
+    /// P2C with `policy` as the cost.
+    pub fn p2c(mut self, policy: Policy) -> Self {
+        self.config.policy = LbPolicy::P2c(policy);
+        self.config.pool.policy = policy;
+        self
+    }
+
+    /// Ring hash with `ring` and load policy `load`. Costs (for [`HashPolicy::Affinity`] and requests
+    /// without a key) use the current P2C cost policy.
+    pub fn ring_hash(mut self, ring: RingConfig, load: HashPolicy) -> Self {
+        self.config.policy = LbPolicy::RingHash { ring, load };
+        self.config.pool.track_total = matches!(load, HashPolicy::Bounded { .. });
+        self
+    }
+
+    /// The request header whose values (joined with `","`, XXH64) are the ring-hash key (gRFC A76).
+    /// A [`RequestHash`](crate::RequestHash) request extension takes precedence.
+    pub fn hash_header(mut self, name: HeaderName) -> Self {
+        self.config.hash_header = Some(name);
+        self
+    }
+
+    /// What ring hash does with requests without a key.
+    pub fn no_key(mut self, no_key: NoKey) -> Self {
+        self.config.no_key = no_key;
+        self
+    }
+
+    /// How to make the tonic [`Endpoint`] for an address (scheme, TLS, timeouts, keep-alive, window
+    /// sizes...). Default: `http://{addr}`. The balancer sets the connect timeout and connects
+    /// over its own TCP connector (TLS configured on the endpoint still applies).
+    pub fn endpoint<F>(mut self, template: F) -> Self
+    where
+        F: Fn(&str) -> Result<Endpoint, BoxError> + Send + Sync + 'static,
+    {
+        self.config.endpoint = Arc::new(template);
+        self
+    }
+
+    /// Connection attempt timeout (default 5 s).
+    pub fn connect_timeout(mut self, timeout: Duration) -> Self {
+        self.config.connect_timeout = timeout;
+        self
+    }
+
+    /// Reconnection backoff.
+    pub fn backoff(mut self, backoff: Backoff) -> Self {
+        self.config.backoff = backoff;
+        self
+    }
+
+    /// Passive outlier detection ([`OutlierConfig::disabled`] turns it off).
+    pub fn outlier(mut self, outlier: OutlierConfig) -> Self {
+        self.config.pool.outlier = outlier;
+        self
+    }
+
+    /// Full pool settings (cost policy, RTT defaults, outlier detection).
+    pub fn pool(mut self, pool: PoolConfig) -> Self {
+        let track = self.config.pool.track_total;
+        self.config.pool = PoolConfig {
+            track_total: pool.track_total || track,
+            ..pool
+        };
+        self
+    }
+
+    /// Enables `grpc.health.v1` checks: an endpoint that is not `SERVING` is not picked.
+    pub fn health_check(mut self, check: HealthCheck) -> Self {
+        self.config.health = Some(check);
+        self
+    }
+
+    /// How long a request waits for a ready endpoint while some are connecting (default 10 s).
+    /// When all endpoints are failing, or the set is empty, requests fail at once with `UNAVAILABLE`.
+    pub fn wait_for_ready(mut self, deadline: Duration) -> Self {
+        self.config.wait_for_ready = deadline;
+        self
+    }
+
+    /// The gRPC codes that count as an endpoint failure (default [`GO_ZERO_FAILURE_CODES`]).
+    pub fn failure_codes(mut self, codes: impl IntoIterator<Item = Code>) -> Self {
+        self.config.failure_codes = codes.into_iter().collect();
+        self
+    }
+
+    /// How often expired ejections are returned and multipliers decay (default 1 s).
+    pub fn sweep_interval(mut self, every: Duration) -> Self {
+        self.config.sweep_interval = every.max(Duration::from_millis(1));
+        self
+    }
+
+    /// Starts the balancer over `discovery` and returns the channel. Must run inside a tokio runtime
+    /// (it spawns the balancer task, which stops when the last clone of the channel is dropped).
+    pub fn build<S, E>(self, discovery: S) -> crate::BalancedChannel
+    where
+        S: Stream<Item = Result<Change<String, u32>, E>> + Send + 'static,
+        E: Into<BoxError>,
+    {
+        let discovery = tokio_stream::StreamExt::map(discovery, |item| item.map_err(Into::into));
+        crate::balancer::spawn(self.config, Box::pin(discovery))
+    }
+
+    /// [`build`](Self::build) over a fixed list of addresses.
+    pub fn build_static<I, A>(self, addresses: I) -> crate::BalancedChannel
+    where
+        I: IntoIterator<Item = A>,
+        A: Into<String>,
+    {
+        self.build(crate::discover::fixed(addresses))
+    }
+}

@@ -1,0 +1,386 @@
+//! [`BalancedChannel`]: the tower `Service` tonic clients call. Each request reads the current
+//! picker snapshot (lock-free), picks an endpoint, and carries an in-flight guard until its
+//! response body ends; the outcome (`grpc-status` from headers or trailers, transport errors)
+//! feeds the endpoint's load and health.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{ready, Context, Poll};
+use std::time::Duration;
+
+use http_body::{Body, Frame, SizeHint};
+use pickwise::{InFlight, Outcome, P2c, PickError, Pool, RingPicker};
+use pin_project_lite::pin_project;
+use tokio::sync::oneshot;
+use tonic::codegen::Bytes;
+use tonic::transport::Channel;
+use tonic::{Code, Status};
+use tower_service::Service;
+
+use crate::balancer::{EndpointStats, Member, Shared, Snapshot, Unpicked};
+use crate::config::{Config, LbPolicy, NoKey};
+use crate::error::NoEndpoint;
+use crate::subchannel::SubRef;
+use crate::BoxError;
+
+type Request = http::Request<tonic::body::Body>;
+type Guard = InFlight<SubRef, Arc<Pool>>;
+
+/// A request hash set by the caller as a request extension; takes precedence over the hash header.
+///
+/// ```
+/// use pickwise_tonic::RequestHash;
+/// let mut req = tonic::Request::new(());
+/// req.extensions_mut().insert(RequestHash::of(b"user-42"));
+/// ```
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct RequestHash(pub u64);
+
+impl RequestHash {
+    /// XXH64 (seed 0) of `key`, as Envoy and grpc-go hash request keys.
+    pub fn of(key: &[u8]) -> Self {
+        Self(pickwise::hash::xxh64(key))
+    }
+}
+
+/// A load-balanced gRPC channel: a cloneable `tower::Service<http::Request<tonic::body::Body>>`,
+/// used in place of tonic's `Channel` (e.g. `GreeterClient::new(channel)`). Built by
+/// [`Builder`](crate::Builder). Dropping the last clone stops the balancer.
+#[derive(Clone, Debug)]
+pub struct BalancedChannel {
+    shared: Arc<Shared>,
+    _shutdown: Arc<oneshot::Sender<()>>,
+}
+
+impl BalancedChannel {
+    pub(crate) fn new(shared: Arc<Shared>, shutdown: oneshot::Sender<()>) -> Self {
+        Self {
+            shared,
+            _shutdown: Arc::new(shutdown),
+        }
+    }
+
+    /// Per-endpoint statistics of the current picker.
+    pub fn stats(&self) -> Vec<EndpointStats> {
+        self.shared.stats()
+    }
+
+    /// Number of endpoints the current picker can send to.
+    pub fn ready_endpoints(&self) -> usize {
+        self.shared.snapshot.load().ready.len()
+    }
+
+    /// Waits until at least `n` endpoints are ready or `timeout` passes; returns the ready count.
+    pub async fn wait_ready(&self, n: usize, timeout: Duration) -> usize {
+        let mut rx = self.shared.version.subscribe();
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            let ready = self.ready_endpoints();
+            if ready >= n {
+                return ready;
+            }
+            if tokio::time::timeout_at(deadline, rx.changed()).await.is_err() {
+                return self.ready_endpoints();
+            }
+        }
+    }
+
+    /// Number of pickers published so far (grows with every membership or readiness change).
+    pub fn picker_version(&self) -> u64 {
+        *self.shared.version.borrow()
+    }
+}
+
+/// A chosen endpoint with its guard.
+struct Picked {
+    channel: Channel,
+    guard: Guard,
+}
+
+fn request_hash(config: &Config, req: &Request) -> Option<u64> {
+    if let Some(h) = req.extensions().get::<RequestHash>() {
+        return Some(h.0);
+    }
+    let name = config.hash_header.as_ref()?;
+    let mut values = req.headers().get_all(name).iter().peekable();
+    values.peek()?;
+    Some(pickwise::hash::xxh64_joined(values.map(|v| v.as_bytes())))
+}
+
+/// One pick against one snapshot. Allocates nothing and takes no lock.
+fn try_pick(shared: &Shared, snap: &Snapshot, req: &Request) -> Result<Picked, Unpicked> {
+    let now = shared.now();
+    let pool = &shared.pool;
+    let rng = || fastrand::u64(..);
+    let p2c = || {
+        P2c::new(&snap.ready, pool)
+            .pick(now, &mut || fastrand::u64(..))
+            .map(|i| &snap.ready[i])
+    };
+    let chosen: Result<&Member, PickError> = match (&shared.config.policy, &snap.ring) {
+        (LbPolicy::RingHash { load, .. }, Some(ring)) => {
+            let hash = match (request_hash(&shared.config, req), shared.config.no_key) {
+                (Some(h), _) => Some(h),
+                (None, NoKey::RandomHash) => Some(rng()),
+                (None, NoKey::P2c) => None,
+            };
+            match hash {
+                Some(h) => {
+                    let picker = RingPicker::new(ring.view(), &snap.members, pool, snap.total_weight);
+                    match picker.pick(now, h, *load) {
+                        Ok(i) => Ok(&snap.members[i]),
+                        // Panic routing: every ready endpoint is ejected, so ignore ejection.
+                        Err(_) => ring
+                            .find(h, |i| snap.members[i as usize].sub.core.is_ready())
+                            .map(|i| &snap.members[i as usize])
+                            .ok_or(PickError::NoneAvailable),
+                    }
+                }
+                None => p2c(),
+            }
+        }
+        _ => p2c(),
+    };
+    let member = match chosen {
+        Ok(m) => m,
+        // Panic routing for P2C: all ready endpoints ejected -> any ready one.
+        Err(_) if !snap.ready.is_empty() => &snap.ready[fastrand::usize(..snap.ready.len())],
+        Err(_) => return Err(snap.unpicked()),
+    };
+    // Ready in the core but the snapshot predates its channel: the next snapshot has it.
+    let channel = member.channel.clone().ok_or(Unpicked::Wait)?;
+    let guard = InFlight::start(SubRef(member.sub.clone()), shared.pool.clone(), now);
+    Ok(Picked { channel, guard })
+}
+
+type WaitFuture = Pin<Box<dyn Future<Output = Result<(Picked, Request), Status>> + Send>>;
+
+/// Slow path: no endpoint ready yet but some connecting. Waits for new pickers until the deadline.
+async fn wait_for_pick(shared: Arc<Shared>, req: Request) -> Result<(Picked, Request), Status> {
+    let wait = shared.config.wait_for_ready;
+    let deadline = tokio::time::Instant::now() + wait;
+    let mut rx = shared.version.subscribe();
+    loop {
+        let snap = shared.snapshot.load_full();
+        match try_pick(&shared, &snap, &req) {
+            Ok(p) => return Ok((p, req)),
+            Err(Unpicked::Fail(e)) => return Err(e.into()),
+            Err(Unpicked::Wait) => {}
+        }
+        match tokio::time::timeout_at(deadline, rx.changed()).await {
+            Ok(Ok(())) => {}
+            Ok(Err(_)) => return Err(NoEndpoint::Shutdown.into()),
+            Err(_) => {
+                let state = snap.describe();
+                return Err(NoEndpoint::Timeout {
+                    waited_ms: wait.as_millis() as u64,
+                    state,
+                }
+                .into());
+            }
+        }
+    }
+}
+
+impl Service<Request> for BalancedChannel {
+    type Response = http::Response<ResponseBody>;
+    type Error = BoxError;
+    type Future = ResponseFuture;
+
+    /// Always ready: the pick happens in `call` and never blocks.
+    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, req: Request) -> Self::Future {
+        let snap = self.shared.snapshot.load();
+        let state = match try_pick(&self.shared, &snap, &req) {
+            Ok(picked) => State::Ready {
+                picked: Some(picked),
+                req: Some(req),
+            },
+            Err(Unpicked::Fail(e)) => State::Fail {
+                status: Some(e.into()),
+            },
+            Err(Unpicked::Wait) => State::Wait {
+                fut: Box::pin(wait_for_pick(self.shared.clone(), req)),
+            },
+        };
+        ResponseFuture {
+            state,
+            shared: self.shared.clone(),
+        }
+    }
+}
+
+pin_project! {
+    /// The response future of [`BalancedChannel`].
+    pub struct ResponseFuture {
+        #[pin]
+        state: State,
+        shared: Arc<Shared>,
+    }
+}
+
+pin_project! {
+    #[project = StateProj]
+    enum State {
+        Wait { fut: WaitFuture },
+        Ready { picked: Option<Picked>, req: Option<Request> },
+        Call { #[pin] fut: tonic::transport::channel::ResponseFuture, guard: Option<Guard> },
+        Fail { status: Option<Status> },
+    }
+}
+
+impl std::fmt::Debug for ResponseFuture {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ResponseFuture").finish_non_exhaustive()
+    }
+}
+
+/// Ends a request whose call failed before a response: the endpoint's connection is suspect.
+fn fail_call(shared: &Shared, guard: Option<Guard>) {
+    if let Some(g) = guard {
+        g.endpoint().0.mark_broken();
+        let _ = g.complete(shared.now(), Outcome::Failure);
+    }
+}
+
+fn outcome(config: &Config, code: Code) -> Outcome {
+    if config.failure_codes.contains(&code) {
+        Outcome::Failure
+    } else {
+        Outcome::Success
+    }
+}
+
+fn grpc_status(headers: &http::HeaderMap) -> Option<Code> {
+    headers.get("grpc-status").map(|v| Code::from_bytes(v.as_bytes()))
+}
+
+impl Future for ResponseFuture {
+    type Output = Result<http::Response<ResponseBody>, BoxError>;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        loop {
+            let this = self.as_mut().project();
+            let shared = this.shared;
+            match this.state.project() {
+                StateProj::Fail { status } => {
+                    let status = status
+                        .take()
+                        .unwrap_or_else(|| Status::unavailable("pickwise: polled after completion"));
+                    return Poll::Ready(Err(Box::new(status)));
+                }
+                StateProj::Wait { fut } => match ready!(fut.as_mut().poll(cx)) {
+                    Ok((picked, req)) => {
+                        let next = State::Ready {
+                            picked: Some(picked),
+                            req: Some(req),
+                        };
+                        self.as_mut().project().state.set(next);
+                    }
+                    Err(status) => return Poll::Ready(Err(Box::new(status))),
+                },
+                StateProj::Ready { picked, req } => {
+                    let Some(p) = picked.as_mut() else {
+                        return Poll::Ready(Err(Box::new(Status::unavailable(
+                            "pickwise: polled after completion",
+                        ))));
+                    };
+                    if let Err(e) = ready!(Service::poll_ready(&mut p.channel, cx)) {
+                        fail_call(shared, picked.take().map(|p| p.guard));
+                        return Poll::Ready(Err(e.into()));
+                    }
+                    let (Some(mut p), Some(req)) = (picked.take(), req.take()) else {
+                        return Poll::Ready(Err(Box::new(Status::unavailable(
+                            "pickwise: polled after completion",
+                        ))));
+                    };
+                    let fut = Service::call(&mut p.channel, req);
+                    self.as_mut().project().state.set(State::Call {
+                        fut,
+                        guard: Some(p.guard),
+                    });
+                }
+                StateProj::Call { fut, guard } => {
+                    let resp = match ready!(fut.poll(cx)) {
+                        Ok(resp) => resp,
+                        Err(e) => {
+                            fail_call(shared, guard.take());
+                            return Poll::Ready(Err(e.into()));
+                        }
+                    };
+                    let guard = guard.take();
+                    let (parts, body) = resp.into_parts();
+                    let pending = if parts.status != http::StatusCode::OK {
+                        guard.map(|g| g.complete(shared.now(), Outcome::Failure));
+                        None
+                    } else if let Some(code) = grpc_status(&parts.headers) {
+                        // Trailers-only response: the outcome is known now.
+                        guard.map(|g| g.complete(shared.now(), outcome(&shared.config, code)));
+                        None
+                    } else {
+                        guard.map(|g| (g, shared.clone()))
+                    };
+                    let body = ResponseBody { inner: body, pending };
+                    return Poll::Ready(Ok(http::Response::from_parts(parts, body)));
+                }
+            }
+        }
+    }
+}
+
+pin_project! {
+    /// The response body: tonic's body, plus the request's in-flight guard until the trailers
+    /// (or the end, or an error) arrive. Dropping it early (cancellation) releases the slot.
+    pub struct ResponseBody {
+        #[pin]
+        inner: tonic::body::Body,
+        pending: Option<(Guard, Arc<Shared>)>,
+    }
+}
+
+impl std::fmt::Debug for ResponseBody {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ResponseBody")
+            .field("in_flight", &self.pending.is_some())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Body for ResponseBody {
+    type Data = Bytes;
+    type Error = Status;
+
+    fn poll_frame(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, Status>>> {
+        let this = self.project();
+        let res = ready!(this.inner.poll_frame(cx));
+        let finished = match &res {
+            Some(Ok(frame)) => frame
+                .trailers_ref()
+                .map(|t| grpc_status(t).unwrap_or(Code::Unknown)),
+            Some(Err(status)) => Some(if status.code() == Code::Ok {
+                Code::Unknown
+            } else {
+                status.code()
+            }),
+            None => Some(Code::Internal), // ended without trailers: a broken response
+        };
+        if let Some(code) = finished {
+            if let Some((guard, shared)) = this.pending.take() {
+                let _ = guard.complete(shared.now(), outcome(&shared.config, code));
+            }
+        }
+        Poll::Ready(res)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}

@@ -1,0 +1,403 @@
+//! One connection per endpoint (grpc's "subchannel"): its connectivity state, reconnection with
+//! exponential backoff and jitter, and optional `grpc.health.v1` checks.
+//!
+//! The connection goes through our own TCP connector, whose socket wrapper reports the moment the
+//! connection closes (EOF, error or drop), so a killed backend leaves the picker at once instead of
+//! after the next failed request.
+
+use std::borrow::Borrow;
+use std::io;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use hyper_util::rt::TokioIo;
+use pickwise::EndpointState;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::TcpStream;
+use tokio::sync::{mpsc, Notify};
+use tonic::transport::{Channel, Endpoint, Uri};
+use tonic_health::pb::health_check_response::ServingStatus;
+use tonic_health::pb::{health_client::HealthClient, HealthCheckRequest};
+
+use crate::config::{Backoff, Config};
+use crate::BoxError;
+
+/// Connectivity state of an endpoint's connection (grpc's names).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum ConnectivityState {
+    /// Not connected and not trying yet.
+    Idle,
+    /// A connection attempt is in progress.
+    Connecting,
+    /// Connected (and, with health checks, serving): pickable.
+    Ready,
+    /// The last attempt failed (or health checks fail); retrying after a backoff.
+    TransientFailure,
+}
+
+impl ConnectivityState {
+    fn from_u8(v: u8) -> Self {
+        match v {
+            1 => Self::Connecting,
+            2 => Self::Ready,
+            3 => Self::TransientFailure,
+            _ => Self::Idle,
+        }
+    }
+}
+
+/// An endpoint known to the balancer: shared by its connection task, picker snapshots and guards.
+#[derive(Debug)]
+pub(crate) struct Subchannel {
+    pub(crate) addr: String,
+    pub(crate) core: EndpointState,
+    state: AtomicU8,
+    /// The connected channel while Ready; read when snapshots are built, never on the pick path.
+    channel: Mutex<Option<Channel>>,
+    last_error: Mutex<Option<String>>,
+    /// The request path saw a transport error: drop this connection and reconnect.
+    broken: Notify,
+}
+
+impl Subchannel {
+    pub(crate) fn new(addr: String, weight: u32) -> Self {
+        let core = EndpointState::new(weight);
+        core.set_ready(false);
+        Self {
+            addr,
+            core,
+            state: AtomicU8::new(0),
+            channel: Mutex::new(None),
+            last_error: Mutex::new(None),
+            broken: Notify::new(),
+        }
+    }
+
+    pub(crate) fn state(&self) -> ConnectivityState {
+        ConnectivityState::from_u8(self.state.load(Ordering::Acquire))
+    }
+
+    pub(crate) fn channel(&self) -> Option<Channel> {
+        self.channel.lock().map(|c| c.clone()).unwrap_or(None)
+    }
+
+    pub(crate) fn last_error(&self) -> Option<String> {
+        self.last_error.lock().map(|e| e.clone()).unwrap_or(None)
+    }
+
+    fn set(&self, state: ConnectivityState, channel: Option<Channel>, error: Option<String>) {
+        if let Ok(mut c) = self.channel.lock() {
+            *c = channel;
+        }
+        if let Some(e) = error {
+            if let Ok(mut last) = self.last_error.lock() {
+                *last = Some(e);
+            }
+        }
+        self.core.set_ready(state == ConnectivityState::Ready);
+        self.state.store(state as u8, Ordering::Release);
+    }
+
+    /// Called from the request path on a transport error: leave the picker now, reconnect.
+    pub(crate) fn mark_broken(&self) {
+        // Wakes only a task waiting on the current connection; errors from an older one are stale.
+        self.broken.notify_waiters();
+    }
+}
+
+/// A `Subchannel` handle that guards can hold (`Arc` itself cannot implement `Borrow` for us).
+#[derive(Clone, Debug)]
+pub(crate) struct SubRef(pub(crate) Arc<Subchannel>);
+
+impl Borrow<EndpointState> for SubRef {
+    fn borrow(&self) -> &EndpointState {
+        &self.0.core
+    }
+}
+
+/// The connection task of one endpoint. Runs until aborted by the balancer.
+pub(crate) async fn run(
+    sub: Arc<Subchannel>,
+    config: Arc<Config>,
+    id: u64,
+    events: mpsc::UnboundedSender<u64>,
+) {
+    let publish = |state, channel, error| {
+        sub.set(state, channel, error);
+        let _ = events.send(id);
+    };
+    let mut backoff = BackoffState::new(config.backoff);
+    loop {
+        publish(ConnectivityState::Connecting, None, None);
+        let watch = Arc::new(ConnWatch::default());
+        let attempt = async {
+            let endpoint: Endpoint = (config.endpoint)(&sub.addr)?;
+            let endpoint = endpoint.connect_timeout(config.connect_timeout);
+            let channel = endpoint
+                .connect_with_connector(WatchConnector { watch: watch.clone() })
+                .await?;
+            Ok::<_, BoxError>(channel)
+        };
+        let channel = match tokio::time::timeout(config.connect_timeout, attempt).await {
+            Ok(Ok(ch)) => ch,
+            Ok(Err(e)) => {
+                let msg = error_chain(&*e);
+                tracing::debug!(endpoint = %sub.addr, error = %msg, "connect failed");
+                publish(ConnectivityState::TransientFailure, None, Some(msg));
+                tokio::time::sleep(backoff.next()).await;
+                continue;
+            }
+            Err(_) => {
+                publish(
+                    ConnectivityState::TransientFailure,
+                    None,
+                    Some("connect timed out".into()),
+                );
+                tokio::time::sleep(backoff.next()).await;
+                continue;
+            }
+        };
+        let serving = match &config.health {
+            Some(h) => check_health(&channel, &h.service, h.timeout).await,
+            None => Ok(()),
+        };
+        match serving {
+            Ok(()) => publish(ConnectivityState::Ready, Some(channel.clone()), None),
+            Err(e) => publish(
+                ConnectivityState::TransientFailure,
+                Some(channel.clone()),
+                Some(e),
+            ),
+        }
+        tracing::debug!(endpoint = %sub.addr, "connected");
+        let reason = loop {
+            let health_tick = async {
+                match &config.health {
+                    Some(h) => tokio::time::sleep(h.interval).await,
+                    None => std::future::pending().await,
+                }
+            };
+            tokio::select! {
+                _ = watch.closed() => break "connection closed",
+                _ = sub.broken.notified() => break "transport error on a request",
+                _ = health_tick => {
+                    let h = config.health.as_ref().expect("health tick only with health checks");
+                    let now_serving = check_health(&channel, &h.service, h.timeout).await;
+                    let was_ready = sub.state() == ConnectivityState::Ready;
+                    match now_serving {
+                        Ok(()) if !was_ready => publish(ConnectivityState::Ready, Some(channel.clone()), None),
+                        Err(e) if was_ready => {
+                            tracing::info!(endpoint = %sub.addr, error = %e, "health check failed");
+                            publish(ConnectivityState::TransientFailure, Some(channel.clone()), Some(e));
+                        }
+                        _ => {}
+                    }
+                }
+            }
+        };
+        tracing::info!(endpoint = %sub.addr, reason, "endpoint disconnected; reconnecting");
+        // A connection that worked resets the backoff; the first reconnect is immediate.
+        backoff = BackoffState::new(config.backoff);
+        publish(
+            ConnectivityState::TransientFailure,
+            None,
+            Some(reason.to_string()),
+        );
+    }
+}
+
+async fn check_health(channel: &Channel, service: &str, timeout: Duration) -> Result<(), String> {
+    let mut client = HealthClient::new(channel.clone());
+    let req = HealthCheckRequest {
+        service: service.to_string(),
+    };
+    match tokio::time::timeout(timeout, client.check(req)).await {
+        Ok(Ok(resp)) if resp.get_ref().status == ServingStatus::Serving as i32 => Ok(()),
+        Ok(Ok(resp)) => Err(format!("health: status {}", resp.get_ref().status)),
+        // gRPC health-checking spec: a server without the health service counts as healthy.
+        Ok(Err(s)) if s.code() == tonic::Code::Unimplemented => Ok(()),
+        Ok(Err(s)) => Err(format!("health check failed: {}", s.message())),
+        Err(_) => Err("health check timed out".into()),
+    }
+}
+
+/// An error and its sources, joined with ": ".
+pub(crate) fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut msg = e.to_string();
+    let mut src = e.source();
+    while let Some(s) = src {
+        let text = s.to_string();
+        if !msg.contains(&text) {
+            msg.push_str(": ");
+            msg.push_str(&text);
+        }
+        src = s.source();
+    }
+    msg
+}
+
+/// gRPC connection backoff: `initial * multiplier^n`, capped, with +-jitter.
+struct BackoffState {
+    cfg: Backoff,
+    next: Duration,
+}
+
+impl BackoffState {
+    fn new(cfg: Backoff) -> Self {
+        Self {
+            cfg,
+            next: cfg.initial,
+        }
+    }
+
+    fn next(&mut self) -> Duration {
+        let base = self.next;
+        self.next = base.mul_f64(self.cfg.multiplier.max(1.0)).min(self.cfg.max);
+        let jitter = self.cfg.jitter.clamp(0.0, 1.0);
+        base.mul_f64(1.0 + jitter * (fastrand::f64() * 2.0 - 1.0))
+    }
+}
+
+/// Closed-connection signal shared by a connector and the IO it made.
+#[derive(Debug, Default)]
+struct ConnWatch {
+    closed: AtomicBool,
+    notify: Notify,
+}
+
+impl ConnWatch {
+    fn close(&self) {
+        if !self.closed.swap(true, Ordering::AcqRel) {
+            self.notify.notify_one();
+        }
+    }
+
+    async fn closed(&self) {
+        if self.closed.load(Ordering::Acquire) {
+            return;
+        }
+        self.notify.notified().await;
+    }
+}
+
+/// TCP connector (nodelay) whose sockets report closing to a [`ConnWatch`].
+#[derive(Clone, Debug)]
+struct WatchConnector {
+    watch: Arc<ConnWatch>,
+}
+
+impl tower_service::Service<Uri> for WatchConnector {
+    type Response = TokioIo<WatchedIo>;
+    type Error = BoxError;
+    type Future = Pin<Box<dyn std::future::Future<Output = Result<Self::Response, BoxError>> + Send>>;
+
+    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), BoxError>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, uri: Uri) -> Self::Future {
+        let watch = self.watch.clone();
+        Box::pin(async move {
+            let host = uri
+                .host()
+                .ok_or("URI has no host")?
+                .trim_start_matches('[')
+                .trim_end_matches(']');
+            let port = uri.port_u16().unwrap_or(if uri.scheme_str() == Some("https") {
+                443
+            } else {
+                80
+            });
+            let stream = TcpStream::connect((host, port)).await?;
+            stream.set_nodelay(true)?;
+            Ok(TokioIo::new(WatchedIo { stream, watch }))
+        })
+    }
+}
+
+/// A TCP stream that tells its [`ConnWatch`] when it reads EOF, fails, or is dropped.
+#[derive(Debug)]
+struct WatchedIo {
+    stream: TcpStream,
+    watch: Arc<ConnWatch>,
+}
+
+impl Drop for WatchedIo {
+    fn drop(&mut self) {
+        self.watch.close();
+    }
+}
+
+impl AsyncRead for WatchedIo {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let before = buf.filled().len();
+        let res = Pin::new(&mut self.stream).poll_read(cx, buf);
+        match &res {
+            Poll::Ready(Err(_)) => self.watch.close(),
+            Poll::Ready(Ok(())) if buf.filled().len() == before && buf.remaining() > 0 => self.watch.close(),
+            _ => {}
+        }
+        res
+    }
+}
+
+impl AsyncWrite for WatchedIo {
+    fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, data: &[u8]) -> Poll<io::Result<usize>> {
+        let res = Pin::new(&mut self.stream).poll_write(cx, data);
+        if let Poll::Ready(Err(_)) = &res {
+            self.watch.close();
+        }
+        res
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.stream).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.stream).poll_shutdown(cx)
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.stream).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.stream.is_write_vectored()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_grows_caps_and_jitters() {
+        let cfg = Backoff {
+            initial: Duration::from_secs(1),
+            multiplier: 1.6,
+            jitter: 0.2,
+            max: Duration::from_secs(5),
+        };
+        let mut b = BackoffState::new(cfg);
+        let seq: Vec<f64> = (0..8).map(|_| b.next().as_secs_f64()).collect();
+        let base = [1.0, 1.6, 2.56, 4.096, 5.0, 5.0, 5.0, 5.0];
+        for (got, want) in seq.iter().zip(base) {
+            assert!(
+                *got >= want * 0.8 - 1e-9 && *got <= want * 1.2 + 1e-9,
+                "{got} vs {want}"
+            );
+        }
+    }
+}

@@ -1,0 +1,144 @@
+//! A real tonic server for tests and the `loadtest` example: `grpc.health.v1.Health/Check` on
+//! loopback, in its own thread and runtime (like a separate process), with a configurable extra
+//! delay, a failure switch, a hit counter, and an `x-backend` response header naming it.
+//! `kill()` drops its runtime: every socket closes at once, as when a process dies.
+
+#![allow(dead_code, unreachable_pub)]
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use tonic::{Request, Response, Status};
+use tonic_health::pb::health_check_response::ServingStatus;
+use tonic_health::pb::health_server::{Health, HealthServer};
+use tonic_health::pb::{HealthCheckRequest, HealthCheckResponse};
+
+#[derive(Clone, Default)]
+pub struct Knobs {
+    pub hits: Arc<AtomicU64>,
+    pub delay_ms: Arc<AtomicU64>,
+    pub fail: Arc<AtomicBool>,
+    pub not_serving: Arc<AtomicBool>,
+}
+
+struct Service {
+    name: String,
+    knobs: Knobs,
+}
+
+#[tonic::async_trait]
+impl Health for Service {
+    async fn check(
+        &self,
+        _req: Request<HealthCheckRequest>,
+    ) -> Result<Response<HealthCheckResponse>, Status> {
+        self.knobs.hits.fetch_add(1, Ordering::Relaxed);
+        let delay = self.knobs.delay_ms.load(Ordering::Relaxed);
+        if delay > 0 {
+            tokio::time::sleep(Duration::from_millis(delay)).await;
+        }
+        if self.knobs.fail.load(Ordering::Relaxed) {
+            return Err(Status::unavailable(format!("{} is failing", self.name)));
+        }
+        let status = if self.knobs.not_serving.load(Ordering::Relaxed) {
+            ServingStatus::NotServing
+        } else {
+            ServingStatus::Serving
+        };
+        let mut resp = Response::new(HealthCheckResponse {
+            status: status as i32,
+        });
+        resp.metadata_mut()
+            .insert("x-backend", self.name.parse().expect("ascii name"));
+        Ok(resp)
+    }
+
+    type WatchStream = tokio_stream::Empty<Result<HealthCheckResponse, Status>>;
+
+    async fn watch(&self, _req: Request<HealthCheckRequest>) -> Result<Response<Self::WatchStream>, Status> {
+        Err(Status::unimplemented("watch"))
+    }
+}
+
+pub struct Backend {
+    pub addr: SocketAddr,
+    pub knobs: Knobs,
+    runtime: Option<tokio::runtime::Runtime>,
+}
+
+impl Backend {
+    /// Starts on `127.0.0.1:0`.
+    pub fn start() -> Self {
+        Self::start_at("127.0.0.1:0".parse().unwrap(), Knobs::default()).expect("bind")
+    }
+
+    /// Starts on `addr` (e.g. to restart on the same port) with shared knobs.
+    pub fn start_at(addr: SocketAddr, knobs: Knobs) -> std::io::Result<Self> {
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .enable_all()
+            .build()?;
+        // Bind with std so this works from inside another runtime too.
+        let listener = std::net::TcpListener::bind(addr)?;
+        listener.set_nonblocking(true)?;
+        let addr = listener.local_addr()?;
+        let service = Service {
+            name: addr.to_string(),
+            knobs: knobs.clone(),
+        };
+        runtime.spawn(async move {
+            let Ok(listener) = tokio::net::TcpListener::from_std(listener) else {
+                return;
+            };
+            let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
+            let _ = tonic::transport::Server::builder()
+                .add_service(HealthServer::new(service))
+                .serve_with_incoming(incoming)
+                .await;
+        });
+        Ok(Self {
+            addr,
+            knobs,
+            runtime: Some(runtime),
+        })
+    }
+
+    /// Restarts a killed backend on its old port, keeping its knobs.
+    pub fn restart(&mut self) {
+        for _ in 0..50 {
+            if let Ok(b) = Self::start_at(self.addr, self.knobs.clone()) {
+                *self = b;
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        panic!("could not rebind {}", self.addr);
+    }
+
+    /// Kills the server: its runtime is dropped and every socket closes.
+    pub fn kill(&mut self) {
+        if let Some(rt) = self.runtime.take() {
+            rt.shutdown_background();
+        }
+    }
+
+    pub fn hits(&self) -> u64 {
+        self.knobs.hits.load(Ordering::Relaxed)
+    }
+
+    pub fn set_delay(&self, ms: u64) {
+        self.knobs.delay_ms.store(ms, Ordering::Relaxed);
+    }
+
+    pub fn set_failing(&self, fail: bool) {
+        self.knobs.fail.store(fail, Ordering::Relaxed);
+    }
+}
+
+impl Drop for Backend {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
