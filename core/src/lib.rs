@@ -63,8 +63,3 @@ pub use pool::{OutlierConfig, Policy, Pool, PoolConfig};
 pub use ring::Ring;
 pub use ring::{FixedRing, Mode, RingConfig, RingView, MAX_RING_SIZE};
 pub use rng::{Rng, SplitMix64};
-
-/// The README's examples, compiled and run as doctests.
-#[doc = include_str!("../../README.md")]
-#[cfg(doctest)]
-pub struct ReadmeDoctests;

@@ -74,3 +74,8 @@ pub use subchannel::ConnectivityState;
 
 /// The boxed error type at the tower boundary (a `tonic::Status` for balancer errors).
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+/// The README's examples, compiled and run as doctests.
+#[doc = include_str!("../../../README.md")]
+#[cfg(doctest)]
+pub struct ReadmeDoctests;

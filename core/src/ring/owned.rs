@@ -10,7 +10,7 @@ use crate::RingError;
 
 /// A consistent-hash ring owning its arrays: sorted `u64` points, a parallel `u32` owner array
 /// (12 bytes per point) and a bucket index over the top hash bits (at most 4 bytes per point) that
-/// makes a lookup O(1) on average: one index read, then a branch-free scan of [`SCAN`] points.
+/// makes a lookup O(1) on average: one index read, then a branch-free scan of 4 points.
 ///
 /// Endpoints are named by their position in the slice given to [`build`](Self::build). The ring also
 /// keeps each endpoint's key and weight, so membership changes ([`with_endpoint`](Self::with_endpoint),

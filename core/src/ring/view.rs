@@ -12,7 +12,7 @@ pub(crate) const SCAN: usize = 4;
 ///
 /// Invariants: `points` is sorted ascending (ties by owner); `owners[i]` owns `points[i]`;
 /// `index[j]` is the first position whose point has top bits `>= j` (`index` has `2^b + 1` entries)
-/// or `index` is empty. `points` may carry up to [`SCAN`]` - 1` trailing `u64::MAX` pads that are not
+/// or `index` is empty. `points` may carry up to 3 trailing `u64::MAX` pads that are not
 /// ring points.
 ///
 /// # Examples

@@ -1,0 +1,454 @@
+//! pickwise's main job: a load run of every balancing policy against real gRPC servers.
+//!
+//! With no arguments it starts 4 tonic backends on loopback serving `grpc.health.v1.Health/Check`
+//! (backend 1 answers 20 ms slower; backend 3 is killed halfway through each run and restarted at
+//! three quarters), then drives each policy in turn at fixed concurrency and prints a table.
+//!
+//! ```text
+//! cargo run --release -p pickwise-tonic --example loadtest -- [--targets host:port,...]
+//!     [--policy NAME]... [--duration SECS] [--concurrency N] [--json]
+//! ```
+//!
+//! Policies: `p2c-peak-ewma`, `p2c-least-request`, `ring-hash`, `tonic-balance-list` (tonic's own
+//! `Channel::balance_list`), and for the overhead comparison `direct` (one tonic `Channel` to the
+//! first target) and `pickwise-single` (pickwise over that same target).
+
+#[path = "../tests/support/backend.rs"]
+mod backend;
+
+use std::collections::BTreeMap;
+use std::io::Write as _;
+use std::process::ExitCode;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use backend::Backend;
+use http::HeaderName;
+use pickwise_tonic::{Backoff, Builder, HashPolicy, Policy, RingConfig};
+use tonic::transport::{Channel, Endpoint};
+use tonic_health::pb::{health_client::HealthClient, HealthCheckRequest};
+
+const ALL: [&str; 6] = [
+    "p2c-peak-ewma",
+    "p2c-least-request",
+    "ring-hash",
+    "tonic-balance-list",
+    "direct",
+    "pickwise-single",
+];
+
+struct Args {
+    targets: Option<Vec<String>>,
+    policies: Vec<String>,
+    duration: Duration,
+    concurrency: usize,
+    json: bool,
+}
+
+fn parse() -> Result<Args, String> {
+    let mut a = Args {
+        targets: None,
+        policies: Vec::new(),
+        duration: Duration::from_secs(3),
+        concurrency: 64,
+        json: false,
+    };
+    let mut it = std::env::args().skip(1);
+    while let Some(arg) = it.next() {
+        let mut value = |flag: &str| it.next().ok_or_else(|| format!("{flag} needs a value"));
+        match arg.as_str() {
+            "--targets" => {
+                let list: Vec<String> = value("--targets")?
+                    .split(',')
+                    .filter(|s| !s.is_empty())
+                    .map(str::to_string)
+                    .collect();
+                if list.is_empty() {
+                    return Err("--targets needs at least one host:port".into());
+                }
+                a.targets = Some(list);
+            }
+            "--policy" => {
+                let p = value("--policy")?;
+                if !ALL.contains(&p.as_str()) {
+                    return Err(format!("unknown policy {p:?}; one of {}", ALL.join(", ")));
+                }
+                a.policies.push(p);
+            }
+            "--duration" => {
+                let v = value("--duration")?;
+                let secs: f64 = v.parse().map_err(|_| format!("--duration: invalid {v:?}"))?;
+                if !(secs > 0.0 && secs < 86_400.0) {
+                    return Err("--duration must be positive".into());
+                }
+                a.duration = Duration::from_secs_f64(secs);
+            }
+            "--concurrency" => {
+                let v = value("--concurrency")?;
+                a.concurrency = v
+                    .parse()
+                    .ok()
+                    .filter(|&n| n > 0)
+                    .ok_or(format!("--concurrency: invalid {v:?}"))?;
+            }
+            "--json" => a.json = true,
+            other => return Err(format!("unknown argument {other:?}")),
+        }
+    }
+    if a.policies.is_empty() {
+        a.policies = ALL.iter().map(|s| s.to_string()).collect();
+    }
+    Ok(a)
+}
+
+/// What one policy run produced.
+struct Run {
+    policy: String,
+    requests: u64,
+    errors: u64,
+    secs: f64,
+    latencies_us: Vec<u32>,
+    per_backend: BTreeMap<String, u64>,
+}
+
+impl Run {
+    fn pct_ms(&self, p: f64) -> f64 {
+        if self.latencies_us.is_empty() {
+            return 0.0;
+        }
+        let i = ((self.latencies_us.len() as f64 * p) as usize).min(self.latencies_us.len() - 1);
+        f64::from(self.latencies_us[i]) / 1000.0
+    }
+}
+
+/// Either kind of channel the generated client can run over.
+#[derive(Clone)]
+enum AnyChannel {
+    Tonic(Channel),
+    Pickwise(pickwise_tonic::BalancedChannel),
+}
+
+async fn one_call(ch: &AnyChannel, key: Option<u64>) -> Result<(), tonic::Status> {
+    let mut req = tonic::Request::new(HealthCheckRequest {
+        service: String::new(),
+    });
+    if let Some(k) = key {
+        req.metadata_mut()
+            .insert("x-key", k.to_string().parse().expect("digits"));
+    }
+    match ch {
+        AnyChannel::Tonic(c) => HealthClient::new(c.clone()).check(req).await.map(drop),
+        AnyChannel::Pickwise(c) => HealthClient::new(c.clone()).check(req).await.map(drop),
+    }
+}
+
+fn endpoint(addr: &str) -> Endpoint {
+    Endpoint::from_shared(format!("http://{addr}"))
+        .expect("valid address")
+        .tcp_nodelay(true)
+}
+
+async fn make_channel(policy: &str, targets: &[String]) -> Result<AnyChannel, String> {
+    let pw = || {
+        Builder::new()
+            .backoff(Backoff {
+                initial: Duration::from_millis(100),
+                max: Duration::from_secs(1),
+                ..Backoff::default()
+            })
+            .wait_for_ready(Duration::from_secs(2))
+    };
+    let ch = match policy {
+        "p2c-peak-ewma" => AnyChannel::Pickwise(pw().p2c(Policy::PeakEwma).build_static(targets.to_vec())),
+        "p2c-least-request" => {
+            AnyChannel::Pickwise(pw().p2c(Policy::LeastRequest).build_static(targets.to_vec()))
+        }
+        "ring-hash" => AnyChannel::Pickwise(
+            pw().ring_hash(RingConfig::envoy(), HashPolicy::Bounded { factor_percent: 150 })
+                .hash_header(HeaderName::from_static("x-key"))
+                .build_static(targets.to_vec()),
+        ),
+        "pickwise-single" => {
+            AnyChannel::Pickwise(pw().p2c(Policy::PeakEwma).build_static([targets[0].clone()]))
+        }
+        "tonic-balance-list" => AnyChannel::Tonic(Channel::balance_list(targets.iter().map(|t| endpoint(t)))),
+        "direct" => AnyChannel::Tonic(
+            endpoint(&targets[0])
+                .connect()
+                .await
+                .map_err(|e| format!("connect {}: {e}", targets[0]))?,
+        ),
+        other => return Err(format!("unknown policy {other}")),
+    };
+    if let AnyChannel::Pickwise(c) = &ch {
+        let want = if policy == "pickwise-single" {
+            1
+        } else {
+            targets.len()
+        };
+        c.wait_ready(want, Duration::from_secs(3)).await;
+    }
+    Ok(ch)
+}
+
+async fn run_policy(
+    policy: &str,
+    targets: &[String],
+    backends: &mut [Backend],
+    duration: Duration,
+    concurrency: usize,
+    progress: bool,
+) -> Result<Run, String> {
+    let channel = make_channel(policy, targets).await?;
+    let hits_before: Vec<u64> = backends.iter().map(Backend::hits).collect();
+    let picks_before = pickwise_picks(&channel);
+    let requests = Arc::new(AtomicU64::new(0));
+    let errors = Arc::new(AtomicU64::new(0));
+    let stop = Arc::new(AtomicBool::new(false));
+    let start = Instant::now();
+    let workers: Vec<_> = (0..concurrency)
+        .map(|w| {
+            let (ch, requests, errors, stop) =
+                (channel.clone(), requests.clone(), errors.clone(), stop.clone());
+            let keyed = policy == "ring-hash";
+            tokio::spawn(async move {
+                let mut lat = Vec::with_capacity(4096);
+                let mut key = w as u64;
+                while !stop.load(Ordering::Relaxed) {
+                    key = key
+                        .wrapping_mul(6364136223846793005)
+                        .wrapping_add(1442695040888963407);
+                    let t = Instant::now();
+                    match one_call(&ch, keyed.then_some((key >> 33) % 1000)).await {
+                        Ok(()) => {
+                            lat.push(t.elapsed().as_micros().min(u128::from(u32::MAX)) as u32);
+                            requests.fetch_add(1, Ordering::Relaxed);
+                        }
+                        Err(_) => {
+                            errors.fetch_add(1, Ordering::Relaxed);
+                            // A failing call returns at once; don't spin.
+                            tokio::time::sleep(Duration::from_millis(1)).await;
+                        }
+                    }
+                }
+                lat
+            })
+        })
+        .collect();
+    // The fault script: with embedded backends, backend 3 dies halfway and returns at 3/4.
+    let mut killed = false;
+    let mut restarted = false;
+    while start.elapsed() < duration {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        let t = start.elapsed().as_secs_f64() / duration.as_secs_f64();
+        if backends.len() > 3 && t >= 0.5 && !killed {
+            backends[3].kill();
+            killed = true;
+        }
+        if killed && !restarted && t >= 0.75 {
+            backends[3].restart();
+            restarted = true;
+        }
+        if progress {
+            eprint!(
+                "\r{policy:<20} {:>5.1}s {:>8} ok {:>6} errors{}",
+                start.elapsed().as_secs_f64(),
+                requests.load(Ordering::Relaxed),
+                errors.load(Ordering::Relaxed),
+                if killed && !restarted {
+                    "  (backend 3 down)"
+                } else {
+                    "                  "
+                }
+            );
+            let _ = std::io::stderr().flush();
+        }
+    }
+    stop.store(true, Ordering::Relaxed);
+    let mut latencies_us = Vec::new();
+    for w in workers {
+        latencies_us.extend(w.await.map_err(|e| e.to_string())?);
+    }
+    let secs = start.elapsed().as_secs_f64();
+    if killed && !restarted {
+        backends[3].restart();
+    }
+    if progress {
+        eprint!("\r{:80}\r", "");
+    }
+    latencies_us.sort_unstable();
+    let per_backend: BTreeMap<String, u64> = if backends.is_empty() {
+        // External servers: only pickwise knows where requests went.
+        let after = pickwise_picks(&channel);
+        after
+            .into_iter()
+            .map(|(k, v)| (k.clone(), v - picks_before.get(&k).copied().unwrap_or(0)))
+            .collect()
+    } else {
+        backends
+            .iter()
+            .zip(hits_before)
+            .map(|(b, before)| (b.addr.to_string(), b.hits() - before))
+            .collect()
+    };
+    Ok(Run {
+        policy: policy.to_string(),
+        requests: requests.load(Ordering::Relaxed),
+        errors: errors.load(Ordering::Relaxed),
+        secs,
+        latencies_us,
+        per_backend,
+    })
+}
+
+fn pickwise_picks(ch: &AnyChannel) -> BTreeMap<String, u64> {
+    match ch {
+        AnyChannel::Pickwise(c) => c.stats().into_iter().map(|s| (s.address, s.picks)).collect(),
+        AnyChannel::Tonic(_) => BTreeMap::new(),
+    }
+}
+
+fn json_string(s: &str) -> String {
+    let mut out = String::from("\"");
+    for c in s.chars() {
+        match c {
+            '"' => out.push_str("\\\""),
+            '\\' => out.push_str("\\\\"),
+            c if (c as u32) < 0x20 => out.push_str(&format!("\\u{:04x}", c as u32)),
+            c => out.push(c),
+        }
+    }
+    out.push('"');
+    out
+}
+
+fn main() -> ExitCode {
+    let args = match parse() {
+        Ok(a) => a,
+        Err(e) => {
+            eprintln!("loadtest: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let rt = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("loadtest: cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let mut backends: Vec<Backend> = Vec::new();
+    let targets = match &args.targets {
+        Some(t) => t.clone(),
+        None => {
+            backends = (0..4).map(|_| Backend::start()).collect();
+            backends[1].set_delay(20);
+            backends.iter().map(|b| b.addr.to_string()).collect()
+        }
+    };
+    if !args.json {
+        match &args.targets {
+            Some(_) => println!("targets: {}", targets.join(", ")),
+            None => println!(
+                "4 local backends: {} (backend 1 +20 ms; backend 3 killed at 1/2 of each run, restarted at 3/4)",
+                targets.join(", ")
+            ),
+        }
+        println!(
+            "{} in flight, {:.1} s per policy\n",
+            args.concurrency,
+            args.duration.as_secs_f64()
+        );
+    }
+    let progress = !args.json;
+    let mut rows = Vec::new();
+    for policy in &args.policies {
+        match rt.block_on(run_policy(
+            policy,
+            &targets,
+            &mut backends,
+            args.duration,
+            args.concurrency,
+            progress,
+        )) {
+            Ok(run) => rows.push(run),
+            Err(e) => {
+                eprintln!("loadtest: {policy}: {e}");
+                return ExitCode::FAILURE;
+            }
+        }
+    }
+    if args.json {
+        for r in &rows {
+            let per: Vec<String> = r
+                .per_backend
+                .iter()
+                .map(|(k, v)| format!("{}:{v}", json_string(k)))
+                .collect();
+            println!(
+                "{{\"policy\":{},\"requests\":{},\"errors\":{},\"rps\":{:.1},\"p50_ms\":{:.3},\"p99_ms\":{:.3},\"per_backend\":{{{}}}}}",
+                json_string(&r.policy),
+                r.requests,
+                r.errors,
+                r.requests as f64 / r.secs,
+                r.pct_ms(0.5),
+                r.pct_ms(0.99),
+                per.join(",")
+            );
+        }
+    } else {
+        let names: Vec<String> = (0..targets.len()).map(|i| format!("b{i}")).collect();
+        println!(
+            "{:<20} {:>10} {:>8} {:>8} {:>7}  share per backend ({})",
+            "policy",
+            "req/s",
+            "p50 ms",
+            "p99 ms",
+            "errors",
+            names
+                .iter()
+                .zip(&targets)
+                .map(|(n, t)| format!("{n}={t}"))
+                .collect::<Vec<_>>()
+                .join(" ")
+        );
+        for r in &rows {
+            let total: u64 = r.per_backend.values().sum();
+            let shares: Vec<String> = targets
+                .iter()
+                .zip(&names)
+                .map(|(t, n)| {
+                    let c = r.per_backend.get(t).copied();
+                    match c {
+                        Some(c) if total > 0 => format!("{n} {:>5.1}%", 100.0 * c as f64 / total as f64),
+                        _ => format!("{n}     -"),
+                    }
+                })
+                .collect();
+            println!(
+                "{:<20} {:>10.0} {:>8.2} {:>8.2} {:>7}  {}",
+                r.policy,
+                r.requests as f64 / r.secs,
+                r.pct_ms(0.5),
+                r.pct_ms(0.99),
+                r.errors,
+                shares.join("  ")
+            );
+        }
+        let rps = |p: &str| {
+            rows.iter()
+                .find(|r| r.policy == p)
+                .map(|r| r.requests as f64 / r.secs)
+        };
+        if let (Some(d), Some(s)) = (rps("direct"), rps("pickwise-single")) {
+            println!(
+                "\npickwise overhead vs a direct tonic Channel (same backend, same run): {:.3}x requests/s",
+                s / d
+            );
+        }
+    }
+    drop(backends);
+    rt.shutdown_timeout(Duration::from_secs(1));
+    ExitCode::SUCCESS
+}
