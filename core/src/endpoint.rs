@@ -172,12 +172,17 @@ impl EndpointState {
         loop {
             // Never store 0: it means "no sample".
             let next = update(cur).max(1.0).to_bits();
+            if next == cur {
+                break; // nothing to write: keep the line shared
+            }
             match self.latency.compare_exchange_weak(cur, next, Relaxed, Relaxed) {
                 Ok(_) => break,
                 Err(seen) => cur = seen,
             }
         }
-        self.stamp.store(now_ms, Relaxed);
+        if self.stamp.load(Relaxed) != now_ms {
+            self.stamp.store(now_ms, Relaxed);
+        }
     }
 
     /// Takes an in-flight slot.

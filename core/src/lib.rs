@@ -14,6 +14,7 @@
 //!   line); [`InFlight`] guards release their slot on drop.
 //! - [`pool`]: [`Pool`]: cost [`Policy`] (least-request, peak-EWMA, go-zero) and passive outlier
 //!   detection ([`OutlierConfig`], Envoy defaults).
+//! - [`maglev`]: [`Maglev`] tables (Envoy-compatible), O(1) lookups (feature `alloc`).
 //! - [`hashing`]: [`RingPicker`]: ring picks that skip unavailable endpoints, bounded load
 //!   (Envoy `hash_balance_factor`) and pickwise's affinity-with-load.
 //!
@@ -47,6 +48,8 @@ mod endpoint;
 mod error;
 pub mod hash;
 pub mod hashing;
+#[cfg(feature = "alloc")]
+pub mod maglev;
 mod math;
 pub mod p2c;
 pub mod pool;
@@ -57,6 +60,8 @@ mod sync;
 pub use endpoint::{Completion, EndpointState, InFlight, Outcome};
 pub use error::RingError;
 pub use hashing::{HashPolicy, RingPicker};
+#[cfg(feature = "alloc")]
+pub use maglev::{Maglev, MaglevError};
 pub use p2c::{P2c, PickError};
 pub use pool::{OutlierConfig, Policy, Pool, PoolConfig};
 #[cfg(feature = "alloc")]

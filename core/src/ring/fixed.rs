@@ -26,6 +26,7 @@ use crate::RingError;
 pub struct FixedRing<const P: usize> {
     points: Vec<u64, P>,
     owners: Vec<u32, P>,
+    len: usize,
     index: Vec<u32, P>,
     shift: u32,
 }
@@ -45,15 +46,15 @@ impl<const P: usize> FixedRing<P> {
             let index_len = view.index_len();
             (view.len(), index_len, view.shift())
         };
-        owners.truncate(n);
         index.truncate(index_len);
-        // Keep up to SCAN - 1 pads when room allows, so lookups near the end stay branch-free.
-        let padded = (n + SCAN - 1).min(P);
-        points.truncate(padded);
+        // Keep pads when room allows, so lookups near the end stay on the fast path.
+        points.truncate((n + SCAN - 1).min(P));
         points[n..].fill(u64::MAX);
+        owners.truncate(n);
         Ok(Self {
             points,
             owners,
+            len: n,
             index,
             shift,
         })
@@ -62,6 +63,6 @@ impl<const P: usize> FixedRing<P> {
     /// The lookup view; every lookup method is on it.
     #[inline]
     pub fn view(&self) -> RingView<'_> {
-        RingView::from_parts(&self.points, &self.owners, &self.index, self.shift)
+        RingView::from_parts(&self.points, &self.owners, self.len, &self.index, self.shift)
     }
 }

@@ -42,7 +42,7 @@
 //! assert_eq!(host(3551244743356806948), "127.0.0.1:93");
 //! ```
 
-mod build;
+pub(crate) mod build;
 mod fixed;
 #[cfg(feature = "alloc")]
 mod owned;

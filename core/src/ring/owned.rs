@@ -9,8 +9,9 @@ use super::{Mode, RingConfig};
 use crate::RingError;
 
 /// A consistent-hash ring owning its arrays: sorted `u64` points, a parallel `u32` owner array
-/// (12 bytes per point) and a bucket index over the top hash bits (at most 4 bytes per point) that
-/// makes a lookup O(1) on average: one index read, then a branch-free scan of 4 points.
+/// (12 bytes per point) and a bucket index over the top hash bits (at most 8 bytes per point: one
+/// `u32` per bucket, about 1.3 buckets per point) that makes a lookup O(1) on average: one index
+/// read, then a branch-free scan of 2 points (binary search within the bucket if it holds more).
 ///
 /// Endpoints are named by their position in the slice given to [`build`](Self::build). The ring also
 /// keeps each endpoint's key and weight, so membership changes ([`with_endpoint`](Self::with_endpoint),
@@ -108,11 +109,11 @@ impl Ring {
     /// The lookup view (borrowed arrays); every lookup method is on it.
     #[inline]
     pub fn view(&self) -> RingView<'_> {
-        RingView::from_parts(&self.points, &self.owners, &self.index, self.shift)
+        RingView::from_parts(&self.points, &self.owners, self.len(), &self.index, self.shift)
     }
 
     /// The endpoint owning `hash`. See [`RingView::lookup`].
-    #[inline]
+    #[inline(always)]
     pub fn lookup(&self, hash: u64) -> Option<u32> {
         self.view().lookup(hash)
     }
@@ -126,13 +127,13 @@ impl Ring {
     /// Number of points.
     #[inline]
     pub fn len(&self) -> usize {
-        self.owners.len()
+        self.points.len() + 1 - SCAN
     }
 
     /// Always false: a built ring has at least one point.
     #[inline]
     pub fn is_empty(&self) -> bool {
-        self.owners.is_empty()
+        self.len() == 0
     }
 
     /// Number of endpoints (some may hold no point when the ring is smaller than the endpoint count).
@@ -254,7 +255,7 @@ impl Ring {
     /// Number of ring points each endpoint holds.
     pub fn point_counts(&self) -> Vec<u64> {
         let mut counts = alloc::vec![0u64; self.keys.len()];
-        for &o in &self.owners {
+        for &o in self.view().owners() {
             counts[o as usize] += 1;
         }
         counts
