@@ -43,6 +43,10 @@ pub enum Outcome {
 ///
 /// Create it once per endpoint and keep it (e.g. in an `Arc`) across picker rebuilds, so load is
 /// not reset when membership changes.
+///
+/// Exact under any concurrency: the in-flight count, failure counts and ejection. Approximate when
+/// requests on one endpoint race: the latency estimate and the `picks` statistic use plain stores
+/// (last writer wins) to keep each request at two atomic read-modify-writes.
 #[derive(Debug)]
 #[repr(align(64))]
 pub struct EndpointState {
@@ -135,7 +139,8 @@ impl EndpointState {
         (self.flags.load(Relaxed) & EJECTED != 0 && left > 0).then_some(left as u32)
     }
 
-    /// Requests started on this endpoint (wrapping on targets without 64-bit atomics).
+    /// Requests started on this endpoint (wrapping on targets without 64-bit atomics; concurrent
+    /// picks may undercount it slightly, see the type docs).
     pub fn picks(&self) -> u64 {
         read(&self.picks)
     }
@@ -166,30 +171,30 @@ impl EndpointState {
         (self.latency.load(Relaxed), self.stamp.load(Relaxed))
     }
 
-    /// Applies `update(old_estimate_bits) -> new estimate` atomically, then stamps `now_ms`.
+    /// Replaces the estimate with `update(old_estimate_bits)` and stamps `now_ms`.
+    ///
+    /// A plain load and store, not a compare-and-swap: two completions racing on one endpoint may
+    /// lose one sample (last writer wins), which a decaying estimate absorbs, and the pick path
+    /// stays at two read-modify-write operations (the in-flight count) per request.
     pub(crate) fn update_latency(&self, now_ms: u32, update: impl Fn(u32) -> f32) {
-        let mut cur = self.latency.load(Relaxed);
-        loop {
-            // Never store 0: it means "no sample".
-            let next = update(cur).max(1.0).to_bits();
-            if next == cur {
-                break; // nothing to write: keep the line shared
-            }
-            match self.latency.compare_exchange_weak(cur, next, Relaxed, Relaxed) {
-                Ok(_) => break,
-                Err(seen) => cur = seen,
-            }
+        let cur = self.latency.load(Relaxed);
+        // Never store 0: it means "no sample".
+        let next = update(cur).max(1.0).to_bits();
+        if next != cur {
+            self.latency.store(next, Relaxed);
         }
         if self.stamp.load(Relaxed) != now_ms {
             self.stamp.store(now_ms, Relaxed);
         }
     }
 
-    /// Takes an in-flight slot.
+    /// Takes an in-flight slot (exact, atomic) and counts the pick (a statistic: a plain
+    /// load and store, so concurrent picks on one endpoint may undercount it slightly).
     #[inline]
     pub(crate) fn acquire(&self) {
         self.in_flight.fetch_add(1, Relaxed);
-        self.picks.fetch_add(1, Relaxed);
+        self.picks
+            .store(self.picks.load(Relaxed).wrapping_add(1), Relaxed);
     }
 
     /// Returns an in-flight slot; saturates at 0 so no sequence can underflow.

@@ -6,8 +6,12 @@
 //!
 //! ```text
 //! cargo run --release -p pickwise-tonic --example loadtest -- [--targets host:port,...]
-//!     [--policy NAME]... [--duration SECS] [--concurrency N] [--json]
+//!     [--policy NAME]... [--duration SECS] [--concurrency N] [--healthy] [--json]
 //! ```
+//!
+//! pickwise runs use a 100 ms..1 s reconnect backoff and a 1 s base ejection, so a run of a few
+//! seconds shows the killed backend coming back. `--healthy` keeps the embedded backends equal and alive (no slow one, no kill): the setting for
+//! measuring overhead.
 //!
 //! Policies: `p2c-peak-ewma`, `p2c-least-request`, `ring-hash`, `tonic-balance-list` (tonic's own
 //! `Channel::balance_list`), and for the overhead comparison `direct` (one tonic `Channel` to the
@@ -25,7 +29,7 @@ use std::time::{Duration, Instant};
 
 use backend::Backend;
 use http::HeaderName;
-use pickwise_tonic::{Backoff, Builder, HashPolicy, Policy, RingConfig};
+use pickwise_tonic::{Backoff, Builder, HashPolicy, OutlierConfig, Policy, RingConfig};
 use tonic::transport::{Channel, Endpoint};
 use tonic_health::pb::{health_client::HealthClient, HealthCheckRequest};
 
@@ -43,6 +47,7 @@ struct Args {
     policies: Vec<String>,
     duration: Duration,
     concurrency: usize,
+    healthy: bool,
     json: bool,
 }
 
@@ -93,6 +98,7 @@ fn parse() -> Result<Args, String> {
                     .ok_or(format!("--concurrency: invalid {v:?}"))?;
             }
             "--json" => a.json = true,
+            "--healthy" => a.healthy = true,
             other => return Err(format!("unknown argument {other:?}")),
         }
     }
@@ -199,6 +205,7 @@ async fn run_policy(
     duration: Duration,
     concurrency: usize,
     progress: bool,
+    faults: bool,
 ) -> Result<Run, String> {
     let channel = make_channel(policy, targets).await?;
     let hits_before: Vec<u64> = backends.iter().map(Backend::hits).collect();
@@ -242,7 +249,7 @@ async fn run_policy(
     while start.elapsed() < duration {
         tokio::time::sleep(Duration::from_millis(50)).await;
         let t = start.elapsed().as_secs_f64() / duration.as_secs_f64();
-        if backends.len() > 3 && t >= 0.5 && !killed {
+        if faults && backends.len() > 3 && t >= 0.5 && !killed {
             backends[3].kill();
             killed = true;
         }
@@ -343,13 +350,16 @@ fn main() -> ExitCode {
         Some(t) => t.clone(),
         None => {
             backends = (0..4).map(|_| Backend::start()).collect();
-            backends[1].set_delay(20);
+            if !args.healthy {
+                backends[1].set_delay(20);
+            }
             backends.iter().map(|b| b.addr.to_string()).collect()
         }
     };
     if !args.json {
         match &args.targets {
             Some(_) => println!("targets: {}", targets.join(", ")),
+            None if args.healthy => println!("4 equal local backends: {}", targets.join(", ")),
             None => println!(
                 "4 local backends: {} (backend 1 +20 ms; backend 3 killed at 1/2 of each run, restarted at 3/4)",
                 targets.join(", ")
@@ -371,6 +381,7 @@ fn main() -> ExitCode {
             args.duration,
             args.concurrency,
             progress,
+            !args.healthy,
         )) {
             Ok(run) => rows.push(run),
             Err(e) => {

@@ -124,7 +124,16 @@ async fn slow_backend_gets_a_small_share_under_peak_ewma() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn killed_backend_leaves_quickly_and_comes_back_after_restart() {
     let mut backends: Vec<Backend> = (0..3).map(|_| Backend::start()).collect();
-    let channel = builder().p2c(Policy::PeakEwma).build_static(addrs(&backends));
+    // Requests in flight when the backend dies fail and may eject it; keep that ejection short so
+    // the test sees the comeback (the default is Envoy's 30 s).
+    let outlier = OutlierConfig {
+        base_ejection_ms: 300,
+        ..OutlierConfig::default()
+    };
+    let channel = builder()
+        .p2c(Policy::PeakEwma)
+        .outlier(outlier)
+        .build_static(addrs(&backends));
     channel.wait_ready(3, Duration::from_secs(5)).await;
     let victim = backends[1].addr.to_string();
 
@@ -176,11 +185,14 @@ async fn killed_backend_leaves_quickly_and_comes_back_after_restart() {
         3,
         "restarted backend did not come back"
     );
-    let (seen, errors) = load(&channel, 8, Duration::from_millis(400)).await;
+    // Past any ejection (300 ms base), the restarted backend takes traffic again.
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    let (seen, errors) = load(&channel, 8, Duration::from_millis(600)).await;
     assert_eq!(errors, 0);
     assert!(
         seen.get(&victim).copied().unwrap_or(0) > 0,
-        "restarted backend gets no traffic"
+        "restarted backend gets no traffic: {:?}",
+        channel.stats()
     );
     assert_no_in_flight(&channel);
 }
