@@ -10,8 +10,8 @@
 //! ```
 //!
 //! pickwise runs use a 100 ms..1 s reconnect backoff and a 1 s base ejection, so a run of a few
-//! seconds shows the killed backend coming back. `--healthy` keeps the embedded backends equal and alive (no slow one, no kill): the setting for
-//! measuring overhead.
+//! seconds shows the killed backend coming back. `--healthy` keeps the embedded backends equal
+//! and alive (no slow one, no kill): the setting for measuring overhead.
 //!
 //! Policies: `p2c-peak-ewma`, `p2c-least-request`, `ring-hash`, `tonic-balance-list` (tonic's own
 //! `Channel::balance_list`), and for the overhead comparison `direct` (one tonic `Channel` to the
@@ -57,6 +57,7 @@ fn parse() -> Result<Args, String> {
         policies: Vec::new(),
         duration: Duration::from_secs(3),
         concurrency: 64,
+        healthy: false,
         json: false,
     };
     let mut it = std::env::args().skip(1);
@@ -162,6 +163,11 @@ async fn make_channel(policy: &str, targets: &[String]) -> Result<AnyChannel, St
                 initial: Duration::from_millis(100),
                 max: Duration::from_secs(1),
                 ..Backoff::default()
+            })
+            // Short ejections so a run of a few seconds shows the killed backend coming back.
+            .outlier(OutlierConfig {
+                base_ejection_ms: 1000,
+                ..OutlierConfig::default()
             })
             .wait_for_ready(Duration::from_secs(2))
     };
