@@ -204,13 +204,15 @@ impl Pool {
         let now_ms = millis(now);
         let rtt = latency_ns as f32;
         let decay_ns = self.config.decay_ns;
+        let default_rtt = self.config.default_rtt_ns;
         let peak = matches!(self.config.policy, Policy::PeakEwma | Policy::LeastRequest);
         let (_, stamp) = e.latency_raw();
         let w = exp_neg(ms_diff(now_ms, stamp).max(0) as f32 * 1e6 / decay_ns);
         let failed = outcome == Outcome::Failure;
         e.update_latency(now_ms, |bits| {
             if bits == 0 {
-                return rtt; // first sample
+                // First sample. A fast failure must not make a fresh endpoint look cheap.
+                return if failed { rtt.max(default_rtt) } else { rtt };
             }
             let est = f32::from_bits(bits);
             if failed {
@@ -429,6 +431,14 @@ mod tests {
             let _ = InFlight::start(&e, &pool, t).complete(t + 1000, Outcome::Failure);
         }
         assert!(pool.estimate(&e, 103 * MS) >= 19.8e6);
+    }
+
+    #[test]
+    fn a_fast_first_failure_does_not_look_cheap() {
+        let pool = Pool::new(PoolConfig::default());
+        let e = EndpointState::new(1);
+        let _ = InFlight::start(&e, &pool, 0).complete(1000, Outcome::Failure);
+        assert!(pool.estimate(&e, 1000) >= 30e6);
     }
 
     #[test]
