@@ -26,12 +26,20 @@ use crate::BalancedChannel;
 pub(crate) struct Shared {
     pub(crate) snapshot: ArcSwap<Snapshot>,
     pub(crate) version: watch::Sender<u64>,
-    pub(crate) pool: Arc<Pool>,
+    pub(crate) common: Arc<Common>,
+}
+
+/// What requests need after the pick (pool, config, clock). Every subchannel holds an `Arc` of it,
+/// so an in-flight request reaches it through its endpoint and clones no balancer-wide `Arc`
+/// (a refcount every core would write on every request).
+#[derive(Debug)]
+pub(crate) struct Common {
+    pub(crate) pool: Pool,
     pub(crate) config: Arc<Config>,
     epoch: Instant,
 }
 
-impl Shared {
+impl Common {
     /// Monotonic nanoseconds since the balancer started: the core's `now`.
     #[inline]
     pub(crate) fn now(&self) -> u64 {
@@ -137,7 +145,7 @@ pub struct EndpointStats {
 
 impl Shared {
     pub(crate) fn stats(&self) -> Vec<EndpointStats> {
-        let now = self.now();
+        let now = self.common.now();
         let snap = self.snapshot.load();
         snap.members
             .iter()
@@ -150,7 +158,7 @@ impl Shared {
                     in_flight: e.in_flight(),
                     latency: e
                         .latency_ns()
-                        .map(|_| Duration::from_nanos(self.pool.estimate(e, now) as u64)),
+                        .map(|_| Duration::from_nanos(self.common.pool.estimate(e, now) as u64)),
                     picks: e.picks(),
                     failures: e.failures(),
                     ejected_for: e
@@ -183,14 +191,16 @@ struct Balancer {
 
 /// Starts the balancer task and returns the user's handle.
 pub(crate) fn spawn(config: Config, discovery: BoxDiscover) -> BalancedChannel {
-    let pool = Pool::new(config.pool);
     let (version, _) = watch::channel(0u64);
+    let common = Arc::new(Common {
+        pool: Pool::new(config.pool),
+        config: Arc::new(config),
+        epoch: Instant::now(),
+    });
     let shared = Arc::new(Shared {
         snapshot: ArcSwap::from_pointee(Snapshot::default()),
         version,
-        pool: Arc::new(pool),
-        config: Arc::new(config),
-        epoch: Instant::now(),
+        common,
     });
     let (events_tx, events_rx) = mpsc::unbounded_channel();
     let (shutdown_tx, shutdown_rx) = oneshot::channel();
@@ -217,7 +227,7 @@ impl Balancer {
         mut shutdown: oneshot::Receiver<()>,
     ) {
         let mut discovery_open = true;
-        let mut sweep = tokio::time::interval(self.shared.config.sweep_interval);
+        let mut sweep = tokio::time::interval(self.shared.common.config.sweep_interval);
         sweep.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tokio::select! {
@@ -251,7 +261,7 @@ impl Balancer {
                 }
                 _ = sweep.tick() => {
                     let snap = self.shared.snapshot.load();
-                    self.shared.pool.sweep(self.shared.now(), snap.members.iter().map(|m| &m.sub.core));
+                    self.shared.common.pool.sweep(self.shared.common.now(), snap.members.iter().map(|m| &m.sub.core));
                     continue;
                 }
             }
@@ -279,15 +289,10 @@ impl Balancer {
                     }
                     return;
                 }
-                let sub = Arc::new(Subchannel::new(addr.clone(), weight));
+                let sub = Arc::new(Subchannel::new(addr.clone(), weight, self.shared.common.clone()));
                 let id = self.next_id;
                 self.next_id += 1;
-                let task = tokio::spawn(subchannel::run(
-                    sub.clone(),
-                    self.shared.config.clone(),
-                    id,
-                    self.events.clone(),
-                ));
+                let task = tokio::spawn(subchannel::run(sub.clone(), id, self.events.clone()));
                 self.entries.insert(addr.clone(), Entry { sub, task });
                 self.order.push(addr);
                 self.ring_dirty = true;
@@ -296,7 +301,7 @@ impl Balancer {
                 if let Some(e) = self.entries.remove(&addr) {
                     e.task.abort();
                     e.sub.core.set_ready(false);
-                    self.shared.pool.remove(&e.sub.core);
+                    self.shared.common.pool.remove(&e.sub.core);
                     self.order.retain(|a| *a != addr);
                     self.ring_dirty = true;
                 }
@@ -314,10 +319,10 @@ impl Balancer {
                 sub: e.sub.clone(),
             })
             .collect();
-        self.shared.pool.set_endpoints(members.len());
+        self.shared.common.pool.set_endpoints(members.len());
         if self.ring_dirty {
             self.ring_dirty = false;
-            self.ring = match self.shared.config.policy {
+            self.ring = match self.shared.common.config.policy {
                 LbPolicy::RingHash { ring, .. } if !members.is_empty() => {
                     let list: Vec<(&str, u32)> = members
                         .iter()

@@ -10,7 +10,7 @@ use std::task::{ready, Context, Poll};
 use std::time::Duration;
 
 use http_body::{Body, Frame, SizeHint};
-use pickwise::{InFlight, Outcome, P2c, PickError, Pool, RingPicker};
+use pickwise::{InFlight, Outcome, P2c, PickError, RingPicker};
 use pin_project_lite::pin_project;
 use tokio::sync::oneshot;
 use tonic::codegen::Bytes;
@@ -25,7 +25,7 @@ use crate::subchannel::SubRef;
 use crate::BoxError;
 
 type Request = http::Request<tonic::body::Body>;
-type Guard = InFlight<SubRef, Arc<Pool>>;
+type Guard = InFlight<SubRef, SubRef>;
 
 /// A request hash set by the caller as a request extension; takes precedence over the hash header.
 ///
@@ -110,17 +110,18 @@ fn request_hash(config: &Config, req: &Request) -> Option<u64> {
 
 /// One pick against one snapshot. Allocates nothing and takes no lock.
 fn try_pick(shared: &Shared, snap: &Snapshot, req: &Request) -> Result<Picked, Unpicked> {
-    let now = shared.now();
-    let pool = &shared.pool;
+    let common = &shared.common;
+    let now = common.now();
+    let pool = &common.pool;
     let rng = || fastrand::u64(..);
     let p2c = || {
         P2c::new(&snap.ready, pool)
             .pick(now, &mut || fastrand::u64(..))
             .map(|i| &snap.ready[i])
     };
-    let chosen: Result<&Member, PickError> = match (&shared.config.policy, &snap.ring) {
+    let chosen: Result<&Member, PickError> = match (&common.config.policy, &snap.ring) {
         (LbPolicy::RingHash { load, .. }, Some(ring)) => {
-            let hash = match (request_hash(&shared.config, req), shared.config.no_key) {
+            let hash = match (request_hash(&common.config, req), common.config.no_key) {
                 (Some(h), _) => Some(h),
                 (None, NoKey::RandomHash) => Some(rng()),
                 (None, NoKey::P2c) => None,
@@ -150,7 +151,8 @@ fn try_pick(shared: &Shared, snap: &Snapshot, req: &Request) -> Result<Picked, U
     };
     // Ready in the core but the snapshot predates its channel: the next snapshot has it.
     let channel = member.channel.clone().ok_or(Unpicked::Wait)?;
-    let guard = InFlight::start(SubRef(member.sub.clone()), shared.pool.clone(), now);
+    let sub = SubRef(member.sub.clone());
+    let guard = InFlight::start(sub.clone(), sub, now);
     Ok(Picked { channel, guard })
 }
 
@@ -158,7 +160,7 @@ type WaitFuture = Pin<Box<dyn Future<Output = Result<(Picked, Request), Status>>
 
 /// Slow path: no endpoint ready yet but some connecting. Waits for new pickers until the deadline.
 async fn wait_for_pick(shared: Arc<Shared>, req: Request) -> Result<(Picked, Request), Status> {
-    let wait = shared.config.wait_for_ready;
+    let wait = shared.common.config.wait_for_ready;
     let deadline = tokio::time::Instant::now() + wait;
     let mut rx = shared.version.subscribe();
     loop {
@@ -207,10 +209,7 @@ impl Service<Request> for BalancedChannel {
                 fut: Box::pin(wait_for_pick(self.shared.clone(), req)),
             },
         };
-        ResponseFuture {
-            state,
-            shared: self.shared.clone(),
-        }
+        ResponseFuture { state }
     }
 }
 
@@ -219,7 +218,6 @@ pin_project! {
     pub struct ResponseFuture {
         #[pin]
         state: State,
-        shared: Arc<Shared>,
     }
 }
 
@@ -240,19 +238,22 @@ impl std::fmt::Debug for ResponseFuture {
 }
 
 /// Ends a request whose call failed before a response: the endpoint's connection is suspect.
-fn fail_call(shared: &Shared, guard: Option<Guard>) {
+fn fail_call(guard: Option<Guard>) {
     if let Some(g) = guard {
         g.endpoint().0.mark_broken();
-        let _ = g.complete(shared.now(), Outcome::Failure);
+        finish(g, None);
     }
 }
 
-fn outcome(config: &Config, code: Code) -> Outcome {
-    if config.failure_codes.contains(&code) {
-        Outcome::Failure
-    } else {
-        Outcome::Success
-    }
+/// Completes a request with its gRPC status (`None`: a transport or HTTP failure).
+fn finish(guard: Guard, code: Option<Code>) {
+    let common = &guard.endpoint().0.common;
+    let outcome = match code {
+        Some(code) if !common.config.failure_codes.contains(&code) => Outcome::Success,
+        _ => Outcome::Failure,
+    };
+    let now = common.now();
+    let _ = guard.complete(now, outcome);
 }
 
 fn grpc_status(headers: &http::HeaderMap) -> Option<Code> {
@@ -264,9 +265,7 @@ impl Future for ResponseFuture {
 
     fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         loop {
-            let this = self.as_mut().project();
-            let shared = this.shared;
-            match this.state.project() {
+            match self.as_mut().project().state.project() {
                 StateProj::Fail { status } => {
                     let status = status
                         .take()
@@ -290,7 +289,7 @@ impl Future for ResponseFuture {
                         ))));
                     };
                     if let Err(e) = ready!(Service::poll_ready(&mut p.channel, cx)) {
-                        fail_call(shared, picked.take().map(|p| p.guard));
+                        fail_call(picked.take().map(|p| p.guard));
                         return Poll::Ready(Err(e.into()));
                     }
                     let (Some(mut p), Some(req)) = (picked.take(), req.take()) else {
@@ -308,21 +307,25 @@ impl Future for ResponseFuture {
                     let resp = match ready!(fut.poll(cx)) {
                         Ok(resp) => resp,
                         Err(e) => {
-                            fail_call(shared, guard.take());
+                            fail_call(guard.take());
                             return Poll::Ready(Err(e.into()));
                         }
                     };
                     let guard = guard.take();
                     let (parts, body) = resp.into_parts();
-                    let pending = if parts.status != http::StatusCode::OK {
-                        guard.map(|g| g.complete(shared.now(), Outcome::Failure));
-                        None
-                    } else if let Some(code) = grpc_status(&parts.headers) {
+                    let status = (parts.status == http::StatusCode::OK).then(|| grpc_status(&parts.headers));
+                    let pending = match (guard, status) {
+                        // Not HTTP 200: a proxy or server error before gRPC.
+                        (Some(g), None) => {
+                            finish(g, None);
+                            None
+                        }
                         // Trailers-only response: the outcome is known now.
-                        guard.map(|g| g.complete(shared.now(), outcome(&shared.config, code)));
-                        None
-                    } else {
-                        guard.map(|g| (g, shared.clone()))
+                        (Some(g), Some(Some(code))) => {
+                            finish(g, Some(code));
+                            None
+                        }
+                        (guard, _) => guard,
                     };
                     let body = ResponseBody { inner: body, pending };
                     return Poll::Ready(Ok(http::Response::from_parts(parts, body)));
@@ -338,7 +341,7 @@ pin_project! {
     pub struct ResponseBody {
         #[pin]
         inner: tonic::body::Body,
-        pending: Option<(Guard, Arc<Shared>)>,
+        pending: Option<Guard>,
     }
 }
 
@@ -369,8 +372,8 @@ impl Body for ResponseBody {
             None => Some(Code::Internal), // ended without trailers: a broken response
         };
         if let Some(code) = finished {
-            if let Some((guard, shared)) = this.pending.take() {
-                let _ = guard.complete(shared.now(), outcome(&shared.config, code));
+            if let Some(guard) = this.pending.take() {
+                finish(guard, Some(code));
             }
         }
         Poll::Ready(res)

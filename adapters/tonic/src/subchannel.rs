@@ -14,7 +14,7 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use hyper_util::rt::TokioIo;
-use pickwise::EndpointState;
+use pickwise::{EndpointState, Pool};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 use tokio::sync::{mpsc, Notify};
@@ -22,7 +22,8 @@ use tonic::transport::{Channel, Endpoint, Uri};
 use tonic_health::pb::health_check_response::ServingStatus;
 use tonic_health::pb::{health_client::HealthClient, HealthCheckRequest};
 
-use crate::config::{Backoff, Config};
+use crate::balancer::Common;
+use crate::config::Backoff;
 use crate::BoxError;
 
 /// Connectivity state of an endpoint's connection (grpc's names).
@@ -60,10 +61,11 @@ pub(crate) struct Subchannel {
     last_error: Mutex<Option<String>>,
     /// The request path saw a transport error: drop this connection and reconnect.
     broken: Notify,
+    pub(crate) common: Arc<Common>,
 }
 
 impl Subchannel {
-    pub(crate) fn new(addr: String, weight: u32) -> Self {
+    pub(crate) fn new(addr: String, weight: u32, common: Arc<Common>) -> Self {
         let core = EndpointState::new(weight);
         core.set_ready(false);
         Self {
@@ -73,6 +75,7 @@ impl Subchannel {
             channel: Mutex::new(None),
             last_error: Mutex::new(None),
             broken: Notify::new(),
+            common,
         }
     }
 
@@ -118,13 +121,15 @@ impl Borrow<EndpointState> for SubRef {
     }
 }
 
+impl Borrow<Pool> for SubRef {
+    fn borrow(&self) -> &Pool {
+        &self.0.common.pool
+    }
+}
+
 /// The connection task of one endpoint. Runs until aborted by the balancer.
-pub(crate) async fn run(
-    sub: Arc<Subchannel>,
-    config: Arc<Config>,
-    id: u64,
-    events: mpsc::UnboundedSender<u64>,
-) {
+pub(crate) async fn run(sub: Arc<Subchannel>, id: u64, events: mpsc::UnboundedSender<u64>) {
+    let config = sub.common.config.clone();
     let publish = |state, channel, error| {
         sub.set(state, channel, error);
         let _ = events.send(id);
