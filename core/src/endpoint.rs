@@ -27,6 +27,16 @@ pub(crate) fn ms_diff(a: u32, b: u32) -> i32 {
     a.wrapping_sub(b) as i32
 }
 
+/// What [`EndpointState::availability`] saw.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Availability {
+    Ready,
+    NotReady,
+    Ejected,
+    /// Ejected, but the time is up: available, and the ejection should be cleared.
+    EjectionOver,
+}
+
 /// How a request ended, as the caller classifies it (the tonic adapter maps gRPC codes).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Outcome {
@@ -131,6 +141,21 @@ impl EndpointState {
         let flags = self.flags.load(Relaxed);
         flags & READY != 0
             && (flags & EJECTED == 0 || ms_diff(self.ejected_until.load(Relaxed), millis(now)) <= 0)
+    }
+
+    /// One load of the flags (two if ejected): what a picker needs to know.
+    #[inline]
+    pub(crate) fn availability(&self, now: u64) -> Availability {
+        let flags = self.flags.load(Relaxed);
+        if flags & READY == 0 {
+            Availability::NotReady
+        } else if flags & EJECTED == 0 {
+            Availability::Ready
+        } else if ms_diff(self.ejected_until.load(Relaxed), millis(now)) > 0 {
+            Availability::Ejected
+        } else {
+            Availability::EjectionOver
+        }
     }
 
     /// If ejected, how many milliseconds of ejection remain at `now`.

@@ -104,8 +104,10 @@ impl<'a, E: Borrow<EndpointState>> P2c<'a, E> {
     /// The cheaper of `a` and `b`; a tie goes to a random one.
     #[inline]
     pub fn cheaper(&self, a: usize, b: usize, now: u64, rng: &mut impl Rng) -> usize {
-        let ca = self.pool.cost(self.endpoints[a].borrow(), now);
-        let cb = self.pool.cost(self.endpoints[b].borrow(), now);
+        // cost = unweighted / weight; cross-multiplied, so no division on the pick path.
+        let (ua, wa) = self.pool.cost_parts(self.endpoints[a].borrow(), now);
+        let (ub, wb) = self.pool.cost_parts(self.endpoints[b].borrow(), now);
+        let (ca, cb) = (ua * wb, ub * wa);
         if ca < cb {
             a
         } else if cb < ca {

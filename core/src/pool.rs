@@ -9,7 +9,8 @@
 //! | `PeakEwma` | `rtt_estimate * (in_flight + 1)`; a slower sample replaces the estimate at once, faster ones decay in | tower / linkerd (default RTT 30 ms, decay 10 s) |
 //! | `GoZero` | `sqrt(lag + 1) * (in_flight + 1)`, `lag` a time-decayed EWMA of latency (ns) | go-zero `p2c_ewma` |
 //!
-//! An estimate also decays toward 0 while no sample arrives (tower's semantics), so an idle endpoint
+//! Least-request keeps no latency estimate (its cost ignores latency, and skipping it makes its pick
+//! and completion the cheapest). An estimate also decays toward 0 while no sample arrives (tower's semantics), so an idle endpoint
 //! is probed again. Failures never lower an estimate.
 //!
 //! Passive outlier detection (Envoy's `consecutive_5xx`): after `consecutive_failures` failures in a
@@ -19,7 +20,7 @@
 //! into "unavailable"). Ejected endpoints return when their time is up; the multiplier decays by one
 //! per `base_ejection` spent healthy ([`Pool::sweep`]).
 
-use crate::endpoint::{millis, ms_diff, EndpointState, Outcome};
+use crate::endpoint::{millis, ms_diff, Availability, EndpointState, Outcome};
 use crate::math::{exp_neg, sqrt};
 use crate::sync::{AtomicU32, Ordering::Relaxed};
 
@@ -180,12 +181,21 @@ impl Pool {
     /// The endpoint's cost at `now` under the policy, divided by its weight. Lower is better.
     #[inline]
     pub fn cost(&self, e: &EndpointState, now: u64) -> f32 {
-        let load = (e.in_flight() as f32 + 1.0) / e.weight() as f32;
-        match self.config.policy {
+        let (unweighted, weight) = self.cost_parts(e, now);
+        unweighted / weight
+    }
+
+    /// `(cost before weighting, weight)`: comparing `a.0 * b.1` with `b.0 * a.1` orders two
+    /// endpoints like [`cost`](Self::cost) without dividing.
+    #[inline]
+    pub(crate) fn cost_parts(&self, e: &EndpointState, now: u64) -> (f32, f32) {
+        let load = e.in_flight() as f32 + 1.0;
+        let unweighted = match self.config.policy {
             Policy::LeastRequest => load,
             Policy::PeakEwma => self.estimate(e, now) * load,
             Policy::GoZero => sqrt(self.estimate(e, now) + 1.0) * load,
-        }
+        };
+        (unweighted, e.weight() as f32)
     }
 
     /// The latency estimate decayed to `now` (the default RTT before any sample).
@@ -202,27 +212,10 @@ impl Pool {
     /// Records a finished request: latency estimate, outcome, ejection. Returns whether it ejected.
     pub(crate) fn record(&self, e: &EndpointState, now: u64, latency_ns: u64, outcome: Outcome) -> bool {
         let now_ms = millis(now);
-        let rtt = latency_ns as f32;
-        let decay_ns = self.config.decay_ns;
-        let default_rtt = self.config.default_rtt_ns;
-        let peak = matches!(self.config.policy, Policy::PeakEwma | Policy::LeastRequest);
-        let (_, stamp) = e.latency_raw();
-        let w = exp_neg(ms_diff(now_ms, stamp).max(0) as f32 * 1e6 / decay_ns);
-        let failed = outcome == Outcome::Failure;
-        e.update_latency(now_ms, |bits| {
-            if bits == 0 {
-                // First sample. A fast failure must not make a fresh endpoint look cheap.
-                return if failed { rtt.max(default_rtt) } else { rtt };
-            }
-            let est = f32::from_bits(bits);
-            if failed {
-                est.max(rtt) // a failure may raise the estimate, never lower it
-            } else if peak && rtt > est {
-                rtt
-            } else {
-                est * w + rtt * (1.0 - w)
-            }
-        });
+        // Least-request costs ignore latency: skip the estimate (the pick path's fastest policy).
+        if self.config.policy != Policy::LeastRequest {
+            self.update_estimate(e, now_ms, latency_ns, outcome == Outcome::Failure);
+        }
         match outcome {
             Outcome::Success => {
                 e.record_success();
@@ -235,6 +228,32 @@ impl Pool {
                 threshold != 0 && streak >= threshold && self.try_eject(e, now_ms)
             }
         }
+    }
+
+    /// Folds one latency sample into the estimate (peak-EWMA or go-zero's plain EWMA).
+    fn update_estimate(&self, e: &EndpointState, now_ms: u32, latency_ns: u64, failed: bool) {
+        let rtt = latency_ns as f32;
+        let decay_ns = self.config.decay_ns;
+        let default_rtt = self.config.default_rtt_ns;
+        let peak = self.config.policy == Policy::PeakEwma;
+        let (_, stamp) = e.latency_raw();
+        // The decay weight is needed only when a sample blends in; computed then.
+        let w = || exp_neg(ms_diff(now_ms, stamp).max(0) as f32 * 1e6 / decay_ns);
+        e.update_latency(now_ms, |bits| {
+            if bits == 0 {
+                // First sample. A fast failure must not make a fresh endpoint look cheap.
+                return if failed { rtt.max(default_rtt) } else { rtt };
+            }
+            let est = f32::from_bits(bits);
+            if failed {
+                est.max(rtt) // a failure may raise the estimate, never lower it
+            } else if peak && rtt > est {
+                rtt
+            } else {
+                let w = w();
+                est * w + rtt * (1.0 - w)
+            }
+        });
     }
 
     fn try_eject(&self, e: &EndpointState, now_ms: u32) -> bool {
@@ -263,13 +282,16 @@ impl Pool {
     /// Availability check for pickers: also un-ejects an endpoint whose time is up (once).
     #[inline]
     pub(crate) fn available(&self, e: &EndpointState, now: u64) -> bool {
-        if e.is_available(now) {
-            if e.clear_expired(millis(now)) {
-                self.ejected.0.fetch_sub(1, Relaxed);
+        match e.availability(now) {
+            Availability::Ready => true,
+            Availability::NotReady | Availability::Ejected => false,
+            Availability::EjectionOver => {
+                if e.clear_expired(millis(now)) {
+                    self.ejected.0.fetch_sub(1, Relaxed);
+                }
+                true
             }
-            return true;
         }
-        false
     }
 
     /// Periodic upkeep (Envoy's interval timer): returns expired ejections, and decays each

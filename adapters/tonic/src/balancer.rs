@@ -133,7 +133,8 @@ pub struct EndpointStats {
     pub weight: u32,
     /// Requests in flight.
     pub in_flight: u32,
-    /// Latency estimate (the cost policy's EWMA), decayed to now; `None` before the first sample.
+    /// Latency estimate (the cost policy's EWMA), decayed to now; `None` before the first sample
+    /// and under least-request (which keeps none).
     pub latency: Option<Duration>,
     /// Requests started.
     pub picks: u64,

@@ -214,15 +214,28 @@ fn pickwise_p2c(n: usize, policy: Policy, ops: usize) -> f64 {
     start.elapsed().as_nanos() as f64 / ops as f64
 }
 
-/// Two threads picking and completing on the same endpoints: per-op time of each thread.
-fn pickwise_p2c_two_threads(n: usize, ops: usize) -> f64 {
-    let states: Arc<Vec<EndpointState>> = Arc::new((0..n).map(|_| EndpointState::new(1)).collect());
-    let pool = Arc::new(Pool::new(PoolConfig::with_policy(Policy::PeakEwma)));
-    pool.set_endpoints(n);
+/// Two threads picking and completing: per-op time of each thread. `shared`: on the same endpoints
+/// and pool; otherwise each thread on its own copy (the control: what two threads cost on this
+/// machine with nothing shared, e.g. when its two CPUs are hyperthreads of one core).
+fn pickwise_p2c_two_threads(n: usize, ops: usize, shared: bool) -> f64 {
+    let make = || {
+        let pool = Pool::new(PoolConfig::with_policy(Policy::PeakEwma));
+        pool.set_endpoints(n);
+        (
+            Arc::new((0..n).map(|_| EndpointState::new(1)).collect::<Vec<_>>()),
+            Arc::new(pool),
+        )
+    };
+    let common = make();
     let barrier = Arc::new(std::sync::Barrier::new(2));
     let threads: Vec<_> = (0..2u64)
         .map(|t| {
-            let (states, pool, barrier) = (states.clone(), pool.clone(), barrier.clone());
+            let (states, pool) = if shared {
+                (common.0.clone(), common.1.clone())
+            } else {
+                make()
+            };
+            let barrier = barrier.clone();
             std::thread::spawn(move || {
                 let mut rng = SplitMix64::new(t + 1);
                 let mut now = 1u64 << 30;
@@ -329,12 +342,18 @@ fn p2c_suite(cx: &Ctx) {
                 ("peak_ewma_vs_peak_ewma", t_ewma / pe),
             ],
         );
-        let two = pickwise_p2c_two_threads(n, ops);
+        let two = pickwise_p2c_two_threads(n, ops, true);
+        let control = pickwise_p2c_two_threads(n, ops, false);
         cx.out.row(
             "p2c_2threads",
             "pickwise-peak-ewma",
             n,
-            &[("ns_per_op", two), ("vs_1_thread", two / pe)],
+            &[
+                ("ns_per_op", two),
+                ("vs_1_thread", two / pe),
+                ("unshared_ns_per_op", control),
+                ("vs_unshared", two / control),
+            ],
         );
     }
 }
