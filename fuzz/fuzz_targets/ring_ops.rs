@@ -1,11 +1,11 @@
 //! Builds, updates and queries rings from arbitrary input, checking the ring's invariants:
 //! lookups equal a linear scan, points are sorted, the readiness walk returns only accepted
-//! endpoints, and in native mode a membership change moves only the changed endpoint's keys.
+//! endpoints, Maglev tables are full, and in native mode a membership change moves only the changed endpoint's keys.
 #![no_main]
 
 use arbitrary::Arbitrary;
 use libfuzzer_sys::fuzz_target;
-use pickwise::{FixedRing, Mode, Ring, RingConfig};
+use pickwise::{FixedRing, Maglev, Mode, Ring, RingConfig};
 
 #[derive(Arbitrary, Debug)]
 struct Params {
@@ -46,6 +46,12 @@ fuzz_target!(|input: (Params, Vec<Op>)| {
         _ => Mode::Native { points_per_weight: u32::from(p.points_per_weight % 32) },
     };
     let config = RingConfig { mode, min_ring_size: u64::from(p.min % 4096), max_ring_size: u64::from(p.max % 8192) };
+    // Maglev over the same endpoints: a full table of valid owners, or a typed error.
+    let table_size = [7u64, 17, 251, 65_537, u64::from(p.min)][usize::from(p.mode / 3) % 5];
+    if let Ok(m) = Maglev::build(&endpoints, table_size) {
+        assert_eq!(m.table().len() as u64, table_size);
+        assert!(m.table().iter().all(|&i| (i as usize) < endpoints.len()));
+    }
     // Errors are fine (typed); panics are not.
     let Ok(mut ring) = Ring::build(&endpoints, &config) else { return };
     check(&ring);
