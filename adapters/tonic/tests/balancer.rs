@@ -475,3 +475,36 @@ async fn health_checks_take_a_not_serving_backend_out() {
     backends[0].knobs.not_serving.store(false, Ordering::Relaxed);
     assert_eq!(channel.wait_ready(2, Duration::from_secs(2)).await, 2);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn flapping_endpoint_that_accepts_then_closes_costs_no_requests() {
+    // A listener that accepts every connection and closes it at once, for the whole test.
+    let flapper = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let flap_addr = flapper.local_addr().unwrap().to_string();
+    let accepts = Arc::new(AtomicU64::new(0));
+    let counter = accepts.clone();
+    let flap = tokio::spawn(async move {
+        while let Ok((sock, _)) = flapper.accept().await {
+            counter.fetch_add(1, Ordering::Relaxed);
+            drop(sock);
+        }
+    });
+    let good = Backend::start();
+    let channel = builder().build_static([flap_addr.clone(), good.addr.to_string()]);
+    channel.wait_ready(1, Duration::from_secs(5)).await;
+    for _ in 0..500 {
+        call(&channel, None)
+            .await
+            .expect("the flapping endpoint must never be picked");
+    }
+    let s = channel
+        .stats()
+        .into_iter()
+        .find(|s| s.address == flap_addr)
+        .unwrap();
+    assert_ne!(s.state, ConnectivityState::Ready);
+    assert_eq!(s.picks, 0);
+    // It keeps being retried in the background, with backoff.
+    assert!(accepts.load(Ordering::Relaxed) >= 1);
+    flap.abort();
+}
