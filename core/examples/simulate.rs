@@ -208,7 +208,7 @@ fn parse() -> Result<(Scene, bool), String> {
             other => return Err(format!("unknown argument {other}")),
         }
     }
-    if s.endpoints < 2
+    if s.endpoints < 1
         || s.workers < 1
         || s.load.is_nan()
         || s.load <= 0.0
@@ -216,7 +216,7 @@ fn parse() -> Result<(Scene, bool), String> {
         || s.slow_ms < 0.0
     {
         return Err(
-            "need --endpoints >= 2, --workers >= 1, --load > 0, 0 <= --fail-rate <= 1, --slow-ms >= 0".into(),
+            "need --endpoints >= 1, --workers >= 1, --load > 0, 0 <= --fail-rate <= 1, --slow-ms >= 0".into(),
         );
     }
     Ok((s, json))
@@ -278,7 +278,7 @@ fn main() -> ExitCode {
                 pct(l, 0.99),
                 pct(l, 0.999),
                 r.share[0] * 100.0,
-                r.share[1] * 100.0
+                r.share.get(1).copied().unwrap_or(0.0) * 100.0
             );
         }
     }

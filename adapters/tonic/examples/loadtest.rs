@@ -13,6 +13,9 @@
 //! seconds shows the killed backend coming back. `--healthy` keeps the embedded backends equal
 //! and alive (no slow one, no kill): the setting for measuring overhead.
 //!
+//! With `--targets`, `per_backend` counts come from pickwise's own statistics (requests started);
+//! tonic's `balance_list` does not report where requests went, so its map is empty.
+//!
 //! Policies: `p2c-peak-ewma`, `p2c-least-request`, `ring-hash`, `tonic-balance-list` (tonic's own
 //! `Channel::balance_list`), and for the overhead comparison `direct` (one tonic `Channel` to the
 //! first target) and `pickwise-single` (pickwise over that same target).
@@ -185,12 +188,8 @@ async fn make_channel(policy: &str, targets: &[String]) -> Result<AnyChannel, St
             AnyChannel::Pickwise(pw().p2c(Policy::PeakEwma).build_static([targets[0].clone()]))
         }
         "tonic-balance-list" => AnyChannel::Tonic(Channel::balance_list(targets.iter().map(|t| endpoint(t)))),
-        "direct" => AnyChannel::Tonic(
-            endpoint(&targets[0])
-                .connect()
-                .await
-                .map_err(|e| format!("connect {}: {e}", targets[0]))?,
-        ),
+        // Connects on first use: an unreachable target shows up as errors, like the other policies.
+        "direct" => AnyChannel::Tonic(endpoint(&targets[0]).connect_lazy()),
         other => return Err(format!("unknown policy {other}")),
     };
     if let AnyChannel::Pickwise(c) = &ch {
@@ -291,8 +290,14 @@ async fn run_policy(
         eprint!("\r{:80}\r", "");
     }
     latencies_us.sort_unstable();
-    let per_backend: BTreeMap<String, u64> = if backends.is_empty() {
-        // External servers: only pickwise knows where requests went.
+    let per_backend: BTreeMap<String, u64> = if backends.is_empty() && policy == "direct" {
+        // Everything went to the first target.
+        [(targets[0].clone(), requests.load(Ordering::Relaxed))]
+            .into_iter()
+            .collect()
+    } else if backends.is_empty() {
+        // External servers: pickwise knows where requests went (tonic's balance_list does not
+        // say, so its map stays empty).
         let after = pickwise_picks(&channel);
         after
             .into_iter()
