@@ -165,6 +165,19 @@ pub(crate) async fn run(sub: Arc<Subchannel>, id: u64, events: mpsc::UnboundedSe
                 continue;
             }
         };
+        // grpc-go's rule: READY only once the server's HTTP/2 preface arrives. A listener that
+        // accepts and closes (a flapping or half-dead backend) never becomes pickable.
+        let preface = tokio::time::timeout(config.connect_timeout, watch.server_preface()).await;
+        if let Err(reason) = preface.unwrap_or(Err("no HTTP/2 preface from the server in time")) {
+            tracing::debug!(endpoint = %sub.addr, reason, "connect failed");
+            publish(
+                ConnectivityState::TransientFailure,
+                None,
+                Some(reason.to_string()),
+            );
+            tokio::time::sleep(backoff.next()).await;
+            continue;
+        }
         let serving = match &config.health {
             Some(h) => check_health(&channel, &h.service, h.timeout).await,
             None => Ok(()),
@@ -271,6 +284,9 @@ impl BackoffState {
 struct ConnWatch {
     closed: AtomicBool,
     notify: Notify,
+    /// The server has sent bytes (its HTTP/2 preface): the connection really works.
+    heard: AtomicBool,
+    heard_notify: Notify,
 }
 
 impl ConnWatch {
@@ -285,6 +301,25 @@ impl ConnWatch {
             return;
         }
         self.notify.notified().await;
+    }
+
+    fn hear(&self) {
+        if !self.heard.swap(true, Ordering::AcqRel) {
+            self.heard_notify.notify_one();
+        }
+    }
+
+    /// Waits for the server's first bytes; fails if the connection closes first.
+    async fn server_preface(&self) -> Result<(), &'static str> {
+        if self.heard.load(Ordering::Acquire) {
+            return Ok(());
+        }
+        tokio::select! {
+            _ = self.heard_notify.notified() => Ok(()),
+            _ = self.closed() => {
+                if self.heard.load(Ordering::Acquire) { Ok(()) } else { Err("connection closed before the server's HTTP/2 preface") }
+            }
+        }
     }
 }
 
@@ -347,6 +382,7 @@ impl AsyncRead for WatchedIo {
         match &res {
             Poll::Ready(Err(_)) => self.watch.close(),
             Poll::Ready(Ok(())) if buf.filled().len() == before && buf.remaining() > 0 => self.watch.close(),
+            Poll::Ready(Ok(())) if buf.filled().len() > before => self.watch.hear(),
             _ => {}
         }
         res
