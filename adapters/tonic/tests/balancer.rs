@@ -85,6 +85,19 @@ async fn load(channel: &BalancedChannel, concurrency: usize, dur: Duration) -> (
     (total, errors.load(Ordering::Relaxed))
 }
 
+/// One call that must fail with UNAVAILABLE within `limit`; returns its status.
+async fn unavailable_within(channel: &BalancedChannel, limit: Duration) -> tonic::Status {
+    let start = Instant::now();
+    let err = call(channel, None).await.expect_err("the call should fail");
+    assert_eq!(err.code(), Code::Unavailable, "{err:?}");
+    assert!(
+        start.elapsed() < limit,
+        "took {:?} (limit {limit:?}): {err:?}",
+        start.elapsed()
+    );
+    err
+}
+
 fn assert_no_in_flight(channel: &BalancedChannel) {
     for s in channel.stats() {
         assert_eq!(s.in_flight, 0, "{} still has requests in flight", s.address);
@@ -243,25 +256,11 @@ async fn all_backends_down_fails_fast_with_unavailable() {
         .wait_for_ready(Duration::from_secs(5))
         .build_static(refused_ports(3));
     // The very first request waits only for the first connection attempts, not the deadline.
-    let start = Instant::now();
-    let err = call(&channel, None).await.unwrap_err();
-    assert_eq!(err.code(), Code::Unavailable);
-    assert!(
-        start.elapsed() < Duration::from_secs(2),
-        "took {:?}",
-        start.elapsed()
-    );
+    let err = unavailable_within(&channel, Duration::from_secs(2)).await;
     assert!(err.message().contains("failing"), "{}", err.message());
     // Once all are in TRANSIENT_FAILURE, requests fail at once.
     tokio::time::sleep(Duration::from_millis(100)).await;
-    let start = Instant::now();
-    let err = call(&channel, None).await.unwrap_err();
-    assert_eq!(err.code(), Code::Unavailable);
-    assert!(
-        start.elapsed() < Duration::from_millis(100),
-        "took {:?}",
-        start.elapsed()
-    );
+    unavailable_within(&channel, Duration::from_millis(100)).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -290,22 +289,12 @@ async fn empty_endpoint_set_fails_fast() {
     while Instant::now() < deadline && !channel.stats().is_empty() {
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
-    let start = Instant::now();
-    let err = call(&channel, None).await.unwrap_err();
-    assert_eq!(err.code(), Code::Unavailable);
+    let err = unavailable_within(&channel, Duration::from_millis(50)).await;
     assert!(err.message().contains("empty"), "{}", err.message());
-    assert!(start.elapsed() < Duration::from_millis(50));
 
     // A static empty list: a discovery error before any endpoint, reported at once.
     let channel = builder().build_static(Vec::<String>::new());
-    let start = Instant::now();
-    let err = call(&channel, None).await.unwrap_err();
-    assert_eq!(err.code(), Code::Unavailable);
-    assert!(
-        start.elapsed() < Duration::from_millis(500),
-        "{:?}",
-        start.elapsed()
-    );
+    unavailable_within(&channel, Duration::from_millis(500)).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
