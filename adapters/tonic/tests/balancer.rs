@@ -497,3 +497,22 @@ async fn flapping_endpoint_that_accepts_then_closes_costs_no_requests() {
     assert!(accepts.load(Ordering::Relaxed) >= 1);
     flap.abort();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dns_discovery_resolves_and_serves() {
+    let b = Backend::start();
+    let port = b.addr.port();
+    // `localhost` may also resolve to ::1, where nothing listens: that endpoint just fails.
+    let channel = builder().build(discover::dns(
+        format!("localhost:{port}"),
+        Duration::from_millis(200),
+    ));
+    assert!(channel.wait_ready(1, Duration::from_secs(5)).await >= 1);
+    assert_eq!(call(&channel, None).await.unwrap(), b.addr.to_string());
+    assert!(channel.stats().iter().any(|s| s.address == b.addr.to_string()));
+
+    // An unresolvable name is a discovery error before any endpoint: requests fail at once.
+    let channel = builder().build(discover::dns("nonexistent.invalid:80", Duration::from_secs(60)));
+    let err = unavailable_within(&channel, Duration::from_secs(5)).await;
+    assert!(err.message().contains("discovery"), "{}", err.message());
+}

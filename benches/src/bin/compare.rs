@@ -142,7 +142,12 @@ fn build<R: RingImpl>(cx: &Ctx, eps: &[String]) -> Built<R> {
         }
     }
     let (ring, heap_bytes) = kept.expect("at least one build");
-    Built { ring, build_ms, heap_bytes, best_ns: f64::INFINITY }
+    Built {
+        ring,
+        build_ms,
+        heap_bytes,
+        best_ns: f64::INFINITY,
+    }
 }
 
 fn report<R: RingImpl>(cx: &Ctx, b: &Built<R>, n: usize, keys: &[[u8; 16]], dist_keys: &[[u8; 16]]) {
