@@ -19,9 +19,9 @@ use tonic_health::pb::{health_client::HealthClient, HealthCheckRequest};
 
 /// These tests measure time (fail-fast bounds, shares under load) on a 2-core CI machine; running
 /// them one at a time keeps those measurements about the balancer, not about CPU contention.
-fn serial() -> std::sync::MutexGuard<'static, ()> {
-    static GATE: std::sync::Mutex<()> = std::sync::Mutex::new(());
-    GATE.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+async fn serial() -> tokio::sync::MutexGuard<'static, ()> {
+    static GATE: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+    GATE.lock().await
 }
 
 fn fast_backoff() -> Backoff {
@@ -113,7 +113,7 @@ fn assert_no_in_flight(channel: &BalancedChannel) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn spreads_across_backends() {
-    let _serial = serial();
+    let _serial = serial().await;
     let backends: Vec<Backend> = (0..3).map(|_| Backend::start()).collect();
     let channel = builder().p2c(Policy::LeastRequest).build_static(addrs(&backends));
     assert_eq!(channel.wait_ready(3, Duration::from_secs(5)).await, 3);
@@ -129,7 +129,7 @@ async fn spreads_across_backends() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn slow_backend_gets_a_small_share_under_peak_ewma() {
-    let _serial = serial();
+    let _serial = serial().await;
     let backends: Vec<Backend> = (0..3).map(|_| Backend::start()).collect();
     backends[0].set_delay(20);
     let channel = builder().p2c(Policy::PeakEwma).build_static(addrs(&backends));
@@ -145,7 +145,7 @@ async fn slow_backend_gets_a_small_share_under_peak_ewma() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn killed_backend_leaves_quickly_and_comes_back_after_restart() {
-    let _serial = serial();
+    let _serial = serial().await;
     let mut backends: Vec<Backend> = (0..3).map(|_| Backend::start()).collect();
     // Requests in flight when the backend dies fail and may eject it; keep that ejection short so
     // the test sees the comeback (the default is Envoy's 30 s).
@@ -222,7 +222,7 @@ async fn killed_backend_leaves_quickly_and_comes_back_after_restart() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn discovery_add_and_remove_while_requests_flow() {
-    let _serial = serial();
+    let _serial = serial().await;
     let backends: Vec<Backend> = (0..3).map(|_| Backend::start()).collect();
     let (handle, discovery) = discover::channel();
     handle.insert(backends[0].addr.to_string(), 1);
@@ -263,7 +263,7 @@ fn refused_ports(n: usize) -> Vec<String> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn all_backends_down_fails_fast_with_unavailable() {
-    let _serial = serial();
+    let _serial = serial().await;
     let channel = builder()
         .wait_for_ready(Duration::from_secs(5))
         .build_static(refused_ports(3));
@@ -277,7 +277,7 @@ async fn all_backends_down_fails_fast_with_unavailable() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn refused_endpoint_costs_no_requests() {
-    let _serial = serial();
+    let _serial = serial().await;
     let good = Backend::start();
     let mut addrs = refused_ports(1);
     addrs.push(good.addr.to_string());
@@ -292,7 +292,7 @@ async fn refused_endpoint_costs_no_requests() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn empty_endpoint_set_fails_fast() {
-    let _serial = serial();
+    let _serial = serial().await;
     let (handle, discovery) = discover::channel();
     let b = Backend::start();
     handle.insert(b.addr.to_string(), 1);
@@ -313,7 +313,7 @@ async fn empty_endpoint_set_fails_fast() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ten_thousand_cancelled_requests_leave_no_in_flight() {
-    let _serial = serial();
+    let _serial = serial().await;
     let backends: Vec<Backend> = (0..2).map(|_| Backend::start()).collect();
     for b in &backends {
         b.set_delay(20);
@@ -346,7 +346,7 @@ async fn ten_thousand_cancelled_requests_leave_no_in_flight() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ring_hash_header_is_sticky_and_removal_moves_only_its_keys() {
-    let _serial = serial();
+    let _serial = serial().await;
     let backends: Vec<Backend> = (0..4).map(|_| Backend::start()).collect();
     let (handle, discovery) = discover::channel();
     for b in &backends {
@@ -387,7 +387,7 @@ async fn ring_hash_header_is_sticky_and_removal_moves_only_its_keys() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn grpc_mode_header_of_address_underscore_zero_reaches_it() {
-    let _serial = serial();
+    let _serial = serial().await;
     let backends: Vec<Backend> = (0..4).map(|_| Backend::start()).collect();
     let channel = builder()
         .ring_hash(RingConfig::grpc(), HashPolicy::Plain)
@@ -402,7 +402,7 @@ async fn grpc_mode_header_of_address_underscore_zero_reaches_it() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ring_hash_skips_a_dead_owner_and_returns_to_it() {
-    let _serial = serial();
+    let _serial = serial().await;
     let mut backends: Vec<Backend> = (0..3).map(|_| Backend::start()).collect();
     let channel = builder()
         .ring_hash(RingConfig::envoy(), HashPolicy::Plain)
@@ -431,7 +431,7 @@ async fn ring_hash_skips_a_dead_owner_and_returns_to_it() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn failing_backend_is_ejected() {
-    let _serial = serial();
+    let _serial = serial().await;
     let backends: Vec<Backend> = (0..4).map(|_| Backend::start()).collect();
     backends[0].set_failing(true);
     let channel = builder().p2c(Policy::LeastRequest).build_static(addrs(&backends));
@@ -448,7 +448,7 @@ async fn failing_backend_is_ejected() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn discovery_updates_apply_without_traffic() {
-    let _serial = serial();
+    let _serial = serial().await;
     let (handle, discovery) = discover::channel();
     let channel = builder().build(discovery);
     let start = Instant::now();
@@ -466,7 +466,7 @@ async fn discovery_updates_apply_without_traffic() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn health_checks_take_a_not_serving_backend_out() {
-    let _serial = serial();
+    let _serial = serial().await;
     let backends: Vec<Backend> = (0..2).map(|_| Backend::start()).collect();
     let channel = builder()
         .health_check(pickwise_tonic::HealthCheck {
@@ -488,7 +488,7 @@ async fn health_checks_take_a_not_serving_backend_out() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn flapping_endpoint_that_accepts_then_closes_costs_no_requests() {
-    let _serial = serial();
+    let _serial = serial().await;
     // A listener that accepts every connection and closes it at once, for the whole test.
     let flapper = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let flap_addr = flapper.local_addr().unwrap().to_string();
@@ -522,7 +522,7 @@ async fn flapping_endpoint_that_accepts_then_closes_costs_no_requests() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn dns_discovery_resolves_and_serves() {
-    let _serial = serial();
+    let _serial = serial().await;
     let b = Backend::start();
     let port = b.addr.port();
     // `localhost` may also resolve to ::1, where nothing listens: that endpoint just fails.
