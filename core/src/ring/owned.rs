@@ -10,7 +10,7 @@ use crate::RingError;
 
 /// A consistent-hash ring owning its arrays: sorted `u64` points, a parallel `u32` owner array
 /// (12 bytes per point) and a bucket index over the top hash bits (at most 8 bytes per point: one
-/// `u32` per bucket, about 1.3 buckets per point) that makes a lookup O(1) on average: one index
+/// `u32` per bucket, 1 to 2 buckets per point) that makes a lookup O(1) on average: one index
 /// read, then a branch-free scan of 2 points (binary search within the bucket if it holds more).
 ///
 /// Endpoints are named by their position in the slice given to [`build`](Self::build). The ring also

@@ -7,8 +7,9 @@ use crate::RingError;
 /// Points scanned without branching before a lookup falls back to binary search.
 pub(crate) const SCAN: usize = 2;
 
-/// Buckets per point, as a power of two: `2^(floor(log2 n) + 1)` buckets hold ~0.75 points each,
-/// so a [`SCAN`]-point window answers ~96% of lookups (measured fastest of 1-2 extra bits x 2-16 points).
+/// Buckets per point, as a power of two: `2^(floor(log2 n) + 1)` buckets hold 0.5 to 1 point each,
+/// so a [`SCAN`]-point window answers most lookups (~96% at 0.75 points per bucket); measured the
+/// fastest of -2 to +1 extra bits with 2- to 16-point windows.
 const INDEX_EXTRA_BITS: u32 = 1;
 
 /// A ring over borrowed storage: sorted `points`, the parallel `owners` (endpoint indices), and an
