@@ -64,6 +64,8 @@ struct Report {
     failures: usize,
     latencies_ms: Vec<f64>,
     share: Vec<f64>,
+    /// Ring policies: requests served by their key's home endpoint (cache affinity).
+    home: Option<usize>,
 }
 
 fn uniform(rng: &mut SplitMix64) -> f64 {
@@ -103,6 +105,7 @@ fn run(scene: Scene, name: &'static str, strategy: Strategy) -> Report {
         failures: 0,
         latencies_ms: Vec::new(),
         share: vec![0.0; n],
+        home: None,
     };
     let mut t = 0.0f64;
     let mut rr = 0usize;
@@ -130,9 +133,13 @@ fn run(scene: Scene, name: &'static str, strategy: Strategy) -> Report {
             Strategy::P2c(_) => P2c::new(&states, &pool).pick(now, &mut choice).ok(),
             Strategy::Ring(hp) => {
                 let h = hash::native(&key.to_le_bytes());
-                RingPicker::new(ring.view(), &states, &pool, tw)
+                let picked = RingPicker::new(ring.view(), &states, &pool, tw)
                     .pick(now, h, hp)
-                    .ok()
+                    .ok();
+                if picked.is_some() && picked == ring.lookup(h).map(|o| o as usize) {
+                    *report.home.get_or_insert(0) += 1;
+                }
+                picked
             }
         };
         let Some(i) = picked else {
@@ -239,8 +246,17 @@ fn main() -> ExitCode {
         );
         let _ = writeln!(
             out,
-            "{:<14} {:>9} {:>8} {:>9} {:>8} {:>9} {:>9} {:>8} {:>8}",
-            "policy", "requests", "failures", "mean_ms", "p50_ms", "p99_ms", "p999_ms", "slow_0", "fail_1"
+            "{:<14} {:>9} {:>8} {:>9} {:>8} {:>9} {:>9} {:>8} {:>8} {:>8}",
+            "policy",
+            "requests",
+            "failures",
+            "mean_ms",
+            "p50_ms",
+            "p99_ms",
+            "p999_ms",
+            "slow_0",
+            "fail_1",
+            "at_home"
         );
     }
     for (name, strategy) in STRATEGIES {
@@ -269,7 +285,7 @@ fn main() -> ExitCode {
         } else {
             let _ = writeln!(
                 out,
-                "{:<14} {:>9} {:>8} {:>9.2} {:>8.2} {:>9.2} {:>9.2} {:>7.2}% {:>7.2}%",
+                "{:<14} {:>9} {:>8} {:>9.2} {:>8.2} {:>9.2} {:>9.2} {:>7.2}% {:>7.2}% {:>8}",
                 r.name,
                 r.requests,
                 r.failures,
@@ -278,7 +294,11 @@ fn main() -> ExitCode {
                 pct(l, 0.99),
                 pct(l, 0.999),
                 r.share[0] * 100.0,
-                r.share.get(1).copied().unwrap_or(0.0) * 100.0
+                r.share.get(1).copied().unwrap_or(0.0) * 100.0,
+                r.home.map_or("-".to_string(), |h| format!(
+                    "{:.1}%",
+                    100.0 * h as f64 / r.requests.max(1) as f64
+                ))
             );
         }
     }
