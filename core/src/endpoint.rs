@@ -132,15 +132,16 @@ impl EndpointState {
     /// Whether passive outlier detection has the endpoint ejected at `now`.
     #[inline]
     pub fn is_ejected(&self, now: u64) -> bool {
-        self.flags.load(Relaxed) & EJECTED != 0 && ms_diff(self.ejected_until.load(Relaxed), millis(now)) > 0
+        self.ejected_for_ms(now).is_some()
     }
 
     /// Ready and not ejected at `now`: the only endpoints pickers return while any exists.
     #[inline]
     pub fn is_available(&self, now: u64) -> bool {
-        let flags = self.flags.load(Relaxed);
-        flags & READY != 0
-            && (flags & EJECTED == 0 || ms_diff(self.ejected_until.load(Relaxed), millis(now)) <= 0)
+        matches!(
+            self.availability(now),
+            Availability::Ready | Availability::EjectionOver
+        )
     }
 
     /// One load of the flags (two if ejected): what a picker needs to know.

@@ -86,7 +86,8 @@ pub(crate) enum Unpicked {
 }
 
 impl Snapshot {
-    /// Classifies a failed pick (grpc's rules: queue while connecting, fail fast otherwise).
+    /// Classifies a failed pick (grpc's rules: queue while connecting, fail fast otherwise). Only
+    /// reached with no ready endpoint: when every ready one is ejected, picks use panic routing.
     pub(crate) fn unpicked(&self) -> Unpicked {
         if !self.resolved {
             return match &self.discovery_error {
@@ -99,11 +100,6 @@ impl Snapshot {
         }
         if self.connecting > 0 {
             return Unpicked::Wait;
-        }
-        if !self.ready.is_empty() {
-            return Unpicked::Fail(NoEndpoint::AllEjected {
-                endpoints: self.members.len(),
-            });
         }
         Unpicked::Fail(NoEndpoint::AllFailing {
             endpoints: self.members.len(),

@@ -18,11 +18,6 @@ pub enum NoEndpoint {
         /// The most recent connection error, if any.
         last_error: Option<String>,
     },
-    /// Every ready endpoint is ejected by outlier detection.
-    AllEjected {
-        /// Number of endpoints.
-        endpoints: usize,
-    },
     /// Nothing became ready within the wait-for-ready deadline.
     Timeout {
         /// The deadline, in milliseconds.
@@ -48,12 +43,6 @@ impl std::fmt::Display for NoEndpoint {
                     Some(e) => write!(f, " (last error: {e})"),
                     None => Ok(()),
                 }
-            }
-            Self::AllEjected { endpoints } => {
-                write!(
-                    f,
-                    "pickwise: all ready endpoints of {endpoints} are ejected by outlier detection"
-                )
             }
             Self::Timeout { waited_ms, state } => {
                 write!(
