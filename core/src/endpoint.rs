@@ -4,16 +4,42 @@
 //! aligned to a 64-byte cache line so two threads completing requests on different endpoints never
 //! share a line (measured in `benches`: without padding, two threads were ~5x slower per op).
 //!
-//! Time is the caller's monotonic clock in nanoseconds (`now: u64`); it is stored as wrapping 32-bit
-//! milliseconds, which is exact for intervals under 24 days.
+//! Time is the caller's monotonic clock in nanoseconds (`now: u64`). It is stored as wrapping 32-bit
+//! millisecond stamps, and every interval is measured as an *unsigned* distance from a stamp, so
+//! intervals up to 49 days are exact (ejections of 2^31 ms and more included); [`Pool::sweep`]
+//! re-bases stamps older than 2^31 ms, so endpoints idle or not ready for months stay exact too.
+//! A clock that steps back by up to 2^20 ms (17 minutes) reads as "no time passed".
+//!
+//! # Ejection publication
+//!
+//! `flags` packs readiness, the ejection bits and a 24-bit ejection sequence number in one atomic
+//! word. An ejection first claims the `EJECTING` bit, then writes its start and duration, then sets
+//! `EJECTED` with a release store; readers load the flags with acquire, so a reader that sees
+//! `EJECTED` also sees that ejection's times, and no concurrent pick can mistake a fresh ejection
+//! for an expired one. Un-ejection is a compare-and-swap against the exact flags word (sequence
+//! included) under which the ejection was seen to be over, so a late un-ejector can never clear a
+//! newer ejection (no ABA). `REMOVED` is set by [`Pool::remove`] and is checked in the same
+//! atomic steps, so an endpoint's ejection slot is freed exactly once and a removed endpoint is
+//! never ejected again. The `loom` model in `tests/loom.rs` checks these interleavings.
 
 use core::borrow::Borrow;
 
 use crate::pool::Pool;
-use crate::sync::{read, AtomicU32, Counter, Ordering::Relaxed};
+use crate::sync::{
+    read, AtomicU32, Counter,
+    Ordering::{AcqRel, Acquire, Relaxed, Release},
+};
 
 const READY: u32 = 1;
-const EJECTED: u32 = 2;
+const EJECTED: u32 = 1 << 1;
+/// An ejection is writing its times; not yet visible as ejected.
+const EJECTING: u32 = 1 << 2;
+/// Removed from the pool: never ejected again.
+const REMOVED: u32 = 1 << 3;
+const SEQ_ONE: u32 = 1 << 8;
+
+/// Intervals measured backwards by at most this much read as 0 (a clock that stepped back).
+const BACKWARDS_MS: u32 = 1 << 20;
 
 /// Caller's clock in nanoseconds to the wrapping millisecond stamp stored in atomics.
 #[inline]
@@ -21,10 +47,16 @@ pub(crate) fn millis(now_ns: u64) -> u32 {
     (now_ns / 1_000_000) as u32
 }
 
-/// `a - b` in wrapping milliseconds, as a signed distance.
+/// Milliseconds from stamp `since` to `now_ms`, unsigned (exact up to 49 days); a small backwards
+/// step reads as 0.
 #[inline]
-pub(crate) fn ms_diff(a: u32, b: u32) -> i32 {
-    a.wrapping_sub(b) as i32
+pub(crate) fn elapsed_ms(now_ms: u32, since: u32) -> u32 {
+    let d = now_ms.wrapping_sub(since);
+    if d > u32::MAX - BACKWARDS_MS {
+        0
+    } else {
+        d
+    }
 }
 
 /// What [`EndpointState::availability`] saw.
@@ -33,8 +65,9 @@ pub(crate) enum Availability {
     Ready,
     NotReady,
     Ejected,
-    /// Ejected, but the time is up: available, and the ejection should be cleared.
-    EjectionOver,
+    /// Ejected, but the time is up: available, and the ejection should be cleared under these
+    /// exact flags.
+    EjectionOver(u32),
 }
 
 /// How a request ended, as the caller classifies it (the tonic adapter maps gRPC codes).
@@ -52,7 +85,8 @@ pub enum Outcome {
 /// Load and health of one endpoint, shared by every picker snapshot that includes it.
 ///
 /// Create it once per endpoint and keep it (e.g. in an `Arc`) across picker rebuilds, so load is
-/// not reset when membership changes.
+/// not reset when membership changes. Once [`Pool::remove`]d, a state is never ejected again: an
+/// endpoint that comes back gets a fresh state.
 ///
 /// Exact under any concurrency: the in-flight count, failure counts and ejection. Approximate when
 /// requests on one endpoint race: the latency estimate and the `picks` statistic use plain stores
@@ -66,10 +100,18 @@ pub struct EndpointState {
     latency: AtomicU32,
     /// Millisecond stamp of the last latency update.
     stamp: AtomicU32,
+    /// READY, EJECTED, EJECTING, REMOVED and the ejection sequence; see the module docs.
     flags: AtomicU32,
-    ejected_until: AtomicU32,
+    /// Start (ms stamp) and length (ms) of the current or last ejection.
+    ejected_at: AtomicU32,
+    eject_for: AtomicU32,
+    /// Stamp of the last ejection-multiplier step (ejection, or decay while healthy).
+    backoff_at: AtomicU32,
     consecutive_failures: AtomicU32,
+    /// The ejection-time multiplier (Envoy's `ejectTimeBackoff`).
     ejections: AtomicU32,
+    /// Stamp of the last pick that chose this endpoint (go-zero's `forcePick`; GoZero policy only).
+    last_pick: AtomicU32,
     picks: Counter,
     failures: Counter,
 }
@@ -82,16 +124,19 @@ impl Default for EndpointState {
 
 impl EndpointState {
     /// A ready endpoint with `weight` (0 counts as 1), no load and no latency sample.
-    pub const fn new(weight: u32) -> Self {
+    pub fn new(weight: u32) -> Self {
         Self {
             in_flight: AtomicU32::new(0),
             weight: AtomicU32::new(if weight == 0 { 1 } else { weight }),
             latency: AtomicU32::new(0),
             stamp: AtomicU32::new(0),
             flags: AtomicU32::new(READY),
-            ejected_until: AtomicU32::new(0),
+            ejected_at: AtomicU32::new(0),
+            eject_for: AtomicU32::new(0),
+            backoff_at: AtomicU32::new(0),
             consecutive_failures: AtomicU32::new(0),
             ejections: AtomicU32::new(0),
+            last_pick: AtomicU32::new(0),
             picks: Counter::new(0),
             failures: Counter::new(0),
         }
@@ -129,6 +174,11 @@ impl EndpointState {
         }
     }
 
+    /// Whether [`Pool::remove`] has removed this endpoint.
+    pub fn is_removed(&self) -> bool {
+        self.flags.load(Relaxed) & REMOVED != 0
+    }
+
     /// Whether passive outlier detection has the endpoint ejected at `now`.
     #[inline]
     pub fn is_ejected(&self, now: u64) -> bool {
@@ -140,29 +190,40 @@ impl EndpointState {
     pub fn is_available(&self, now: u64) -> bool {
         matches!(
             self.availability(now),
-            Availability::Ready | Availability::EjectionOver
+            Availability::Ready | Availability::EjectionOver(_)
         )
     }
 
-    /// One load of the flags (two if ejected): what a picker needs to know.
+    /// One load of the flags (three loads if ejected): what a picker needs to know.
     #[inline]
     pub(crate) fn availability(&self, now: u64) -> Availability {
-        let flags = self.flags.load(Relaxed);
+        let flags = self.flags.load(Acquire);
         if flags & READY == 0 {
             Availability::NotReady
         } else if flags & EJECTED == 0 {
             Availability::Ready
-        } else if ms_diff(self.ejected_until.load(Relaxed), millis(now)) > 0 {
+        } else if self.ejection_left(flags, millis(now)).is_some() {
             Availability::Ejected
         } else {
-            Availability::EjectionOver
+            Availability::EjectionOver(flags)
         }
+    }
+
+    /// Milliseconds of ejection left at `now_ms`, given flags (loaded with acquire) that show
+    /// `EJECTED`; `None` if the time is up.
+    #[inline]
+    fn ejection_left(&self, flags: u32, now_ms: u32) -> Option<u32> {
+        if flags & EJECTED == 0 {
+            return None;
+        }
+        let length = self.eject_for.load(Relaxed);
+        let spent = elapsed_ms(now_ms, self.ejected_at.load(Relaxed));
+        (spent < length).then(|| length - spent)
     }
 
     /// If ejected, how many milliseconds of ejection remain at `now`.
     pub fn ejected_for_ms(&self, now: u64) -> Option<u32> {
-        let left = ms_diff(self.ejected_until.load(Relaxed), millis(now));
-        (self.flags.load(Relaxed) & EJECTED != 0 && left > 0).then_some(left as u32)
+        self.ejection_left(self.flags.load(Acquire), millis(now))
     }
 
     /// Requests started on this endpoint (wrapping on targets without 64-bit atomics; concurrent
@@ -176,17 +237,19 @@ impl EndpointState {
         read(&self.failures)
     }
 
-    /// Failures since the last success.
+    /// Failures since the last success (reset by an ejection and by its end, as Envoy does).
     pub fn consecutive_failures(&self) -> u32 {
         self.consecutive_failures.load(Relaxed)
     }
 
-    /// Times this endpoint has been ejected, less decays (the ejection-time multiplier).
+    /// The ejection-time multiplier: grows by one per ejection while the ejection time is below
+    /// its maximum, shrinks by one per outlier interval spent healthy (Envoy's `ejectTimeBackoff`).
     pub fn ejections(&self) -> u32 {
         self.ejections.load(Relaxed)
     }
 
-    /// The latency estimate in nanoseconds, `None` before the first sample.
+    /// The latency estimate in nanoseconds as last stored (not decayed), `None` before the first
+    /// sample. [`Pool::estimate`] gives the value the cost uses.
     pub fn latency_ns(&self) -> Option<f32> {
         let bits = self.latency.load(Relaxed);
         (bits != 0).then(|| f32::from_bits(bits))
@@ -212,6 +275,24 @@ impl EndpointState {
         if self.stamp.load(Relaxed) != now_ms {
             self.stamp.store(now_ms, Relaxed);
         }
+    }
+
+    /// Re-bases the latency stamp to `now_ms` with the estimate `value` (sweep of long-idle states).
+    pub(crate) fn rebase_latency(&self, now_ms: u32, value: f32) {
+        if self.latency.load(Relaxed) != 0 {
+            self.latency.store(value.max(1.0).to_bits(), Relaxed);
+        }
+        self.stamp.store(now_ms, Relaxed);
+    }
+
+    #[inline]
+    pub(crate) fn last_pick_ms(&self) -> u32 {
+        self.last_pick.load(Relaxed)
+    }
+
+    #[inline]
+    pub(crate) fn set_last_pick(&self, now_ms: u32) {
+        self.last_pick.store(now_ms, Relaxed);
     }
 
     /// Takes an in-flight slot (exact, atomic) and counts the pick (a statistic: a plain
@@ -243,44 +324,101 @@ impl EndpointState {
         }
     }
 
-    /// Sets the ejected flag until `until_ms`, unless already ejected. Returns whether it did.
-    pub(crate) fn eject(&self, until_ms: u32) -> bool {
-        if self.flags.fetch_or(EJECTED, Relaxed) & EJECTED != 0 {
+    /// Whether an ejection could start now (not ejected, not being ejected, not removed).
+    #[inline]
+    pub(crate) fn ejectable(&self) -> bool {
+        self.flags.load(Relaxed) & (EJECTED | EJECTING | REMOVED) == 0
+    }
+
+    /// Ejects for `length_ms` from `now_ms` unless already ejected (or being ejected) or removed.
+    /// `multiplier` maps the old ejection multiplier to the new one. Returns whether it ejected;
+    /// on `false` the caller's reserved slot must be returned.
+    pub(crate) fn eject(&self, now_ms: u32, length_ms: impl FnOnce(u32) -> (u32, u32)) -> bool {
+        // 1. Claim the ejection.
+        let claimed = self.flags.fetch_update(Acquire, Relaxed, |f| {
+            (f & (EJECTED | EJECTING | REMOVED) == 0).then_some(f | EJECTING)
+        });
+        if claimed.is_err() {
             return false;
         }
-        self.ejected_until.store(until_ms, Relaxed);
-        self.ejections.fetch_add(1, Relaxed);
+        // 2. Write its times (nobody reads them until EJECTED is published).
+        let (length, multiplier) = length_ms(self.ejections.load(Relaxed));
+        self.ejected_at.store(now_ms, Relaxed);
+        self.eject_for.store(length, Relaxed);
+        self.ejections.store(multiplier, Relaxed);
+        self.backoff_at.store(now_ms, Relaxed);
         self.consecutive_failures.store(0, Relaxed);
-        true
+        // 3. Publish (release), unless the endpoint was removed meanwhile.
+        let published = self.flags.fetch_update(Release, Relaxed, |f| {
+            let f = f & !EJECTING;
+            Some(if f & REMOVED != 0 {
+                f
+            } else {
+                (f | EJECTED).wrapping_add(SEQ_ONE)
+            })
+        });
+        matches!(published, Ok(f) if f & REMOVED == 0)
     }
 
-    /// Clears an expired ejection; true for exactly one caller per ejection.
-    pub(crate) fn clear_expired(&self, now_ms: u32) -> bool {
-        let flags = self.flags.load(Relaxed);
-        if flags & EJECTED == 0 || ms_diff(self.ejected_until.load(Relaxed), now_ms) > 0 {
-            return false;
+    /// Ends the ejection seen under `seen` (flags whose ejection is over). True for exactly one
+    /// caller per ejection; never clears a newer ejection (the sequence differs).
+    pub(crate) fn clear_expired(&self, seen: u32, now_ms: u32) -> bool {
+        let mut seen = seen;
+        loop {
+            match self
+                .flags
+                .compare_exchange_weak(seen, seen & !EJECTED, Relaxed, Acquire)
+            {
+                Ok(_) => {
+                    // Envoy `checkHostForUneject`: reset the streak so a few failures do not
+                    // re-eject at once.
+                    self.consecutive_failures.store(0, Relaxed);
+                    self.backoff_at.store(now_ms, Relaxed);
+                    return true;
+                }
+                // Only READY changed (or a spurious failure): same ejection, try again.
+                Err(f) if (f ^ seen) & !READY == 0 => seen = f,
+                Err(_) => return false,
+            }
         }
-        self.flags.fetch_and(!EJECTED, Relaxed) & EJECTED != 0
     }
 
-    /// Clears the ejection now (endpoint removed or reset); true if it was ejected.
-    pub(crate) fn clear_ejection(&self) -> bool {
-        self.flags.fetch_and(!EJECTED, Relaxed) & EJECTED != 0
+    /// Clears an expired ejection at `now_ms` (loads the flags itself). See [`clear_expired`](Self::clear_expired).
+    pub(crate) fn clear_if_expired(&self, now_ms: u32) -> bool {
+        let flags = self.flags.load(Acquire);
+        flags & EJECTED != 0
+            && self.ejection_left(flags, now_ms).is_none()
+            && self.clear_expired(flags, now_ms)
     }
 
-    /// The `ejected_until` stamp (wrapping ms).
-    pub(crate) fn ejected_until_ms(&self) -> u32 {
-        self.ejected_until.load(Relaxed)
+    /// Marks the endpoint removed and clears any ejection; true if it was ejected (its slot must
+    /// be freed). Idempotent: true at most once.
+    pub(crate) fn mark_removed(&self) -> bool {
+        // Acquire: the slot this frees was reserved before the ejection was published (release),
+        // so the caller's release of the slot must come after that reservation.
+        let old = self
+            .flags
+            .fetch_update(AcqRel, Acquire, |f| Some((f | REMOVED) & !EJECTED));
+        matches!(old, Ok(f) if f & EJECTED != 0)
     }
 
-    pub(crate) fn decay_ejections(&self) {
-        let _ = self
-            .ejections
-            .fetch_update(Relaxed, Relaxed, |v| v.checked_sub(1));
-    }
-
-    pub(crate) fn set_ejected_until(&self, until_ms: u32) {
-        self.ejected_until.store(until_ms, Relaxed);
+    /// One multiplier decay step per `interval_ms` spent un-ejected (Envoy's interval timer).
+    pub(crate) fn decay_ejections(&self, now_ms: u32, interval_ms: u32) {
+        if self.ejections.load(Relaxed) == 0 || self.flags.load(Relaxed) & (EJECTED | EJECTING) != 0 {
+            return;
+        }
+        if elapsed_ms(now_ms, self.backoff_at.load(Relaxed)) >= interval_ms.max(1) {
+            // A compare-and-swap, so a decay racing with a new ejection's multiplier loses.
+            let v = self.ejections.load(Relaxed);
+            if v > 0
+                && self
+                    .ejections
+                    .compare_exchange(v, v - 1, Relaxed, Relaxed)
+                    .is_ok()
+            {
+                self.backoff_at.store(now_ms, Relaxed);
+            }
+        }
     }
 }
 
@@ -288,8 +426,10 @@ impl EndpointState {
 ///
 /// [`complete`](Self::complete) records the latency and outcome; dropping without completing (a
 /// cancelled request) only releases the slot. Either way the count is decremented exactly once.
-/// `E` and `P` are anything that borrows the endpoint state and the pool: references, or `Arc`s
-/// for guards that move into futures.
+/// For streams, call [`responded`](Self::responded) when the response headers arrive: the latency
+/// sample is taken then (tower's `CompleteOnResponse`), while the slot stays held until the stream
+/// ends, so a long stream does not make its endpoint look slow. `E` and `P` are anything that
+/// borrows the endpoint state and the pool: references, or `Arc`s for guards that move into futures.
 ///
 /// ```
 /// use pickwise::{EndpointState, InFlight, Outcome, Pool, PoolConfig};
@@ -309,6 +449,7 @@ pub struct InFlight<E: Borrow<EndpointState>, P: Borrow<Pool>> {
     pool: P,
     start: u64,
     counted_total: bool,
+    sampled: bool,
 }
 
 /// What [`InFlight::complete`] recorded.
@@ -331,6 +472,7 @@ impl<E: Borrow<EndpointState>, P: Borrow<Pool>> InFlight<E, P> {
             pool,
             start: now,
             counted_total,
+            sampled: false,
         }
     }
 
@@ -344,14 +486,29 @@ impl<E: Borrow<EndpointState>, P: Borrow<Pool>> InFlight<E, P> {
         self.start
     }
 
+    /// The response has begun at `now` (headers arrived): records the latency sample now, as a
+    /// success sample. The slot stays held; [`complete`](Self::complete) then records only the
+    /// outcome. Later calls do nothing.
+    pub fn responded(&mut self, now: u64) {
+        if !self.sampled {
+            self.sampled = true;
+            let latency_ns = now.saturating_sub(self.start);
+            self.pool
+                .borrow()
+                .record_latency(self.endpoint.borrow(), now, latency_ns, false);
+        }
+    }
+
     /// Ends the request at `now` with `outcome`; releases the slot.
     #[inline]
     pub fn complete(self, now: u64, outcome: Outcome) -> Completion {
         let latency_ns = now.saturating_sub(self.start);
-        let ejected = self
-            .pool
-            .borrow()
-            .record(self.endpoint.borrow(), now, latency_ns, outcome);
+        let ejected = self.pool.borrow().record(
+            self.endpoint.borrow(),
+            now,
+            (!self.sampled).then_some(latency_ns),
+            outcome,
+        );
         Completion { latency_ns, ejected }
         // Drop releases the slot.
     }

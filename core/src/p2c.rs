@@ -4,7 +4,7 @@
 //!
 //! A pick is O(1) in the number of endpoints: one random draw for the pair, one more only on a tie.
 //! Endpoints that are not ready or are ejected are never returned while an available one exists:
-//! an unavailable sample is redrawn twice, then a scan from a random start finds what is left.
+//! an unavailable sample is redrawn twice, then a scan draws two uniformly among what is left.
 //!
 //! # Examples
 //!
@@ -27,9 +27,9 @@
 use core::borrow::Borrow;
 use core::fmt;
 
-use crate::endpoint::EndpointState;
-use crate::pool::Pool;
-use crate::rng::{one, two_distinct, Rng};
+use crate::endpoint::{elapsed_ms, millis, EndpointState};
+use crate::pool::{Policy, Pool, FORCE_PICK_MS};
+use crate::rng::{two_distinct, Rng};
 
 /// Why a picker returned no endpoint.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -101,36 +101,59 @@ impl<'a, E: Borrow<EndpointState>> P2c<'a, E> {
         self.scan(now, rng)
     }
 
-    /// The cheaper of `a` and `b`; a tie goes to a random one.
+    /// The cheaper of `a` and `b`; a tie goes to a random one. Under [`Policy::GoZero`] the
+    /// loser is picked instead when it has not been picked for a second (go-zero's `forcePick`,
+    /// which probes endpoints whose lag went stale).
     #[inline]
     pub fn cheaper(&self, a: usize, b: usize, now: u64, rng: &mut impl Rng) -> usize {
         // cost = unweighted / weight; cross-multiplied, so no division on the pick path.
         let (ua, wa) = self.pool.cost_parts(self.endpoints[a].borrow(), now);
         let (ub, wb) = self.pool.cost_parts(self.endpoints[b].borrow(), now);
         let (ca, cb) = (ua * wb, ub * wa);
-        if ca < cb {
-            a
-        } else if cb < ca {
-            b
-        } else if rng.next_u64() & 1 == 0 {
-            a
+        let (win, lose) = if ca < cb || (ca == cb && rng.next_u64() & 1 == 0) {
+            (a, b)
         } else {
-            b
+            (b, a)
+        };
+        if self.pool.config().policy == Policy::GoZero {
+            return self.force_pick(win, lose, now);
         }
+        win
     }
 
-    /// Slow path: the first two available endpoints from a random start.
+    /// go-zero's `choose`: stamp the winner's pick time, or take a loser idle for `forcePick`.
+    #[cold]
+    fn force_pick(&self, win: usize, lose: usize, now: u64) -> usize {
+        let now_ms = millis(now);
+        let loser = self.endpoints[lose].borrow();
+        if elapsed_ms(now_ms, loser.last_pick_ms()) > FORCE_PICK_MS {
+            loser.set_last_pick(now_ms);
+            return lose;
+        }
+        self.endpoints[win].borrow().set_last_pick(now_ms);
+        win
+    }
+
+    /// Slow path: two endpoints drawn uniformly among the available ones (two passes, no
+    /// allocation), so no endpoint is favoured by where the unavailable ones sit.
     #[cold]
     fn scan(&self, now: u64, rng: &mut impl Rng) -> Result<usize, PickError> {
+        let avail = |i: &usize| self.pool.available(self.endpoints[*i].borrow(), now);
         let n = self.endpoints.len();
-        let start = one(rng.next_u64(), n);
-        let mut found = (0..n)
-            .map(|k| (start + k) % n)
-            .filter(|&i| self.pool.available(self.endpoints[i].borrow(), now));
-        match (found.next(), found.next()) {
-            (Some(a), Some(b)) => Ok(self.cheaper(a, b, now, rng)),
-            (Some(a), None) => Ok(a),
-            _ => Err(PickError::NoneAvailable),
+        let k = (0..n).filter(avail).count();
+        let nth = |j: usize| (0..n).filter(avail).nth(j);
+        match k {
+            0 => Err(PickError::NoneAvailable),
+            1 => nth(0).ok_or(PickError::NoneAvailable),
+            k => {
+                let (x, y) = two_distinct(rng.next_u64(), k);
+                match (nth(x), nth(y)) {
+                    (Some(a), Some(b)) => Ok(self.cheaper(a, b, now, rng)),
+                    // Availability changed between the passes: take what is there.
+                    (Some(a), None) | (None, Some(a)) => Ok(a),
+                    (None, None) => nth(0).ok_or(PickError::NoneAvailable),
+                }
+            }
         }
     }
 }

@@ -50,12 +50,6 @@ pub(crate) fn two_distinct(r: u64, n: usize) -> (usize, usize) {
     (a, b)
 }
 
-/// One index below `n` (`n >= 1`).
-#[inline]
-pub(crate) fn one(r: u64, n: usize) -> usize {
-    (((r & 0xffff_ffff) * n as u64) >> 32) as usize
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;

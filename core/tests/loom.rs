@@ -1,0 +1,83 @@
+//! Exhaustive interleavings (loom) of the ejection protocol: an ejection is published so that no
+//! concurrent pick can un-eject it, a late un-ejector never clears a newer ejection, and removal
+//! racing an ejection frees the slot exactly once.
+//!
+//! `RUSTFLAGS="--cfg loom" cargo test -p pickwise --test loom --release` (CI runs it).
+#![cfg(loom)]
+
+use loom::sync::Arc;
+use loom::thread;
+use pickwise::{EndpointState, InFlight, Outcome, OutlierConfig, Policy, Pool, PoolConfig};
+
+const MS: u64 = 1_000_000;
+
+fn setup() -> (Arc<EndpointState>, Arc<Pool>) {
+    let pool = Pool::new(PoolConfig {
+        policy: Policy::LeastRequest,
+        outlier: OutlierConfig {
+            consecutive_failures: 1,
+            ..OutlierConfig::default()
+        },
+        ..PoolConfig::default()
+    });
+    pool.set_endpoints(10);
+    (Arc::new(EndpointState::new(1)), Arc::new(pool))
+}
+
+fn fail(e: &EndpointState, pool: &Pool, now: u64) -> bool {
+    InFlight::start(e, pool, now)
+        .complete(now, Outcome::Failure)
+        .ejected
+}
+
+/// A pick racing a fresh ejection sees it as not yet ejected or as ejected, never as expired.
+#[test]
+fn a_concurrent_pick_never_unejects_a_fresh_ejection() {
+    loom::model(|| {
+        let (e, pool) = setup();
+        let (e2, pool2) = (e.clone(), pool.clone());
+        let ejector = thread::spawn(move || fail(&e2, &pool2, 10_000 * MS));
+        let _ = pool.is_available(&e, 10_001 * MS);
+        assert!(ejector.join().unwrap());
+        assert!(e.is_ejected(10_001 * MS));
+        assert_eq!(pool.ejected(), 1);
+    });
+}
+
+/// Two un-ejectors of an expired ejection and a new ejection racing them: the count always
+/// matches the state (no double release, no newer ejection cleared).
+#[test]
+fn late_unejection_never_clears_a_newer_ejection() {
+    loom::model(|| {
+        let (e, pool) = setup();
+        assert!(fail(&e, &pool, 0));
+        let now = 31_000 * MS; // the first ejection (30 s) is over
+        let (e2, pool2) = (e.clone(), pool.clone());
+        let (e3, pool3) = (e.clone(), pool.clone());
+        let a = thread::spawn(move || pool2.is_available(&e2, now));
+        let b = thread::spawn(move || fail(&e3, &pool3, now));
+        let _ = pool.is_available(&e, now);
+        a.join().unwrap();
+        let ejected_again = b.join().unwrap();
+        let out = e.is_ejected(now);
+        assert_eq!(pool.ejected(), u32::from(out));
+        if ejected_again {
+            assert!(out, "a newer ejection was cleared");
+        }
+    });
+}
+
+/// Removal racing an ejection: whichever wins, the slot is free afterwards and the endpoint is
+/// not ejected.
+#[test]
+fn removal_racing_an_ejection_frees_the_slot_once() {
+    loom::model(|| {
+        let (e, pool) = setup();
+        let (e2, pool2) = (e.clone(), pool.clone());
+        let ejector = thread::spawn(move || fail(&e2, &pool2, 0));
+        pool.remove(&e);
+        let _ = ejector.join().unwrap();
+        assert_eq!(pool.ejected(), 0);
+        assert!(!e.is_ejected(MS));
+    });
+}
