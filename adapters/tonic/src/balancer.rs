@@ -52,6 +52,8 @@ impl Common {
 pub(crate) struct Member {
     pub(crate) sub: Arc<Subchannel>,
     pub(crate) channel: Option<Channel>,
+    /// The connection generation `channel` belongs to.
+    pub(crate) generation: u64,
 }
 
 impl Borrow<EndpointState> for Member {
@@ -68,6 +70,8 @@ pub(crate) struct Snapshot {
     /// Endpoints in `Ready` with a channel, for P2C.
     pub(crate) ready: Vec<Member>,
     pub(crate) ring: Option<Arc<Ring>>,
+    /// Weight of the ready endpoints: the base of bounded-load shares (Envoy normalises over the
+    /// healthy hosts).
     pub(crate) total_weight: u64,
     /// Discovery has produced at least one update.
     pub(crate) resolved: bool,
@@ -75,6 +79,8 @@ pub(crate) struct Snapshot {
     pub(crate) failing: usize,
     pub(crate) last_error: Option<String>,
     pub(crate) discovery_error: Option<String>,
+    /// The balancer has stopped: waiting requests fail with [`NoEndpoint::Shutdown`].
+    pub(crate) shutdown: bool,
 }
 
 /// What a request does when the snapshot yields no endpoint.
@@ -89,6 +95,9 @@ impl Snapshot {
     /// Classifies a failed pick (grpc's rules: queue while connecting, fail fast otherwise). Only
     /// reached with no ready endpoint: when every ready one is ejected, picks use panic routing.
     pub(crate) fn unpicked(&self) -> Unpicked {
+        if self.shutdown {
+            return Unpicked::Fail(NoEndpoint::Shutdown);
+        }
         if !self.resolved {
             return match &self.discovery_error {
                 Some(e) => Unpicked::Fail(NoEndpoint::Discovery(e.clone())),
@@ -98,6 +107,8 @@ impl Snapshot {
         if self.members.is_empty() {
             return Unpicked::Fail(NoEndpoint::EmptySet);
         }
+        // Sticky TRANSIENT_FAILURE: endpoints reconnecting after a failure count as failing, so
+        // when all have failed, fail-fast requests fail now rather than wait for the retries.
         if self.connecting > 0 {
             return Unpicked::Wait;
         }
@@ -230,29 +241,17 @@ impl Balancer {
             tokio::select! {
                 biased;
                 _ = &mut shutdown => break,
-                item = discovery.next(), if discovery_open => match item {
-                    Some(Ok(change)) => {
-                        self.apply(change);
-                        // Apply everything already queued before publishing once.
-                        while let Some(Some(Ok(change))) = futures_now(&mut discovery) {
-                            self.apply(change);
+                item = discovery.next(), if discovery_open => {
+                    discovery_open = self.on_discovery(item);
+                    // Apply everything already queued before publishing once; an error or the
+                    // end of the stream in the batch is handled like any other item.
+                    while discovery_open {
+                        match futures_now(&mut discovery) {
+                            Some(item) => discovery_open = self.on_discovery(item),
+                            None => break,
                         }
                     }
-                    Some(Err(e)) => {
-                        let msg = subchannel::error_chain(&*e);
-                        tracing::warn!(error = %msg, endpoints = self.order.len(), "discovery error; keeping the last endpoint set");
-                        if !self.resolved {
-                            self.discovery_error = Some(msg);
-                        } else {
-                            continue;
-                        }
-                    }
-                    None => {
-                        tracing::warn!(endpoints = self.order.len(), "discovery stream ended; keeping the last endpoint set");
-                        discovery_open = false;
-                        continue;
-                    }
-                },
+                }
                 Some(_) = events.recv() => {
                     while events.try_recv().is_ok() {}
                 }
@@ -269,8 +268,41 @@ impl Balancer {
         }
         self.shared.snapshot.store(Arc::new(Snapshot {
             resolved: true,
+            shutdown: true,
             ..Snapshot::default()
         }));
+        // Wake requests waiting for a picker: they fail with `NoEndpoint::Shutdown`.
+        self.shared.version.send_modify(|v| *v += 1);
+    }
+
+    /// Handles one discovery item; returns whether the stream is still open.
+    fn on_discovery(&mut self, item: Option<Result<Change<String, u32>, crate::BoxError>>) -> bool {
+        match item {
+            Some(Ok(change)) => self.apply(change),
+            Some(Err(e)) => {
+                let msg = subchannel::error_chain(&*e);
+                tracing::warn!(error = %msg, endpoints = self.order.len(), "discovery error; keeping the last endpoint set");
+                if !self.resolved {
+                    self.discovery_error = Some(msg);
+                }
+            }
+            None => {
+                tracing::warn!(
+                    endpoints = self.order.len(),
+                    "discovery stream ended; keeping the last endpoint set"
+                );
+                if !self.resolved {
+                    // grpc-go fails RPCs with the resolver's error when there was no update yet.
+                    self.discovery_error = Some(
+                        self.discovery_error
+                            .take()
+                            .unwrap_or_else(|| "the discovery stream ended before its first update".into()),
+                    );
+                }
+                return false;
+            }
+        }
+        true
     }
 
     fn apply(&mut self, change: Change<String, u32>) {
@@ -312,6 +344,7 @@ impl Balancer {
             .iter()
             .filter_map(|a| self.entries.get(a))
             .map(|e| Member {
+                generation: e.sub.generation(),
                 channel: e.sub.channel(),
                 sub: e.sub.clone(),
             })
@@ -341,15 +374,29 @@ impl Balancer {
             .filter(|m| m.sub.state() == ConnectivityState::Ready && m.channel.is_some())
             .cloned()
             .collect();
-        let count = |s| members.iter().filter(|m| m.sub.state() == s).count();
-        let connecting = count(ConnectivityState::Connecting) + count(ConnectivityState::Idle);
-        let failing = count(ConnectivityState::TransientFailure);
+        // Sticky TRANSIENT_FAILURE (grpc-go `balancer/base`): an endpoint that failed and is
+        // reconnecting still counts as failing in the aggregate.
+        let failing_now =
+            |m: &Member| m.sub.state() == ConnectivityState::TransientFailure || m.sub.is_failing();
+        let connecting = members
+            .iter()
+            .filter(|m| {
+                matches!(
+                    m.sub.state(),
+                    ConnectivityState::Connecting | ConnectivityState::Idle
+                ) && !failing_now(m)
+            })
+            .count();
+        let failing = members
+            .iter()
+            .filter(|m| m.sub.state() != ConnectivityState::Ready && failing_now(m))
+            .count();
         let last_error = members
             .iter()
-            .filter(|m| m.sub.state() == ConnectivityState::TransientFailure)
+            .filter(|m| m.sub.state() != ConnectivityState::Ready)
             .find_map(|m| m.sub.last_error());
         let snapshot = Snapshot {
-            total_weight: hashing::total_weight(&members),
+            total_weight: hashing::available_weight(&ready, self.shared.common.now()),
             ring: self.ring.clone(),
             ready,
             members,
@@ -358,6 +405,7 @@ impl Balancer {
             failing,
             last_error,
             discovery_error: self.discovery_error.clone(),
+            shutdown: false,
         };
         tracing::trace!(state = %snapshot.describe(), "new picker");
         self.shared.snapshot.store(Arc::new(snapshot));

@@ -60,6 +60,7 @@
 
 mod balancer;
 mod config;
+mod deadline;
 pub mod discover;
 mod error;
 mod service;

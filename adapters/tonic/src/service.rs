@@ -13,6 +13,7 @@ use http_body::{Body, Frame, SizeHint};
 use pickwise::{InFlight, Outcome, P2c, PickError, RingPicker};
 use pin_project_lite::pin_project;
 use tokio::sync::oneshot;
+use tokio::time::{Instant, Sleep};
 use tonic::codegen::Bytes;
 use tonic::transport::Channel;
 use tonic::{Code, Status};
@@ -20,6 +21,7 @@ use tower_service::Service;
 
 use crate::balancer::{EndpointStats, Member, Shared, Snapshot, Unpicked};
 use crate::config::{Config, LbPolicy, NoKey};
+use crate::deadline;
 use crate::error::NoEndpoint;
 use crate::subchannel::SubRef;
 use crate::BoxError;
@@ -96,6 +98,8 @@ impl BalancedChannel {
 struct Picked {
     channel: Channel,
     guard: Guard,
+    /// The connection generation `channel` belongs to.
+    generation: u64,
 }
 
 fn request_hash(config: &Config, req: &Request) -> Option<u64> {
@@ -153,26 +157,47 @@ fn try_pick(shared: &Shared, snap: &Snapshot, req: &Request) -> Result<Picked, U
     let channel = member.channel.clone().ok_or(Unpicked::Wait)?;
     let sub = SubRef(member.sub.clone());
     let guard = InFlight::start(sub.clone(), sub, now);
-    Ok(Picked { channel, guard })
+    Ok(Picked {
+        channel,
+        guard,
+        generation: member.generation,
+    })
 }
 
 type WaitFuture = Pin<Box<dyn Future<Output = Result<(Picked, Request), Status>> + Send>>;
 
-/// Slow path: no endpoint ready yet but some connecting. Waits for new pickers until the deadline.
-async fn wait_for_pick(shared: Arc<Shared>, req: Request) -> Result<(Picked, Request), Status> {
+/// Slow path: no endpoint ready yet but some connecting. Waits for new pickers until the
+/// wait-for-ready bound or the request's own deadline, whichever comes first (grpc-go
+/// `picker_wrapper.go`: a queued pick ends with `DEADLINE_EXCEEDED` at the RPC's deadline); then
+/// sends the server what remains of the deadline (`http2_client.go`).
+async fn wait_for_pick(
+    shared: Arc<Shared>,
+    mut req: Request,
+    deadline: Option<Instant>,
+) -> Result<(Picked, Request), Status> {
+    let start = Instant::now();
     let wait = shared.common.config.wait_for_ready;
-    let deadline = tokio::time::Instant::now() + wait;
+    let bound = start + wait;
+    let until = deadline.map_or(bound, |d| d.min(bound));
     let mut rx = shared.version.subscribe();
     loop {
         let snap = shared.snapshot.load_full();
         match try_pick(&shared, &snap, &req) {
-            Ok(p) => return Ok((p, req)),
+            Ok(p) => {
+                if let Some(d) = deadline {
+                    if !deadline::set_remaining(req.headers_mut(), d) {
+                        return Err(deadline_exceeded(start, &snap));
+                    }
+                }
+                return Ok((p, req));
+            }
             Err(Unpicked::Fail(e)) => return Err(e.into()),
             Err(Unpicked::Wait) => {}
         }
-        match tokio::time::timeout_at(deadline, rx.changed()).await {
+        match tokio::time::timeout_at(until, rx.changed()).await {
             Ok(Ok(())) => {}
             Ok(Err(_)) => return Err(NoEndpoint::Shutdown.into()),
+            Err(_) if deadline.is_some_and(|d| d <= bound) => return Err(deadline_exceeded(start, &snap)),
             Err(_) => {
                 let state = snap.describe();
                 return Err(NoEndpoint::Timeout {
@@ -183,6 +208,14 @@ async fn wait_for_pick(shared: Arc<Shared>, req: Request) -> Result<(Picked, Req
             }
         }
     }
+}
+
+fn deadline_exceeded(start: Instant, snap: &Snapshot) -> Status {
+    Status::deadline_exceeded(format!(
+        "pickwise: deadline exceeded after {} ms waiting for a ready endpoint ({})",
+        start.elapsed().as_millis(),
+        snap.describe()
+    ))
 }
 
 impl Service<Request> for BalancedChannel {
@@ -201,13 +234,20 @@ impl Service<Request> for BalancedChannel {
             Ok(picked) => State::Ready {
                 picked: Some(picked),
                 req: Some(req),
+                deadline: None,
+                timer: None,
             },
             Err(Unpicked::Fail(e)) => State::Fail {
                 status: Some(e.into()),
             },
-            Err(Unpicked::Wait) => State::Wait {
-                fut: Box::pin(wait_for_pick(self.shared.clone(), req)),
-            },
+            Err(Unpicked::Wait) => {
+                // Only requests that wait read the clock for their deadline.
+                let deadline = deadline::of(req.headers());
+                State::Wait {
+                    fut: Box::pin(wait_for_pick(self.shared.clone(), req, deadline)),
+                    deadline,
+                }
+            }
         };
         ResponseFuture { state }
     }
@@ -224,9 +264,11 @@ pin_project! {
 pin_project! {
     #[project = StateProj]
     enum State {
-        Wait { fut: WaitFuture },
-        Ready { picked: Option<Picked>, req: Option<Request> },
-        Call { #[pin] fut: tonic::transport::channel::ResponseFuture, guard: Option<Guard> },
+        Wait { fut: WaitFuture, deadline: Option<Instant> },
+        // `deadline`/`timer` bound a wait for the connection's request queue (only armed when
+        // the queue is full).
+        Ready { picked: Option<Picked>, req: Option<Request>, deadline: Option<Instant>, timer: Option<Pin<Box<Sleep>>> },
+        Call { #[pin] fut: tonic::transport::channel::ResponseFuture, guard: Option<Guard>, generation: u64 },
         Fail { status: Option<Status> },
     }
 }
@@ -237,12 +279,74 @@ impl std::fmt::Debug for ResponseFuture {
     }
 }
 
-/// Ends a request whose call failed before a response: the endpoint's connection is suspect.
-fn fail_call(guard: Option<Guard>) {
-    if let Some(g) = guard {
-        g.endpoint().0.mark_broken();
-        finish(g, None);
+/// Ends a request whose call failed before a response. Only a connection-level error (reset,
+/// refused, closed, GOAWAY) from the connection the request went out on marks that connection
+/// broken; a deadline or a stream-level error is the request's own (grpc-go: per-RPC errors never
+/// change connectivity). Returns the error for the caller.
+fn fail_call(guard: Option<Guard>, generation: u64, e: BoxError) -> BoxError {
+    let kind = classify(&*e);
+    let Some(g) = guard else { return e };
+    match kind {
+        CallError::Deadline => {
+            finish(g, Some(Code::DeadlineExceeded));
+            // tonic reports its client-side timeout as CANCELLED; gRPC says DEADLINE_EXCEEDED.
+            Box::new(Status::deadline_exceeded("pickwise: deadline exceeded"))
+        }
+        CallError::Connection => {
+            g.endpoint().0.mark_broken(generation);
+            finish(g, None);
+            e
+        }
+        CallError::Stream => {
+            finish(g, None);
+            e
+        }
     }
+}
+
+#[derive(Debug, PartialEq, Eq)]
+enum CallError {
+    Deadline,
+    Connection,
+    Stream,
+}
+
+fn classify(e: &(dyn std::error::Error + 'static)) -> CallError {
+    use std::io::ErrorKind::*;
+    let mut source = Some(e);
+    while let Some(err) = source {
+        if err.is::<tonic::TimeoutExpired>() {
+            return CallError::Deadline;
+        }
+        if err.is::<tonic::ConnectError>() {
+            return CallError::Connection;
+        }
+        if let Some(io) = err.downcast_ref::<std::io::Error>() {
+            if matches!(
+                io.kind(),
+                ConnectionReset
+                    | ConnectionAborted
+                    | ConnectionRefused
+                    | BrokenPipe
+                    | NotConnected
+                    | UnexpectedEof
+            ) {
+                return CallError::Connection;
+            }
+        }
+        if let Some(h) = err.downcast_ref::<h2::Error>() {
+            if h.is_go_away() || h.is_io() {
+                return CallError::Connection;
+            }
+        }
+        if let Some(h) = err.downcast_ref::<hyper::Error>() {
+            if h.is_closed() || h.is_incomplete_message() {
+                return CallError::Connection;
+            }
+        }
+        source = err.source();
+    }
+    CallError::Stream
 }
 
 /// Completes a request with its gRPC status (`None`: a transport or HTTP failure).
@@ -272,25 +376,58 @@ impl Future for ResponseFuture {
                         .unwrap_or_else(|| Status::unavailable("pickwise: polled after completion"));
                     return Poll::Ready(Err(Box::new(status)));
                 }
-                StateProj::Wait { fut } => match ready!(fut.as_mut().poll(cx)) {
+                StateProj::Wait { fut, deadline } => match ready!(fut.as_mut().poll(cx)) {
                     Ok((picked, req)) => {
                         let next = State::Ready {
                             picked: Some(picked),
                             req: Some(req),
+                            deadline: *deadline,
+                            timer: None,
                         };
                         self.as_mut().project().state.set(next);
                     }
                     Err(status) => return Poll::Ready(Err(Box::new(status))),
                 },
-                StateProj::Ready { picked, req } => {
+                StateProj::Ready {
+                    picked,
+                    req,
+                    deadline,
+                    timer,
+                } => {
                     let Some(p) = picked.as_mut() else {
                         return Poll::Ready(Err(Box::new(Status::unavailable(
                             "pickwise: polled after completion",
                         ))));
                     };
-                    if let Err(e) = ready!(Service::poll_ready(&mut p.channel, cx)) {
-                        fail_call(picked.take().map(|p| p.guard));
-                        return Poll::Ready(Err(e.into()));
+                    let ready = match Service::poll_ready(&mut p.channel, cx) {
+                        Poll::Ready(r) => r,
+                        Poll::Pending => {
+                            // The connection's request queue is full: bounded by the deadline.
+                            if timer.is_none() {
+                                let d =
+                                    deadline.or_else(|| req.as_ref().and_then(|r| deadline::of(r.headers())));
+                                *deadline = d;
+                                *timer = d.map(|d| Box::pin(tokio::time::sleep_until(d)));
+                            }
+                            if let Some(t) = timer.as_mut() {
+                                ready!(t.as_mut().poll(cx));
+                                if let Some(p) = picked.take() {
+                                    finish(p.guard, Some(Code::DeadlineExceeded));
+                                }
+                                return Poll::Ready(Err(Box::new(Status::deadline_exceeded(
+                                    "pickwise: deadline exceeded waiting for the endpoint's connection",
+                                ))));
+                            }
+                            return Poll::Pending;
+                        }
+                    };
+                    if let Err(e) = ready {
+                        let generation = p.generation;
+                        return Poll::Ready(Err(fail_call(
+                            picked.take().map(|p| p.guard),
+                            generation,
+                            e.into(),
+                        )));
                     }
                     let (Some(mut p), Some(req)) = (picked.take(), req.take()) else {
                         return Poll::Ready(Err(Box::new(Status::unavailable(
@@ -301,15 +438,17 @@ impl Future for ResponseFuture {
                     self.as_mut().project().state.set(State::Call {
                         fut,
                         guard: Some(p.guard),
+                        generation: p.generation,
                     });
                 }
-                StateProj::Call { fut, guard } => {
+                StateProj::Call {
+                    fut,
+                    guard,
+                    generation,
+                } => {
                     let resp = match ready!(fut.poll(cx)) {
                         Ok(resp) => resp,
-                        Err(e) => {
-                            fail_call(guard.take());
-                            return Poll::Ready(Err(e.into()));
-                        }
+                        Err(e) => return Poll::Ready(Err(fail_call(guard.take(), *generation, e.into()))),
                     };
                     let guard = guard.take();
                     let (parts, body) = resp.into_parts();
@@ -325,7 +464,14 @@ impl Future for ResponseFuture {
                             finish(g, Some(code));
                             None
                         }
-                        (guard, _) => guard,
+                        // Headers of a real response: the latency sample is taken now (tower's
+                        // `CompleteOnResponse`); the slot is held until the stream ends.
+                        (Some(mut g), _) => {
+                            let now = g.endpoint().0.common.now();
+                            g.responded(now);
+                            Some(g)
+                        }
+                        (None, _) => None,
                     };
                     let body = ResponseBody { inner: body, pending };
                     return Poll::Ready(Ok(http::Response::from_parts(parts, body)));
@@ -364,16 +510,15 @@ impl Body for ResponseBody {
             Some(Ok(frame)) => frame
                 .trailers_ref()
                 .map(|t| grpc_status(t).unwrap_or(Code::Unknown)),
-            Some(Err(status)) => Some(if status.code() == Code::Ok {
-                Code::Unknown
-            } else {
-                status.code()
-            }),
-            None => Some(Code::Internal), // ended without trailers: a broken response
+            // A stream reset or broken body after the headers is a failure, whatever code it
+            // maps to (a reset with CANCEL is not the client's cancellation: that drops the body).
+            Some(Err(_)) => None,
+            None => None, // ended without trailers: a broken response
         };
-        if let Some(code) = finished {
+        let ended_badly = matches!(res, Some(Err(_)) | None);
+        if finished.is_some() || ended_badly {
             if let Some(guard) = this.pending.take() {
-                finish(guard, Some(code));
+                finish(guard, finished);
             }
         }
         Poll::Ready(res)

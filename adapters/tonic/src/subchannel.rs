@@ -8,7 +8,7 @@
 use std::borrow::Borrow;
 use std::io;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::Duration;
@@ -56,10 +56,16 @@ pub(crate) struct Subchannel {
     pub(crate) addr: String,
     pub(crate) core: EndpointState,
     state: AtomicU8,
+    /// Sticky TRANSIENT_FAILURE (grpc-go `balancer/base`): set when a connection attempt fails or
+    /// a connection is lost, cleared only by READY. While set, Connecting counts as failing.
+    failing: AtomicBool,
+    /// Which connection `channel` is (grows with each connection); requests carry the generation
+    /// they were sent on, so an error from an older connection never breaks its replacement.
+    generation: AtomicU64,
     /// The connected channel while Ready; read when snapshots are built, never on the pick path.
     channel: Mutex<Option<Channel>>,
     last_error: Mutex<Option<String>>,
-    /// The request path saw a transport error: drop this connection and reconnect.
+    /// The request path saw a connection-level error on the current connection: reconnect.
     broken: Notify,
     pub(crate) common: Arc<Common>,
 }
@@ -72,6 +78,8 @@ impl Subchannel {
             addr,
             core,
             state: AtomicU8::new(0),
+            failing: AtomicBool::new(false),
+            generation: AtomicU64::new(0),
             channel: Mutex::new(None),
             last_error: Mutex::new(None),
             broken: Notify::new(),
@@ -87,6 +95,16 @@ impl Subchannel {
         self.channel.lock().map(|c| c.clone()).unwrap_or(None)
     }
 
+    /// The current connection's generation.
+    pub(crate) fn generation(&self) -> u64 {
+        self.generation.load(Ordering::Acquire)
+    }
+
+    /// Failed since it was last READY (sticky TRANSIENT_FAILURE), even while reconnecting.
+    pub(crate) fn is_failing(&self) -> bool {
+        self.failing.load(Ordering::Acquire)
+    }
+
     pub(crate) fn last_error(&self) -> Option<String> {
         self.last_error.lock().map(|e| e.clone()).unwrap_or(None)
     }
@@ -100,14 +118,22 @@ impl Subchannel {
                 *last = Some(e);
             }
         }
+        match state {
+            ConnectivityState::Ready => self.failing.store(false, Ordering::Release),
+            ConnectivityState::TransientFailure => self.failing.store(true, Ordering::Release),
+            _ => {}
+        }
         self.core.set_ready(state == ConnectivityState::Ready);
         self.state.store(state as u8, Ordering::Release);
     }
 
-    /// Called from the request path on a transport error: leave the picker now, reconnect.
-    pub(crate) fn mark_broken(&self) {
-        // Wakes only a task waiting on the current connection; errors from an older one are stale.
-        self.broken.notify_waiters();
+    /// Called from the request path on a connection-level error (reset, refused, closed) seen by
+    /// a request sent on connection `generation`: leave the picker now and reconnect, unless that
+    /// connection has already been replaced (grpc-go compares the transport the same way).
+    pub(crate) fn mark_broken(&self, generation: u64) {
+        if generation == self.generation() {
+            self.broken.notify_waiters();
+        }
     }
 }
 
@@ -178,6 +204,7 @@ pub(crate) async fn run(sub: Arc<Subchannel>, id: u64, events: mpsc::UnboundedSe
             tokio::time::sleep(backoff.next()).await;
             continue;
         }
+        sub.generation.fetch_add(1, Ordering::AcqRel);
         let serving = match &config.health {
             Some(h) => check_health(&channel, &h.service, h.timeout).await,
             None => Ok(()),
