@@ -114,6 +114,7 @@ pub fn channel() -> (DiscoveryHandle, ChannelDiscover) {
 /// Resolves at once, then every `every`; yields inserts for new addresses and removes for vanished
 /// ones (weight 1). A failed lookup yields an error (the balancer keeps the last set) and is retried
 /// at the next period. An empty answer is treated like a failure, not as "remove everything".
+/// The resolver task ends as soon as the balancer drops the stream (the last channel clone).
 pub fn dns(
     target: impl Into<String>,
     every: Duration,
@@ -125,7 +126,11 @@ pub fn dns(
         let mut tick = tokio::time::interval(every.max(Duration::from_millis(10)));
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
-            tick.tick().await;
+            // Stop as soon as the balancer is gone, not at the next re-resolution.
+            tokio::select! {
+                _ = tick.tick() => {}
+                _ = tx.closed() => return,
+            }
             let found: Result<BTreeSet<SocketAddr>, BoxError> =
                 match tokio::net::lookup_host(target.as_str()).await {
                     Ok(addrs) => {

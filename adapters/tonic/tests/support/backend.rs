@@ -7,7 +7,7 @@
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use tonic::{Request, Response, Status};
@@ -21,6 +21,12 @@ pub struct Knobs {
     pub delay_ms: Arc<AtomicU64>,
     pub fail: Arc<AtomicBool>,
     pub not_serving: Arc<AtomicBool>,
+    /// TCP connections accepted.
+    pub connections: Arc<AtomicU64>,
+    /// The `grpc-timeout` header of the last Check, as received.
+    pub last_timeout: Arc<Mutex<Option<String>>>,
+    /// How long a Watch stream stays open after its first message.
+    pub stream_ms: Arc<AtomicU64>,
 }
 
 struct Service {
@@ -35,6 +41,12 @@ impl Health for Service {
         _req: Request<HealthCheckRequest>,
     ) -> Result<Response<HealthCheckResponse>, Status> {
         self.knobs.hits.fetch_add(1, Ordering::Relaxed);
+        let timeout = _req
+            .metadata()
+            .get("grpc-timeout")
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_string);
+        *self.knobs.last_timeout.lock().unwrap() = timeout;
         let delay = self.knobs.delay_ms.load(Ordering::Relaxed);
         if delay > 0 {
             tokio::time::sleep(Duration::from_millis(delay)).await;
@@ -55,10 +67,24 @@ impl Health for Service {
         Ok(resp)
     }
 
-    type WatchStream = tokio_stream::Empty<Result<HealthCheckResponse, Status>>;
+    type WatchStream = tokio_stream::wrappers::ReceiverStream<Result<HealthCheckResponse, Status>>;
 
+    /// Sends SERVING at once, then ends the stream after `stream_ms`.
     async fn watch(&self, _req: Request<HealthCheckRequest>) -> Result<Response<Self::WatchStream>, Status> {
-        Err(Status::unimplemented("watch"))
+        let (tx, rx) = tokio::sync::mpsc::channel(1);
+        let hold = Duration::from_millis(self.knobs.stream_ms.load(Ordering::Relaxed));
+        tokio::spawn(async move {
+            let first = HealthCheckResponse {
+                status: ServingStatus::Serving as i32,
+            };
+            if tx.send(Ok(first)).await.is_ok() {
+                tokio::time::sleep(hold).await;
+            }
+        });
+        let mut resp = Response::new(tokio_stream::wrappers::ReceiverStream::new(rx));
+        resp.metadata_mut()
+            .insert("x-backend", self.name.parse().expect("ascii name"));
+        Ok(resp)
     }
 }
 
@@ -88,11 +114,16 @@ impl Backend {
             name: addr.to_string(),
             knobs: knobs.clone(),
         };
+        let knobs_conn = knobs.connections.clone();
         runtime.spawn(async move {
             let Ok(listener) = tokio::net::TcpListener::from_std(listener) else {
                 return;
             };
-            let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
+            let connections = knobs_conn;
+            let incoming = tokio_stream::StreamExt::map(tokio_stream::wrappers::TcpListenerStream::new(listener), move |s| {
+                connections.fetch_add(1, Ordering::Relaxed);
+                s
+            });
             let _ = tonic::transport::Server::builder()
                 .add_service(HealthServer::new(service))
                 .serve_with_incoming(incoming)
@@ -130,6 +161,10 @@ impl Backend {
 
     pub fn set_delay(&self, ms: u64) {
         self.knobs.delay_ms.store(ms, Ordering::Relaxed);
+    }
+
+    pub fn connections(&self) -> u64 {
+        self.knobs.connections.load(Ordering::Relaxed)
     }
 
     pub fn set_failing(&self, fail: bool) {

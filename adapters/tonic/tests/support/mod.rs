@@ -1,1 +1,3 @@
 pub mod backend;
+pub mod net;
+pub mod client;
