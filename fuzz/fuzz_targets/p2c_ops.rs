@@ -6,7 +6,7 @@
 use arbitrary::Arbitrary;
 use libfuzzer_sys::fuzz_target;
 use pickwise::{
-    hashing::total_weight, EndpointState, HashPolicy, InFlight, OutlierConfig, Outcome, P2c, Policy, Pool,
+    hashing::total_weight, EndpointState, HashPolicy, InFlight, Outcome, OutlierConfig, P2c, Policy, Pool,
     PoolConfig, Ring, RingConfig, RingPicker, SplitMix64,
 };
 
@@ -42,11 +42,18 @@ fuzz_target!(|input: (Params, Vec<Op>)| {
         base_ejection_ms: 1000,
         max_ejection_ms: 10_000,
         max_ejection_percent: p.max_percent,
+        ..OutlierConfig::default()
     };
-    let pool = Pool::new(PoolConfig { policy, outlier, track_total: true, ..Default::default() });
+    let pool = Pool::new(PoolConfig {
+        policy,
+        outlier,
+        track_total: true,
+        ..Default::default()
+    });
     pool.set_endpoints(n);
-    let states: Vec<EndpointState> =
-        (0..n).map(|i| EndpointState::new(p.weights.get(i).copied().unwrap_or(1))).collect();
+    let states: Vec<EndpointState> = (0..n)
+        .map(|i| EndpointState::new(p.weights.get(i).copied().unwrap_or(1)))
+        .collect();
     let hosts: Vec<(String, u32)> = (0..n).map(|i| (format!("h{i}"), 1)).collect();
     let ring = Ring::build(&hosts, &RingConfig::native(8)).unwrap();
     let mut rng = SplitMix64::new(p.seed);
@@ -67,8 +74,12 @@ fuzz_target!(|input: (Params, Vec<Op>)| {
             Op::RingPick(h, kind, f) => {
                 let hp = match kind % 3 {
                     0 => HashPolicy::Plain,
-                    1 => HashPolicy::Bounded { factor_percent: u32::from(f) },
-                    _ => HashPolicy::Affinity { ratio: f32::from(f) / 100.0 },
+                    1 => HashPolicy::Bounded {
+                        factor_percent: u32::from(f),
+                    },
+                    _ => HashPolicy::Affinity {
+                        ratio: f32::from(f) / 100.0,
+                    },
                 };
                 let any = states.iter().any(|e| e.is_available(now));
                 let picker = RingPicker::new(ring.view(), &states, &pool, total_weight(&states));
@@ -94,7 +105,10 @@ fuzz_target!(|input: (Params, Vec<Op>)| {
             _ => {}
         }
         for (i, e) in states.iter().enumerate() {
-            assert_eq!(e.in_flight() as usize, guards.iter().filter(|(j, _)| *j == i).count());
+            assert_eq!(
+                e.in_flight() as usize,
+                guards.iter().filter(|(j, _)| *j == i).count()
+            );
         }
         assert!(pool.ejected() <= pool.ejection_cap());
         assert_eq!(pool.total_in_flight() as usize, guards.len());

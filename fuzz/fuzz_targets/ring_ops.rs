@@ -1,11 +1,13 @@
 //! Builds, updates and queries rings from arbitrary input, checking the ring's invariants:
 //! lookups equal a linear scan, points are sorted, the readiness walk returns only accepted
-//! endpoints, Maglev tables are full, and in native mode a membership change moves only the changed endpoint's keys.
+//! endpoints, and in native mode a membership change moves only the changed endpoint's keys.
+//! Rings stay small (at most 512 points) so each input runs in well under a millisecond; the
+//! large-table checks live in `maglev` and `fixed_ring`.
 #![no_main]
 
 use arbitrary::Arbitrary;
 use libfuzzer_sys::fuzz_target;
-use pickwise::{FixedRing, Maglev, Mode, Ring, RingConfig};
+use pickwise::{Mode, Ring, RingConfig};
 
 #[derive(Arbitrary, Debug)]
 struct Params {
@@ -39,26 +41,25 @@ fn check(ring: &Ring) {
 fuzz_target!(|input: (Params, Vec<Op>)| {
     let (p, ops) = input;
     let mut endpoints = p.endpoints;
-    endpoints.truncate(64);
     let mode = match p.mode % 3 {
         0 => Mode::Envoy,
         1 => Mode::Grpc,
-        _ => Mode::Native { points_per_weight: u32::from(p.points_per_weight % 32) },
+        _ => Mode::Native {
+            points_per_weight: u32::from(p.points_per_weight % 32),
+        },
     };
-    let config = RingConfig { mode, min_ring_size: u64::from(p.min % 4096), max_ring_size: u64::from(p.max % 8192) };
-    // Maglev over the same endpoints: a full table of valid owners, or a typed error.
-    let table_size = [7u64, 17, 251, 65_537, u64::from(p.min)][usize::from(p.mode / 3) % 5];
-    if let Ok(m) = Maglev::build(&endpoints, table_size) {
-        assert_eq!(m.table().len() as u64, table_size);
-        assert!(m.table().iter().all(|&i| (i as usize) < endpoints.len()));
-    }
+    endpoints.truncate(32);
+    let config = RingConfig {
+        mode,
+        min_ring_size: u64::from(p.min % 256),
+        max_ring_size: u64::from(p.max % 512),
+    };
     // Errors are fine (typed); panics are not.
-    let Ok(mut ring) = Ring::build(&endpoints, &config) else { return };
+    let Ok(mut ring) = Ring::build(&endpoints, &config) else {
+        return;
+    };
     check(&ring);
-    if let Ok(fixed) = FixedRing::<8200>::build(&endpoints, &config) {
-        assert_eq!(fixed.view().points(), ring.view().points());
-    }
-    for op in ops.into_iter().take(64) {
+    for op in ops.into_iter().take(16) {
         match op {
             Op::Lookup(h) => assert_eq!(ring.lookup(h), oracle(&ring, h)),
             Op::Find(h, mask) => {
@@ -69,12 +70,17 @@ fuzz_target!(|input: (Params, Vec<Op>)| {
                 }
             }
             Op::Insert(key, w) => {
-                let Ok(next) = ring.with_endpoint(&key, w) else { continue };
+                let Ok(next) = ring.with_endpoint(&key, w) else {
+                    continue;
+                };
                 check(&next);
                 if matches!(mode, Mode::Native { .. }) {
                     // Keys move only to or from the changed endpoint.
-                    for &h in ring.view().points().iter().take(256) {
-                        let (a, b) = (ring.key(ring.lookup(h).unwrap()).unwrap(), next.key(next.lookup(h).unwrap()).unwrap());
+                    for &h in ring.view().points().iter().take(64) {
+                        let (a, b) = (
+                            ring.key(ring.lookup(h).unwrap()).unwrap(),
+                            next.key(next.lookup(h).unwrap()).unwrap(),
+                        );
                         assert!(a == b || a == &key[..] || b == &key[..]);
                     }
                 }
@@ -82,14 +88,21 @@ fuzz_target!(|input: (Params, Vec<Op>)| {
             }
             Op::Remove(i) => {
                 let idx = u32::from(i) % ring.endpoints() as u32;
-                let Some(key) = ring.key(idx).map(<[u8]>::to_vec) else { continue };
-                let Ok(next) = ring.without_endpoint(&key) else { continue };
+                let Some(key) = ring.key(idx).map(<[u8]>::to_vec) else {
+                    continue;
+                };
+                let Ok(next) = ring.without_endpoint(&key) else {
+                    continue;
+                };
                 check(&next);
                 if matches!(mode, Mode::Native { .. }) {
                     let moved = ring.moved_share(&next);
                     assert!((moved - ring.ownership()[idx as usize]).abs() < 1e-9);
-                    for &h in next.view().points().iter().take(256) {
-                        let (a, b) = (ring.key(ring.lookup(h).unwrap()).unwrap(), next.key(next.lookup(h).unwrap()).unwrap());
+                    for &h in next.view().points().iter().take(64) {
+                        let (a, b) = (
+                            ring.key(ring.lookup(h).unwrap()).unwrap(),
+                            next.key(next.lookup(h).unwrap()).unwrap(),
+                        );
                         assert!(a == b || a == &key[..]);
                     }
                 }

@@ -9,10 +9,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use http::HeaderName;
-use pickwise_tonic::{
-    discover, ConnectivityState, HashPolicy, OutlierConfig, Policy,
-    RingConfig,
-};
+use pickwise_tonic::{discover, ConnectivityState, HashPolicy, OutlierConfig, Policy, RingConfig};
 use support::backend::Backend;
 use support::client::*;
 

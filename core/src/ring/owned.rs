@@ -61,11 +61,14 @@ impl Ring {
                 .cmp(endpoints[b as usize].0.as_ref())
                 .then(a.cmp(&b))
         });
+        // The repeat that comes first in input order (as `FixedRing` reports it): equal keys sort
+        // by position, so each adjacent equal pair is (earlier, later); take the smallest later.
         if let Some(w) = by_key
             .windows(2)
-            .find(|w| endpoints[w[0] as usize].0.as_ref() == endpoints[w[1] as usize].0.as_ref())
+            .filter(|w| endpoints[w[0] as usize].0.as_ref() == endpoints[w[1] as usize].0.as_ref())
+            .min_by_key(|w| w[1])
         {
-            let (a, b) = (w[0].min(w[1]) as usize, w[0].max(w[1]) as usize);
+            let (a, b) = (w[0] as usize, w[1] as usize);
             return Err(RingError::DuplicateKey { first: a, second: b });
         }
 

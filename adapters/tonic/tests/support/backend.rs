@@ -120,10 +120,13 @@ impl Backend {
                 return;
             };
             let connections = knobs_conn;
-            let incoming = tokio_stream::StreamExt::map(tokio_stream::wrappers::TcpListenerStream::new(listener), move |s| {
-                connections.fetch_add(1, Ordering::Relaxed);
-                s
-            });
+            let incoming = tokio_stream::StreamExt::map(
+                tokio_stream::wrappers::TcpListenerStream::new(listener),
+                move |s| {
+                    connections.fetch_add(1, Ordering::Relaxed);
+                    s
+                },
+            );
             let _ = tonic::transport::Server::builder()
                 .add_service(HealthServer::new(service))
                 .serve_with_incoming(incoming)

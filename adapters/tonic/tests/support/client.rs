@@ -59,7 +59,11 @@ pub fn addrs(backends: &[Backend]) -> Vec<String> {
 }
 
 /// Runs `concurrency` loops of calls for `dur`; returns (per-backend counts, errors).
-pub async fn load(channel: &BalancedChannel, concurrency: usize, dur: Duration) -> (HashMap<String, u64>, u64) {
+pub async fn load(
+    channel: &BalancedChannel,
+    concurrency: usize,
+    dur: Duration,
+) -> (HashMap<String, u64>, u64) {
     let errors = Arc::new(AtomicU64::new(0));
     let deadline = Instant::now() + dur;
     let tasks: Vec<_> = (0..concurrency)
@@ -107,4 +111,3 @@ pub fn assert_no_in_flight(channel: &BalancedChannel) {
         assert_eq!(s.in_flight, 0, "{} still has requests in flight", s.address);
     }
 }
-

@@ -1,3 +1,3 @@
 pub mod backend;
-pub mod net;
 pub mod client;
+pub mod net;
