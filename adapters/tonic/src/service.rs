@@ -268,7 +268,8 @@ pin_project! {
         // `deadline`/`timer` bound a wait for the connection's request queue (only armed when
         // the queue is full).
         Ready { picked: Option<Picked>, req: Option<Request>, deadline: Option<Instant>, timer: Option<Pin<Box<Sleep>>> },
-        Call { #[pin] fut: tonic::transport::channel::ResponseFuture, guard: Option<Guard>, generation: u64 },
+        // `budget`: the request's grpc-timeout, to tell a late error for a deadline failure.
+        Call { #[pin] fut: tonic::transport::channel::ResponseFuture, guard: Option<Guard>, generation: u64, budget: Option<Duration> },
         Fail { status: Option<Status> },
     }
 }
@@ -288,17 +289,17 @@ fn fail_call(guard: Option<Guard>, generation: u64, e: BoxError) -> BoxError {
     let Some(g) = guard else { return e };
     match kind {
         CallError::Deadline => {
-            finish(g, Some(Code::DeadlineExceeded));
+            finish(g, Some(Code::DeadlineExceeded), None);
             // tonic reports its client-side timeout as CANCELLED; gRPC says DEADLINE_EXCEEDED.
             Box::new(Status::deadline_exceeded("pickwise: deadline exceeded"))
         }
         CallError::Connection => {
             g.endpoint().0.mark_broken(generation);
-            finish(g, None);
+            finish(g, None, None);
             e
         }
         CallError::Stream => {
-            finish(g, None);
+            finish(g, None, None);
             e
         }
     }
@@ -349,14 +350,24 @@ fn classify(e: &(dyn std::error::Error + 'static)) -> CallError {
     CallError::Stream
 }
 
-/// Completes a request with its gRPC status (`None`: a transport or HTTP failure).
-fn finish(guard: Guard, code: Option<Code>) {
+/// Completes a request with its gRPC status (`None`: a transport or HTTP failure). `budget` is
+/// the request's `grpc-timeout`: an error that arrives after it is a deadline failure whatever
+/// the server called it (tonic's server answers an expired deadline with CANCELLED).
+fn finish(guard: Guard, code: Option<Code>, budget: Option<Duration>) {
     let common = &guard.endpoint().0.common;
+    let now = common.now();
+    let code = match (code, budget) {
+        (Some(c), Some(b))
+            if c != Code::Ok && now.saturating_sub(guard.started_at()) >= b.as_nanos() as u64 =>
+        {
+            Some(Code::DeadlineExceeded)
+        }
+        _ => code,
+    };
     let outcome = match code {
         Some(code) if !common.config.failure_codes.contains(&code) => Outcome::Success,
         _ => Outcome::Failure,
     };
-    let now = common.now();
     let _ = guard.complete(now, outcome);
 }
 
@@ -412,7 +423,7 @@ impl Future for ResponseFuture {
                             if let Some(t) = timer.as_mut() {
                                 ready!(t.as_mut().poll(cx));
                                 if let Some(p) = picked.take() {
-                                    finish(p.guard, Some(Code::DeadlineExceeded));
+                                    finish(p.guard, Some(Code::DeadlineExceeded), None);
                                 }
                                 return Poll::Ready(Err(Box::new(Status::deadline_exceeded(
                                     "pickwise: deadline exceeded waiting for the endpoint's connection",
@@ -434,17 +445,20 @@ impl Future for ResponseFuture {
                             "pickwise: polled after completion",
                         ))));
                     };
+                    let budget = deadline::timeout(req.headers());
                     let fut = Service::call(&mut p.channel, req);
                     self.as_mut().project().state.set(State::Call {
                         fut,
                         guard: Some(p.guard),
                         generation: p.generation,
+                        budget,
                     });
                 }
                 StateProj::Call {
                     fut,
                     guard,
                     generation,
+                    budget,
                 } => {
                     let resp = match ready!(fut.poll(cx)) {
                         Ok(resp) => resp,
@@ -456,12 +470,12 @@ impl Future for ResponseFuture {
                     let pending = match (guard, status) {
                         // Not HTTP 200: a proxy or server error before gRPC.
                         (Some(g), None) => {
-                            finish(g, None);
+                            finish(g, None, None);
                             None
                         }
                         // Trailers-only response: the outcome is known now.
                         (Some(g), Some(Some(code))) => {
-                            finish(g, Some(code));
+                            finish(g, Some(code), *budget);
                             None
                         }
                         // Headers of a real response: the latency sample is taken now (tower's
@@ -473,7 +487,11 @@ impl Future for ResponseFuture {
                         }
                         (None, _) => None,
                     };
-                    let body = ResponseBody { inner: body, pending };
+                    let body = ResponseBody {
+                        inner: body,
+                        pending,
+                        budget: *budget,
+                    };
                     return Poll::Ready(Ok(http::Response::from_parts(parts, body)));
                 }
             }
@@ -488,6 +506,7 @@ pin_project! {
         #[pin]
         inner: tonic::body::Body,
         pending: Option<Guard>,
+        budget: Option<Duration>,
     }
 }
 
@@ -518,7 +537,7 @@ impl Body for ResponseBody {
         let ended_badly = matches!(res, Some(Err(_)) | None);
         if finished.is_some() || ended_badly {
             if let Some(guard) = this.pending.take() {
-                finish(guard, finished);
+                finish(guard, finished, *this.budget);
             }
         }
         Poll::Ready(res)

@@ -311,7 +311,7 @@ impl BackoffState {
 struct ConnWatch {
     closed: AtomicBool,
     notify: Notify,
-    /// The server has sent bytes (its HTTP/2 preface): the connection really works.
+    /// The server's HTTP/2 preface (a SETTINGS frame) arrived: the connection really works.
     heard: AtomicBool,
     heard_notify: Notify,
 }
@@ -380,7 +380,11 @@ impl tower_service::Service<Uri> for WatchConnector {
             });
             let stream = TcpStream::connect((host, port)).await?;
             stream.set_nodelay(true)?;
-            Ok(TokioIo::new(WatchedIo { stream, watch }))
+            Ok(TokioIo::new(WatchedIo {
+                stream,
+                watch,
+                preface: Preface::default(),
+            }))
         })
     }
 }
@@ -390,6 +394,58 @@ impl tower_service::Service<Uri> for WatchConnector {
 struct WatchedIo {
     stream: TcpStream,
     watch: Arc<ConnWatch>,
+    preface: Preface,
+}
+
+/// The first 9 bytes the server sends: an HTTP/2 server's connection preface starts with a
+/// SETTINGS frame header (type 0x4, stream 0, no ACK) (RFC 9113 §3.4). grpc-go marks a
+/// connection READY only once it has received it.
+#[derive(Debug, Default)]
+struct Preface {
+    head: [u8; 9],
+    len: usize,
+    done: bool,
+}
+
+/// What the first bytes of a connection said.
+#[derive(Debug, PartialEq, Eq)]
+enum PrefaceSeen {
+    /// Not enough bytes yet.
+    Pending,
+    /// An HTTP/2 SETTINGS frame.
+    Settings,
+    /// A TLS record: TLS is configured on the endpoint template, so the HTTP/2 preface is
+    /// encrypted; the handshake has completed (tonic's connector finishes it before the channel
+    /// exists) and the server is talking.
+    Tls,
+    /// Anything else: not an HTTP/2 server.
+    Garbage,
+}
+
+impl Preface {
+    fn feed(&mut self, bytes: &[u8]) -> PrefaceSeen {
+        if self.done {
+            return PrefaceSeen::Pending;
+        }
+        if self.len == 0 && bytes.first().is_some_and(|&b| (0x14..=0x17).contains(&b)) {
+            self.done = true;
+            return PrefaceSeen::Tls;
+        }
+        let take = (9 - self.len).min(bytes.len());
+        self.head[self.len..self.len + take].copy_from_slice(&bytes[..take]);
+        self.len += take;
+        if self.len < 9 {
+            return PrefaceSeen::Pending;
+        }
+        self.done = true;
+        let h = &self.head;
+        let stream = u32::from_be_bytes([h[5] & 0x7f, h[6], h[7], h[8]]);
+        if h[3] == 0x4 && h[4] & 0x1 == 0 && stream == 0 {
+            PrefaceSeen::Settings
+        } else {
+            PrefaceSeen::Garbage
+        }
+    }
 }
 
 impl Drop for WatchedIo {
@@ -409,7 +465,14 @@ impl AsyncRead for WatchedIo {
         match &res {
             Poll::Ready(Err(_)) => self.watch.close(),
             Poll::Ready(Ok(())) if buf.filled().len() == before && buf.remaining() > 0 => self.watch.close(),
-            Poll::Ready(Ok(())) if buf.filled().len() > before => self.watch.hear(),
+            Poll::Ready(Ok(())) if buf.filled().len() > before => {
+                let this = &mut *self;
+                match this.preface.feed(&buf.filled()[before..]) {
+                    PrefaceSeen::Settings | PrefaceSeen::Tls => this.watch.hear(),
+                    PrefaceSeen::Garbage => this.watch.close(),
+                    PrefaceSeen::Pending => {}
+                }
+            }
             _ => {}
         }
         res
@@ -449,6 +512,33 @@ impl AsyncWrite for WatchedIo {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn preface_is_a_settings_frame() {
+        // A real server preface: SETTINGS, 6 bytes of payload, stream 0.
+        let settings = [0, 0, 6, 0x4, 0, 0, 0, 0, 0, 0, 3, 0, 0, 0, 100];
+        assert_eq!(Preface::default().feed(&settings), PrefaceSeen::Settings);
+        // Split across reads.
+        let mut p = Preface::default();
+        assert_eq!(p.feed(&settings[..1]), PrefaceSeen::Pending);
+        assert_eq!(p.feed(&settings[1..5]), PrefaceSeen::Pending);
+        assert_eq!(p.feed(&settings[5..]), PrefaceSeen::Settings);
+        // A SETTINGS ACK, another frame type, or plain text is not a preface.
+        assert_eq!(
+            Preface::default().feed(&[0, 0, 0, 0x4, 1, 0, 0, 0, 0]),
+            PrefaceSeen::Garbage
+        );
+        assert_eq!(
+            Preface::default().feed(&[0, 0, 8, 0x7, 0, 0, 0, 0, 0]),
+            PrefaceSeen::Garbage
+        );
+        assert_eq!(
+            Preface::default().feed(b"HTTP/1.1 400 Bad Request\r\n"),
+            PrefaceSeen::Garbage
+        );
+        // A TLS handshake record.
+        assert_eq!(Preface::default().feed(&[0x16, 3, 3, 0, 90]), PrefaceSeen::Tls);
+    }
 
     #[test]
     fn backoff_grows_caps_and_jitters() {

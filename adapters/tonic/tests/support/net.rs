@@ -171,3 +171,29 @@ impl ResetAfterHeaders {
         }
     }
 }
+
+/// A server that greets every connection with a non-HTTP/2 banner (an SSH server on the port
+/// the client was told, say) and keeps the socket open.
+pub struct Banner {
+    pub addr: SocketAddr,
+    _rt: Background,
+}
+
+impl Banner {
+    pub fn start(banner: &'static [u8]) -> Self {
+        let rt = runtime();
+        let (l, addr) = bind();
+        rt.spawn(async move {
+            let l = TcpListener::from_std(l).expect("listener");
+            let mut held = Vec::new();
+            while let Ok((mut s, _)) = l.accept().await {
+                let _ = s.write_all(banner).await;
+                held.push(s);
+            }
+        });
+        Self {
+            addr,
+            _rt: Background(Some(rt)),
+        }
+    }
+}
