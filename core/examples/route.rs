@@ -7,11 +7,61 @@
 //!
 //! Prints `<hash> <host>` per `--hash`/`--key` in order (keys hashed as the mode hashes requests:
 //! XXH64 for envoy/grpc, XXH3 for native), and with `--dump` every ring point as `<point> <host>`.
-//! Bad arguments: one line on stderr, exit code 2.
+//! `--help` prints the usage (exit 0); bad arguments or a ring that cannot be built: a message
+//! on stderr, exit code 2.
 
 use std::process::ExitCode;
 
+use clap::{CommandFactory, FromArgMatches, Parser, ValueEnum};
 use pickwise::{Ring, RingConfig};
+
+/// Build a consistent-hash ring and route hashes or keys through it.
+#[derive(Parser, Debug)]
+#[command(name = "route")]
+struct Cli {
+    /// Ring construction: Envoy (input order), grpc-go (sorted by key) or pickwise native.
+    #[arg(long, value_enum, default_value_t = ModeArg::Envoy)]
+    mode: ModeArg,
+    /// Minimum ring size (default: the mode's).
+    #[arg(long)]
+    min_ring_size: Option<u64>,
+    /// Maximum ring size (default: the mode's).
+    #[arg(long)]
+    max_ring_size: Option<u64>,
+    /// Points per unit of weight (native mode).
+    #[arg(long, default_value_t = 160)]
+    points_per_weight: u32,
+    /// Print every ring point as `<point> <host>`.
+    #[arg(long)]
+    dump: bool,
+    /// A request hash to route (repeatable; printed in command-line order with --key).
+    #[arg(long, value_name = "U64")]
+    hash: Vec<u64>,
+    /// A request key to hash as the mode does (XXH64, or XXH3 in native mode) and route.
+    #[arg(long, value_name = "STRING")]
+    key: Vec<String>,
+    /// Hosts as `HOST[=WEIGHT]`.
+    #[arg(required = true, value_name = "HOST[=WEIGHT]", value_parser = host)]
+    hosts: Vec<(String, u32)>,
+}
+
+#[derive(Clone, Copy, Debug, ValueEnum)]
+enum ModeArg {
+    Envoy,
+    Grpc,
+    Native,
+}
+
+fn host(s: &str) -> Result<(String, u32), String> {
+    let (name, weight) = match s.rsplit_once('=') {
+        Some((name, w)) => (name, w.parse().map_err(|_| format!("invalid weight in {s:?}"))?),
+        None => (s, 1),
+    };
+    if name.is_empty() {
+        return Err(format!("empty host name in {s:?}"));
+    }
+    Ok((name.to_string(), weight))
+}
 
 enum Probe {
     Hash(u64),
@@ -25,69 +75,52 @@ struct Args {
     hosts: Vec<(String, u32)>,
 }
 
-fn parse(mut it: impl Iterator<Item = String>) -> Result<Args, String> {
-    let mut mode = "envoy".to_string();
-    let (mut min, mut max, mut ppw) = (None, None, 160u32);
-    let mut args = Args {
-        config: RingConfig::envoy(),
-        dump: false,
-        probes: Vec::new(),
-        hosts: Vec::new(),
+/// Parses the command line; clap prints usage and exits 0 for `--help`, 2 for bad arguments.
+fn parse() -> Args {
+    let matches = Cli::command().get_matches();
+    let cli = Cli::from_arg_matches(&matches).unwrap_or_else(|e| e.exit());
+    let mut config = match cli.mode {
+        ModeArg::Envoy => RingConfig::envoy(),
+        ModeArg::Grpc => RingConfig::grpc(),
+        ModeArg::Native => RingConfig::native(cli.points_per_weight),
     };
-    fn value<T: std::str::FromStr>(flag: &str, v: Option<String>) -> Result<T, String> {
-        let v = v.ok_or_else(|| format!("{flag} needs a value"))?;
-        v.parse().map_err(|_| format!("{flag}: invalid value {v:?}"))
-    }
-    while let Some(arg) = it.next() {
-        match arg.as_str() {
-            "--mode" => mode = value("--mode", it.next())?,
-            "--min-ring-size" => min = Some(value("--min-ring-size", it.next())?),
-            "--max-ring-size" => max = Some(value("--max-ring-size", it.next())?),
-            "--points-per-weight" => ppw = value("--points-per-weight", it.next())?,
-            "--dump" => args.dump = true,
-            "--hash" => args.probes.push(Probe::Hash(value("--hash", it.next())?)),
-            "--key" => args.probes.push(Probe::Key(value("--key", it.next())?)),
-            "-h" | "--help" => return Err("usage: route [--mode envoy|grpc|native] [--min-ring-size N] [--max-ring-size N] [--points-per-weight N] [--dump] [--hash U64]... [--key STRING]... HOST[=WEIGHT]...".into()),
-            flag if flag.starts_with("--") => return Err(format!("unknown flag {flag}")),
-            host => {
-                let (name, weight) = match host.rsplit_once('=') {
-                    Some((name, w)) => (name, w.parse().map_err(|_| format!("invalid weight in {host:?}"))?),
-                    None => (host, 1),
-                };
-                if name.is_empty() {
-                    return Err(format!("empty host name in {host:?}"));
-                }
-                args.hosts.push((name.to_string(), weight));
-            }
-        }
-    }
-    let mut config = match mode.as_str() {
-        "envoy" => RingConfig::envoy(),
-        "grpc" => RingConfig::grpc(),
-        "native" => RingConfig::native(ppw),
-        other => return Err(format!("unknown mode {other:?} (envoy, grpc or native)")),
-    };
-    if let Some(min) = min {
+    if let Some(min) = cli.min_ring_size {
         config = config.with_min_ring_size(min);
     }
-    if let Some(max) = max {
+    if let Some(max) = cli.max_ring_size {
         config = config.with_max_ring_size(max);
     }
-    args.config = config;
-    if args.hosts.is_empty() {
-        return Err("no hosts given".into());
+    // --hash and --key interleave: keep command-line order.
+    let mut probes: Vec<(usize, Probe)> = Vec::new();
+    let indices = |id: &str| {
+        matches
+            .indices_of(id)
+            .map(|i| i.collect::<Vec<_>>())
+            .unwrap_or_default()
+    };
+    probes.extend(
+        indices("hash")
+            .into_iter()
+            .zip(cli.hash)
+            .map(|(i, h)| (i, Probe::Hash(h))),
+    );
+    probes.extend(
+        indices("key")
+            .into_iter()
+            .zip(cli.key)
+            .map(|(i, k)| (i, Probe::Key(k))),
+    );
+    probes.sort_by_key(|(i, _)| *i);
+    Args {
+        config,
+        dump: cli.dump,
+        probes: probes.into_iter().map(|(_, p)| p).collect(),
+        hosts: cli.hosts,
     }
-    Ok(args)
 }
 
 fn main() -> ExitCode {
-    let args = match parse(std::env::args().skip(1)) {
-        Ok(a) => a,
-        Err(e) => {
-            eprintln!("route: {e}");
-            return ExitCode::from(2);
-        }
-    };
+    let args = parse();
     let ring = match Ring::build(&args.hosts, &args.config) {
         Ok(r) => r,
         Err(e) => {

@@ -186,57 +186,67 @@ fn pct(sorted: &[f64], p: f64) -> f64 {
     sorted[((sorted.len() as f64 * p) as usize).min(sorted.len() - 1)]
 }
 
-fn parse() -> Result<(Scene, bool), String> {
-    let mut s = Scene {
-        seed: 1,
-        endpoints: 10,
-        requests: 200_000,
-        slow_ms: 50.0,
-        fail_rate: 0.5,
-        workers: 4,
-        load: 0.7,
+/// Replay one open-loop workload through every policy, deterministically per seed.
+#[derive(clap::Parser, Debug)]
+#[command(name = "simulate")]
+struct Cli {
+    /// Random seed (the whole run is a function of it).
+    #[arg(long, default_value_t = 1)]
+    seed: u64,
+    /// Number of endpoints (at least 1).
+    #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..))]
+    endpoints: u64,
+    /// Requests per policy.
+    #[arg(long, default_value_t = 200_000)]
+    requests: usize,
+    /// Extra service time of endpoint 0, in ms (>= 0).
+    #[arg(long, default_value_t = 50.0)]
+    slow_ms: f64,
+    /// Probability that endpoint 1 fails a request (0..=1).
+    #[arg(long, default_value_t = 0.5)]
+    fail_rate: f64,
+    /// Parallel slots per endpoint (at least 1).
+    #[arg(long, default_value_t = 4, value_parser = clap::value_parser!(u64).range(1..))]
+    workers: u64,
+    /// Offered load as a share of total capacity (> 0).
+    #[arg(long, default_value_t = 0.7)]
+    load: f64,
+    /// One JSON object per policy instead of the table.
+    #[arg(long)]
+    json: bool,
+}
+
+/// Parses the command line; clap prints usage and exits 0 for `--help`, 2 for bad arguments.
+fn parse() -> (Scene, bool) {
+    use clap::Parser as _;
+    let cli = Cli::parse();
+    let bad = |msg: &str| -> ! {
+        let mut cmd = <Cli as clap::CommandFactory>::command();
+        cmd.error(clap::error::ErrorKind::ValueValidation, msg).exit()
     };
-    let mut json = false;
-    let mut args = std::env::args().skip(1);
-    fn num<T: std::str::FromStr>(flag: &str, v: Option<String>) -> Result<T, String> {
-        let v = v.ok_or_else(|| format!("{flag} needs a value"))?;
-        v.parse().map_err(|_| format!("{flag}: invalid value {v:?}"))
+    if cli.load.is_nan() || cli.load <= 0.0 {
+        bad("--load must be > 0");
     }
-    while let Some(a) = args.next() {
-        match a.as_str() {
-            "--seed" => s.seed = num(&a, args.next())?,
-            "--endpoints" => s.endpoints = num(&a, args.next())?,
-            "--requests" => s.requests = num(&a, args.next())?,
-            "--slow-ms" => s.slow_ms = num(&a, args.next())?,
-            "--fail-rate" => s.fail_rate = num(&a, args.next())?,
-            "--workers" => s.workers = num(&a, args.next())?,
-            "--load" => s.load = num(&a, args.next())?,
-            "--json" => json = true,
-            other => return Err(format!("unknown argument {other}")),
-        }
+    if !(0.0..=1.0).contains(&cli.fail_rate) {
+        bad("--fail-rate must be within 0..=1");
     }
-    if s.endpoints < 1
-        || s.workers < 1
-        || s.load.is_nan()
-        || s.load <= 0.0
-        || !(0.0..=1.0).contains(&s.fail_rate)
-        || s.slow_ms < 0.0
-    {
-        return Err(
-            "need --endpoints >= 1, --workers >= 1, --load > 0, 0 <= --fail-rate <= 1, --slow-ms >= 0".into(),
-        );
+    if cli.slow_ms.is_nan() || cli.slow_ms < 0.0 {
+        bad("--slow-ms must be >= 0");
     }
-    Ok((s, json))
+    let scene = Scene {
+        seed: cli.seed,
+        endpoints: cli.endpoints as usize,
+        requests: cli.requests,
+        slow_ms: cli.slow_ms,
+        fail_rate: cli.fail_rate,
+        workers: cli.workers as usize,
+        load: cli.load,
+    };
+    (scene, cli.json)
 }
 
 fn main() -> ExitCode {
-    let (scene, json) = match parse() {
-        Ok(v) => v,
-        Err(e) => {
-            eprintln!("simulate: {e}");
-            return ExitCode::from(2);
-        }
-    };
+    let (scene, json) = parse();
     let mut out = String::new();
     if !json {
         let _ = writeln!(

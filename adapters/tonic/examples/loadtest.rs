@@ -24,7 +24,7 @@
 mod backend;
 
 use std::collections::BTreeMap;
-use std::io::Write as _;
+use std::io::{IsTerminal as _, Write as _};
 use std::process::ExitCode;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
@@ -45,71 +45,57 @@ const ALL: [&str; 6] = [
     "pickwise-single",
 ];
 
+/// A load run of every balancing policy against real gRPC servers on loopback.
+#[derive(clap::Parser, Debug)]
+#[command(name = "loadtest")]
 struct Args {
+    /// External backends (`host:port,...`) instead of the 4 embedded ones.
+    #[arg(long, value_delimiter = ',', value_name = "HOST:PORT,...")]
     targets: Option<Vec<String>>,
+    /// Policies to run, in order (repeatable; default: all).
+    #[arg(long = "policy", value_parser = clap::builder::PossibleValuesParser::new(ALL))]
     policies: Vec<String>,
+    /// Seconds per policy.
+    #[arg(long, default_value = "3", value_parser = seconds)]
     duration: Duration,
-    concurrency: usize,
+    /// Requests in flight.
+    #[arg(long, default_value_t = 64, value_parser = clap::value_parser!(u64).range(1..))]
+    concurrency: u64,
+    /// Keep the embedded backends equal and alive (no slow one, no kill): for measuring overhead.
+    #[arg(long)]
     healthy: bool,
+    /// One JSON object per policy instead of the table.
+    #[arg(long)]
     json: bool,
 }
 
-fn parse() -> Result<Args, String> {
-    let mut a = Args {
-        targets: None,
-        policies: Vec::new(),
-        duration: Duration::from_secs(3),
-        concurrency: 64,
-        healthy: false,
-        json: false,
-    };
-    let mut it = std::env::args().skip(1);
-    while let Some(arg) = it.next() {
-        let mut value = |flag: &str| it.next().ok_or_else(|| format!("{flag} needs a value"));
-        match arg.as_str() {
-            "--targets" => {
-                let list: Vec<String> = value("--targets")?
-                    .split(',')
-                    .filter(|s| !s.is_empty())
-                    .map(str::to_string)
-                    .collect();
-                if list.is_empty() {
-                    return Err("--targets needs at least one host:port".into());
-                }
-                a.targets = Some(list);
-            }
-            "--policy" => {
-                let p = value("--policy")?;
-                if !ALL.contains(&p.as_str()) {
-                    return Err(format!("unknown policy {p:?}; one of {}", ALL.join(", ")));
-                }
-                a.policies.push(p);
-            }
-            "--duration" => {
-                let v = value("--duration")?;
-                let secs: f64 = v.parse().map_err(|_| format!("--duration: invalid {v:?}"))?;
-                if !(secs > 0.0 && secs < 86_400.0) {
-                    return Err("--duration must be positive".into());
-                }
-                a.duration = Duration::from_secs_f64(secs);
-            }
-            "--concurrency" => {
-                let v = value("--concurrency")?;
-                a.concurrency = v
-                    .parse()
-                    .ok()
-                    .filter(|&n| n > 0)
-                    .ok_or(format!("--concurrency: invalid {v:?}"))?;
-            }
-            "--json" => a.json = true,
-            "--healthy" => a.healthy = true,
-            other => return Err(format!("unknown argument {other:?}")),
-        }
+fn seconds(v: &str) -> Result<Duration, String> {
+    let secs: f64 = v.parse().map_err(|_| format!("not a number of seconds: {v:?}"))?;
+    if secs > 0.0 && secs < 86_400.0 {
+        Ok(Duration::from_secs_f64(secs))
+    } else {
+        Err("must be positive and under a day".into())
+    }
+}
+
+/// Parses the command line; clap prints usage and exits 0 for `--help`, 2 for bad arguments.
+fn parse() -> Args {
+    let mut a = <Args as clap::Parser>::parse();
+    if a.targets.as_ref().is_some_and(|t| t.iter().all(|s| s.is_empty())) {
+        let mut cmd = <Args as clap::CommandFactory>::command();
+        cmd.error(
+            clap::error::ErrorKind::ValueValidation,
+            "--targets needs at least one host:port",
+        )
+        .exit();
+    }
+    if let Some(t) = &mut a.targets {
+        t.retain(|s| !s.is_empty());
     }
     if a.policies.is_empty() {
         a.policies = ALL.iter().map(|s| s.to_string()).collect();
     }
-    Ok(a)
+    a
 }
 
 /// What one policy run produced.
@@ -342,13 +328,7 @@ fn json_string(s: &str) -> String {
 }
 
 fn main() -> ExitCode {
-    let args = match parse() {
-        Ok(a) => a,
-        Err(e) => {
-            eprintln!("loadtest: {e}");
-            return ExitCode::from(2);
-        }
-    };
+    let args = parse();
     let rt = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(rt) => rt,
         Err(e) => {
@@ -382,7 +362,8 @@ fn main() -> ExitCode {
             args.duration.as_secs_f64()
         );
     }
-    let progress = !args.json;
+    // The live progress line only on a terminal: piped output has the table alone.
+    let progress = !args.json && std::io::stderr().is_terminal();
     let mut rows = Vec::new();
     for policy in &args.policies {
         match rt.block_on(run_policy(
@@ -390,7 +371,7 @@ fn main() -> ExitCode {
             &targets,
             &mut backends,
             args.duration,
-            args.concurrency,
+            args.concurrency as usize,
             progress,
             !args.healthy,
         )) {

@@ -410,19 +410,24 @@ fn maglev_suite(cx: &Ctx) {
     );
 }
 
+/// Side-by-side comparison of pickwise and its peer crates, in one process and one run.
+#[derive(clap::Parser, Debug)]
+#[command(name = "compare")]
+struct Args {
+    /// Fewer repetitions and keys (about 20 s).
+    #[arg(long)]
+    quick: bool,
+    /// One JSON object per line instead of the table.
+    #[arg(long)]
+    json: bool,
+}
+
 fn main() {
-    let args: Vec<String> = std::env::args().skip(1).collect();
-    for a in &args {
-        if a != "--quick" && a != "--json" {
-            eprintln!("compare: unknown argument {a:?} (use --quick, --json)");
-            std::process::exit(2);
-        }
-    }
+    // clap prints usage and exits 0 for `--help`, 2 for bad arguments.
+    let args = <Args as clap::Parser>::parse();
     let cx = Ctx {
-        quick: args.iter().any(|a| a == "--quick"),
-        out: Out {
-            json: args.iter().any(|a| a == "--json"),
-        },
+        quick: args.quick,
+        out: Out { json: args.json },
     };
     let started = Instant::now();
     let ns = [10usize, 100, 1000];
