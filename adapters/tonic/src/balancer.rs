@@ -422,3 +422,63 @@ fn futures_now<S: tokio_stream::Stream + Unpin>(s: &mut S) -> Option<Option<S::I
         std::task::Poll::Pending => None,
     }
 }
+
+#[cfg(test)]
+mod tests {
+    //! The aggregate-state rules of grpc-go's `balancer/base` (`ConnectivityStateEvaluator`) as
+    //! the picker applies them: any READY serves; else any endpoint connecting for the first time
+    //! (not sticky-failing) makes requests wait; else they fail.
+    use super::*;
+
+    fn member() -> Member {
+        let config = crate::Builder::new().into_config();
+        let common = Arc::new(Common {
+            pool: Pool::new(config.pool),
+            config: Arc::new(config),
+            epoch: Instant::now(),
+        });
+        Member {
+            sub: Arc::new(Subchannel::new("127.0.0.1:1".into(), 1, common)),
+            channel: None,
+            generation: 0,
+        }
+    }
+
+    fn snap(members: usize, connecting: usize, failing: usize) -> Snapshot {
+        Snapshot {
+            members: (0..members).map(|_| member()).collect(),
+            resolved: true,
+            connecting,
+            failing,
+            ..Snapshot::default()
+        }
+    }
+
+    #[tokio::test]
+    async fn aggregate_state() {
+        assert!(matches!(snap(3, 1, 2).unpicked(), Unpicked::Wait));
+        assert!(matches!(
+            snap(3, 0, 3).unpicked(),
+            Unpicked::Fail(NoEndpoint::AllFailing { endpoints: 3, .. })
+        ));
+        assert!(matches!(
+            snap(0, 0, 0).unpicked(),
+            Unpicked::Fail(NoEndpoint::EmptySet)
+        ));
+        let unresolved = Snapshot::default();
+        assert!(matches!(unresolved.unpicked(), Unpicked::Wait));
+        let failed = Snapshot {
+            discovery_error: Some("boom".into()),
+            ..Snapshot::default()
+        };
+        assert!(matches!(
+            failed.unpicked(),
+            Unpicked::Fail(NoEndpoint::Discovery(_))
+        ));
+        let down = Snapshot {
+            shutdown: true,
+            ..snap(2, 2, 0)
+        };
+        assert!(matches!(down.unpicked(), Unpicked::Fail(NoEndpoint::Shutdown)));
+    }
+}

@@ -198,6 +198,26 @@ impl Builder {
     /// How to make the tonic [`Endpoint`] for an address (scheme, TLS, timeouts, keep-alive, window
     /// sizes...). Default: `http://{addr}`. The balancer sets the connect timeout and connects
     /// over its own TCP connector (TLS configured on the endpoint still applies).
+    ///
+    /// Set HTTP/2 keepalive here to find paused or partitioned backends within interval + timeout
+    /// (recommended: 10 s / 5 s, while idle):
+    ///
+    /// ```no_run
+    /// # async fn demo() {
+    /// use std::time::Duration;
+    /// use pickwise_tonic::Builder;
+    /// use tonic::transport::Endpoint;
+    ///
+    /// let channel = Builder::new()
+    ///     .endpoint(|addr| {
+    ///         Ok(Endpoint::from_shared(format!("http://{addr}"))?
+    ///             .http2_keep_alive_interval(Duration::from_secs(10))
+    ///             .keep_alive_timeout(Duration::from_secs(5))
+    ///             .keep_alive_while_idle(true))
+    ///     })
+    ///     .build_static(["10.0.0.1:50051", "10.0.0.2:50051"]);
+    /// # }
+    /// ```
     pub fn endpoint<F>(mut self, template: F) -> Self
     where
         F: Fn(&str) -> Result<Endpoint, BoxError> + Send + Sync + 'static,
@@ -240,7 +260,8 @@ impl Builder {
         self
     }
 
-    /// How long a request waits for a ready endpoint while some are connecting (default 10 s).
+    /// How long a request waits for a ready endpoint while some are connecting (default 10 s); a
+    /// request's own deadline (`grpc-timeout`) ends the wait earlier with `DEADLINE_EXCEEDED`.
     /// When all endpoints are failing, or the set is empty, requests fail at once with `UNAVAILABLE`.
     pub fn wait_for_ready(mut self, deadline: Duration) -> Self {
         self.config.wait_for_ready = deadline;
@@ -257,6 +278,11 @@ impl Builder {
     pub fn sweep_interval(mut self, every: Duration) -> Self {
         self.config.sweep_interval = every.max(Duration::from_millis(1));
         self
+    }
+
+    #[cfg(test)]
+    pub(crate) fn into_config(self) -> Config {
+        self.config
     }
 
     /// Starts the balancer over `discovery` and returns the channel. Must run inside a tokio runtime

@@ -25,7 +25,8 @@ pub enum NoEndpoint {
         /// What the balancer saw last.
         state: String,
     },
-    /// The balancer task has stopped.
+    /// The balancer task has stopped (the last clone of the channel was dropped): requests that
+    /// were waiting for a picker end with this.
     Shutdown,
 }
 

@@ -34,17 +34,45 @@
 //!
 //! # Behaviour
 //!
-//! - **No ready endpoint**: while any endpoint is connecting, a request waits for the next picker
-//!   (bounded by [`Builder::wait_for_ready`]); when all are failing or the set is empty it fails at
-//!   once with `UNAVAILABLE` and a message saying which ([`NoEndpoint`]). It never hangs.
-//! - **Outcomes**: latency is recorded when the response body ends; `grpc-status` from headers or
-//!   trailers is mapped to success/failure ([`Builder::failure_codes`], go-zero's list by default);
-//!   a transport error counts as a failure and makes the endpoint reconnect; a dropped request only
-//!   releases its in-flight slot.
+//! Where grpc-go defines the behaviour, pickwise matches it (`tests/CONFORMANCE.md` lists each
+//! reference test and ours).
+//!
+//! - **No ready endpoint**: while any endpoint is connecting for the first time, a request waits
+//!   for the next picker, bounded by its own deadline (`grpc-timeout`, set with
+//!   `tonic::Request::set_timeout`: it then ends with `DEADLINE_EXCEEDED`, as grpc-go's
+//!   `picker_wrapper.go`) and by [`Builder::wait_for_ready`]. The server is sent what remains of
+//!   the deadline. When all endpoints are failing, or the set is empty, it fails at once with
+//!   `UNAVAILABLE` and a message saying which ([`NoEndpoint`]). It never hangs.
+//! - **Sticky failure** (grpc-go `balancer/base`): an endpoint that failed to connect counts as
+//!   failing while it retries, so when every endpoint has failed, requests fail fast even while
+//!   reconnect attempts are in flight.
+//! - **READY** means the server's HTTP/2 preface (its SETTINGS frame) arrived, not that the TCP
+//!   connect succeeded: a port that accepts and closes, never speaks, or speaks another protocol
+//!   never takes requests.
+//! - **Outcomes**: latency is sampled when response headers arrive (tower's
+//!   `CompleteOnResponse`); the in-flight slot is held until the stream ends. `grpc-status` from
+//!   headers or trailers is mapped to success/failure ([`Builder::failure_codes`], go-zero's list
+//!   by default, which counts `DEADLINE_EXCEEDED`); a stream reset or broken body after the
+//!   headers is a failure; a dropped request only releases its in-flight slot.
+//! - **Per-request errors never break a connection**: a deadline, a cancellation or a stream
+//!   reset is the request's own. Only connection-level failures (reset, refused, closed, GOAWAY,
+//!   keepalive timeout) make the endpoint reconnect, and an error from an older connection never
+//!   breaks its replacement.
+//! - **Paused or partitioned backends**: set HTTP/2 keepalive on the endpoint template; the
+//!   connection is then declared dead within interval + timeout and its stuck requests fail.
+//!   Recommended (grpc-go's keepalive is also off by default):
+//!   `Endpoint::http2_keep_alive_interval(10 s)`, `.keep_alive_timeout(5 s)`,
+//!   `.keep_alive_while_idle(true)` — servers must allow pings that often (grpc-go servers reject
+//!   pings more frequent than every 5 s by default). Without keepalive, deadlines bound each
+//!   request, and the cost policy never makes an endpoint whose requests stopped completing look
+//!   cheaper.
 //! - **Panic routing**: if every ready endpoint is ejected by outlier detection, ejection is ignored
 //!   (as Envoy does below its panic threshold) rather than failing requests.
-//! - **Discovery errors**: an error before the first update fails requests with that error; after it,
-//!   errors and the end of the stream keep the last endpoint set (logged with `tracing`).
+//! - **Discovery errors**: an error or the end of the stream before the first update fails requests
+//!   at once with that error; after it, errors and the end of the stream keep the last endpoint set
+//!   (logged with `tracing`).
+//! - **Shutdown**: dropping the last clone of the channel stops the balancer, its connections and
+//!   its discovery task; requests still waiting for a picker fail with [`NoEndpoint::Shutdown`].
 //! - Duplicate inserts of an address are one endpoint (a changed weight is applied).
 //!
 //! # Internals
