@@ -88,6 +88,8 @@ pub(crate) struct Config {
     pub(crate) hash_header: Option<HeaderName>,
     pub(crate) no_key: NoKey,
     pub(crate) sweep_interval: Duration,
+    #[cfg(feature = "tls")]
+    pub(crate) tls: Option<crate::transport::Tls>,
 }
 
 impl fmt::Debug for Config {
@@ -163,6 +165,8 @@ impl Builder {
                 hash_header: None,
                 no_key: NoKey::P2c,
                 sweep_interval: Duration::from_secs(1),
+                #[cfg(feature = "tls")]
+                tls: None,
             },
         }
     }
@@ -223,6 +227,34 @@ impl Builder {
         F: Fn(&str) -> Result<Endpoint, BoxError> + Send + Sync + 'static,
     {
         self.config.endpoint = Arc::new(template);
+        self
+    }
+
+    /// TLS done by the balancer's connector with `config` (feature `tls`; rustls with ring). The
+    /// balancer sets ALPN to `h2`. Use it instead of TLS on the [`endpoint`](Self::endpoint)
+    /// template: only then can READY mean that the TLS handshake completed *and* the server's
+    /// HTTP/2 SETTINGS arrived through it (grpc-go's rule). The name verified is the address's
+    /// host unless [`tls_server_name`](Self::tls_server_name) sets one.
+    #[cfg(feature = "tls")]
+    #[cfg_attr(docsrs, doc(cfg(feature = "tls")))]
+    pub fn tls(mut self, mut config: tokio_rustls::rustls::ClientConfig) -> Self {
+        config.alpn_protocols = vec![b"h2".to_vec()];
+        let server_name = self.config.tls.take().and_then(|t| t.server_name);
+        self.config.tls = Some(crate::transport::Tls {
+            connector: tokio_rustls::TlsConnector::from(Arc::new(config)),
+            server_name,
+        });
+        self
+    }
+
+    /// The TLS server name to verify for every endpoint (default: each address's host). Call
+    /// after [`tls`](Self::tls).
+    #[cfg(feature = "tls")]
+    #[cfg_attr(docsrs, doc(cfg(feature = "tls")))]
+    pub fn tls_server_name(mut self, name: impl Into<String>) -> Self {
+        if let Some(t) = &mut self.config.tls {
+            t.server_name = Some(name.into());
+        }
         self
     }
 

@@ -48,7 +48,8 @@
 //!   reconnect attempts are in flight.
 //! - **READY** means the server's HTTP/2 preface (its SETTINGS frame) arrived, not that the TCP
 //!   connect succeeded: a port that accepts and closes, never speaks, or speaks another protocol
-//!   never takes requests.
+//!   never takes requests. With TLS, use [`Builder::tls`] (feature `tls`): the balancer's
+//!   connector then does the handshake and READY means handshake done *and* SETTINGS received.
 //! - **Outcomes**: latency is sampled when response headers arrive (tower's
 //!   `CompleteOnResponse`); the in-flight slot is held until the stream ends. `grpc-status` from
 //!   headers or trailers is mapped to success/failure ([`Builder::failure_codes`], go-zero's list
@@ -93,6 +94,7 @@ pub mod discover;
 mod error;
 mod service;
 mod subchannel;
+mod transport;
 
 pub use balancer::EndpointStats;
 pub use config::{Backoff, Builder, HealthCheck, LbPolicy, NoKey, GO_ZERO_FAILURE_CODES};
@@ -100,6 +102,10 @@ pub use error::NoEndpoint;
 pub use pickwise::{self, HashPolicy, Mode, OutlierConfig, Policy, PoolConfig, RingConfig};
 pub use service::{BalancedChannel, RequestHash, ResponseBody, ResponseFuture};
 pub use subchannel::ConnectivityState;
+/// The rustls version [`Builder::tls`] takes (feature `tls`).
+#[cfg(feature = "tls")]
+#[cfg_attr(docsrs, doc(cfg(feature = "tls")))]
+pub use tokio_rustls::rustls;
 
 /// The boxed error type at the tower boundary (a `tonic::Status` for balancer errors).
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;

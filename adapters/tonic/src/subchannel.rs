@@ -1,29 +1,24 @@
 //! One connection per endpoint (grpc's "subchannel"): its connectivity state, reconnection with
 //! exponential backoff and jitter, and optional `grpc.health.v1` checks.
 //!
-//! The connection goes through our own TCP connector, whose socket wrapper reports the moment the
-//! connection closes (EOF, error or drop), so a killed backend leaves the picker at once instead of
-//! after the next failed request.
+//! The connection goes through our own connector ([`transport`](crate::transport)), whose socket
+//! reports the moment the connection closes (EOF, error or drop), so a killed backend leaves the
+//! picker at once instead of after the next failed request.
 
 use std::borrow::Borrow;
-use std::io;
-use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, Ordering};
 use std::sync::{Arc, Mutex};
-use std::task::{Context, Poll};
 use std::time::Duration;
 
-use hyper_util::rt::TokioIo;
 use pickwise::{EndpointState, Pool};
-use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
-use tokio::net::TcpStream;
 use tokio::sync::{mpsc, Notify};
-use tonic::transport::{Channel, Endpoint, Uri};
+use tonic::transport::{Channel, Endpoint};
 use tonic_health::pb::health_check_response::ServingStatus;
 use tonic_health::pb::{health_client::HealthClient, HealthCheckRequest};
 
 use crate::balancer::Common;
 use crate::config::Backoff;
+use crate::transport::{ConnWatch, WatchConnector};
 use crate::BoxError;
 
 /// Connectivity state of an endpoint's connection (grpc's names).
@@ -168,7 +163,11 @@ pub(crate) async fn run(sub: Arc<Subchannel>, id: u64, events: mpsc::UnboundedSe
             let endpoint: Endpoint = (config.endpoint)(&sub.addr)?;
             let endpoint = endpoint.connect_timeout(config.connect_timeout);
             let channel = endpoint
-                .connect_with_connector(WatchConnector { watch: watch.clone() })
+                .connect_with_connector(WatchConnector {
+                    watch: watch.clone(),
+                    #[cfg(feature = "tls")]
+                    tls: config.tls.clone(),
+                })
                 .await?;
             Ok::<_, BoxError>(channel)
         };
@@ -306,239 +305,9 @@ impl BackoffState {
     }
 }
 
-/// Closed-connection signal shared by a connector and the IO it made.
-#[derive(Debug, Default)]
-struct ConnWatch {
-    closed: AtomicBool,
-    notify: Notify,
-    /// The server's HTTP/2 preface (a SETTINGS frame) arrived: the connection really works.
-    heard: AtomicBool,
-    heard_notify: Notify,
-}
-
-impl ConnWatch {
-    fn close(&self) {
-        if !self.closed.swap(true, Ordering::AcqRel) {
-            self.notify.notify_one();
-        }
-    }
-
-    async fn closed(&self) {
-        if self.closed.load(Ordering::Acquire) {
-            return;
-        }
-        self.notify.notified().await;
-    }
-
-    fn hear(&self) {
-        if !self.heard.swap(true, Ordering::AcqRel) {
-            self.heard_notify.notify_one();
-        }
-    }
-
-    /// Waits for the server's first bytes; fails if the connection closes first.
-    async fn server_preface(&self) -> Result<(), &'static str> {
-        if self.heard.load(Ordering::Acquire) {
-            return Ok(());
-        }
-        tokio::select! {
-            _ = self.heard_notify.notified() => Ok(()),
-            _ = self.closed() => {
-                if self.heard.load(Ordering::Acquire) { Ok(()) } else { Err("connection closed before the server's HTTP/2 preface") }
-            }
-        }
-    }
-}
-
-/// TCP connector (nodelay) whose sockets report closing to a [`ConnWatch`].
-#[derive(Clone, Debug)]
-struct WatchConnector {
-    watch: Arc<ConnWatch>,
-}
-
-impl tower_service::Service<Uri> for WatchConnector {
-    type Response = TokioIo<WatchedIo>;
-    type Error = BoxError;
-    type Future = Pin<Box<dyn std::future::Future<Output = Result<Self::Response, BoxError>> + Send>>;
-
-    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), BoxError>> {
-        Poll::Ready(Ok(()))
-    }
-
-    fn call(&mut self, uri: Uri) -> Self::Future {
-        let watch = self.watch.clone();
-        Box::pin(async move {
-            let host = uri
-                .host()
-                .ok_or("URI has no host")?
-                .trim_start_matches('[')
-                .trim_end_matches(']');
-            let port = uri.port_u16().unwrap_or(if uri.scheme_str() == Some("https") {
-                443
-            } else {
-                80
-            });
-            let stream = TcpStream::connect((host, port)).await?;
-            stream.set_nodelay(true)?;
-            Ok(TokioIo::new(WatchedIo {
-                stream,
-                watch,
-                preface: Preface::default(),
-            }))
-        })
-    }
-}
-
-/// A TCP stream that tells its [`ConnWatch`] when it reads EOF, fails, or is dropped.
-#[derive(Debug)]
-struct WatchedIo {
-    stream: TcpStream,
-    watch: Arc<ConnWatch>,
-    preface: Preface,
-}
-
-/// The first 9 bytes the server sends: an HTTP/2 server's connection preface starts with a
-/// SETTINGS frame header (type 0x4, stream 0, no ACK) (RFC 9113 §3.4). grpc-go marks a
-/// connection READY only once it has received it.
-#[derive(Debug, Default)]
-struct Preface {
-    head: [u8; 9],
-    len: usize,
-    done: bool,
-}
-
-/// What the first bytes of a connection said.
-#[derive(Debug, PartialEq, Eq)]
-enum PrefaceSeen {
-    /// Not enough bytes yet.
-    Pending,
-    /// An HTTP/2 SETTINGS frame.
-    Settings,
-    /// A TLS record: TLS is configured on the endpoint template, so the HTTP/2 preface is
-    /// encrypted; the handshake has completed (tonic's connector finishes it before the channel
-    /// exists) and the server is talking.
-    Tls,
-    /// Anything else: not an HTTP/2 server.
-    Garbage,
-}
-
-impl Preface {
-    fn feed(&mut self, bytes: &[u8]) -> PrefaceSeen {
-        if self.done {
-            return PrefaceSeen::Pending;
-        }
-        if self.len == 0 && bytes.first().is_some_and(|&b| (0x14..=0x17).contains(&b)) {
-            self.done = true;
-            return PrefaceSeen::Tls;
-        }
-        let take = (9 - self.len).min(bytes.len());
-        self.head[self.len..self.len + take].copy_from_slice(&bytes[..take]);
-        self.len += take;
-        if self.len < 9 {
-            return PrefaceSeen::Pending;
-        }
-        self.done = true;
-        let h = &self.head;
-        let stream = u32::from_be_bytes([h[5] & 0x7f, h[6], h[7], h[8]]);
-        if h[3] == 0x4 && h[4] & 0x1 == 0 && stream == 0 {
-            PrefaceSeen::Settings
-        } else {
-            PrefaceSeen::Garbage
-        }
-    }
-}
-
-impl Drop for WatchedIo {
-    fn drop(&mut self) {
-        self.watch.close();
-    }
-}
-
-impl AsyncRead for WatchedIo {
-    fn poll_read(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<io::Result<()>> {
-        let before = buf.filled().len();
-        let res = Pin::new(&mut self.stream).poll_read(cx, buf);
-        match &res {
-            Poll::Ready(Err(_)) => self.watch.close(),
-            Poll::Ready(Ok(())) if buf.filled().len() == before && buf.remaining() > 0 => self.watch.close(),
-            Poll::Ready(Ok(())) if buf.filled().len() > before => {
-                let this = &mut *self;
-                match this.preface.feed(&buf.filled()[before..]) {
-                    PrefaceSeen::Settings | PrefaceSeen::Tls => this.watch.hear(),
-                    PrefaceSeen::Garbage => this.watch.close(),
-                    PrefaceSeen::Pending => {}
-                }
-            }
-            _ => {}
-        }
-        res
-    }
-}
-
-impl AsyncWrite for WatchedIo {
-    fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, data: &[u8]) -> Poll<io::Result<usize>> {
-        let res = Pin::new(&mut self.stream).poll_write(cx, data);
-        if let Poll::Ready(Err(_)) = &res {
-            self.watch.close();
-        }
-        res
-    }
-
-    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.stream).poll_flush(cx)
-    }
-
-    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.stream).poll_shutdown(cx)
-    }
-
-    fn poll_write_vectored(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        bufs: &[io::IoSlice<'_>],
-    ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.stream).poll_write_vectored(cx, bufs)
-    }
-
-    fn is_write_vectored(&self) -> bool {
-        self.stream.is_write_vectored()
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn preface_is_a_settings_frame() {
-        // A real server preface: SETTINGS, 6 bytes of payload, stream 0.
-        let settings = [0, 0, 6, 0x4, 0, 0, 0, 0, 0, 0, 3, 0, 0, 0, 100];
-        assert_eq!(Preface::default().feed(&settings), PrefaceSeen::Settings);
-        // Split across reads.
-        let mut p = Preface::default();
-        assert_eq!(p.feed(&settings[..1]), PrefaceSeen::Pending);
-        assert_eq!(p.feed(&settings[1..5]), PrefaceSeen::Pending);
-        assert_eq!(p.feed(&settings[5..]), PrefaceSeen::Settings);
-        // A SETTINGS ACK, another frame type, or plain text is not a preface.
-        assert_eq!(
-            Preface::default().feed(&[0, 0, 0, 0x4, 1, 0, 0, 0, 0]),
-            PrefaceSeen::Garbage
-        );
-        assert_eq!(
-            Preface::default().feed(&[0, 0, 8, 0x7, 0, 0, 0, 0, 0]),
-            PrefaceSeen::Garbage
-        );
-        assert_eq!(
-            Preface::default().feed(b"HTTP/1.1 400 Bad Request\r\n"),
-            PrefaceSeen::Garbage
-        );
-        // A TLS handshake record.
-        assert_eq!(Preface::default().feed(&[0x16, 3, 3, 0, 90]), PrefaceSeen::Tls);
-    }
 
     #[test]
     fn backoff_grows_caps_and_jitters() {

@@ -102,6 +102,20 @@ impl Backend {
 
     /// Starts on `addr` (e.g. to restart on the same port) with shared knobs.
     pub fn start_at(addr: SocketAddr, knobs: Knobs) -> std::io::Result<Self> {
+        Self::start_with(addr, knobs, None)
+    }
+
+    /// Starts on `127.0.0.1:0` serving TLS with this PEM certificate and key.
+    pub fn start_tls(cert_pem: &str, key_pem: &str) -> Self {
+        let identity = tonic::transport::Identity::from_pem(cert_pem, key_pem);
+        Self::start_with("127.0.0.1:0".parse().unwrap(), Knobs::default(), Some(identity)).expect("bind")
+    }
+
+    fn start_with(
+        addr: SocketAddr,
+        knobs: Knobs,
+        tls: Option<tonic::transport::Identity>,
+    ) -> std::io::Result<Self> {
         let runtime = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(1)
             .enable_all()
@@ -127,7 +141,14 @@ impl Backend {
                     s
                 },
             );
-            let _ = tonic::transport::Server::builder()
+            let mut server = tonic::transport::Server::builder();
+            if let Some(identity) = tls {
+                match server.tls_config(tonic::transport::ServerTlsConfig::new().identity(identity)) {
+                    Ok(s) => server = s,
+                    Err(_) => return,
+                }
+            }
+            let _ = server
                 .add_service(HealthServer::new(service))
                 .serve_with_incoming(incoming)
                 .await;
