@@ -1,14 +1,18 @@
-//! The `route` example as users run it: Envoy's `Basic` golden vector, `--help` exits 0, bad
-//! input exits 2.
+//! The core's examples as users run them: `route` reproduces Envoy's `Basic` golden vector;
+//! every example's `--help` exits 0 and bad input exits 2.
 
 use std::path::PathBuf;
 use std::process::Command;
 
 /// `cargo test` builds examples next to the test binaries' `deps/` directory.
-fn route() -> Command {
+fn example(name: &str) -> Command {
     let exe = std::env::current_exe().unwrap();
     let dir: PathBuf = exe.parent().unwrap().parent().unwrap().join("examples");
-    Command::new(dir.join(format!("route{}", std::env::consts::EXE_SUFFIX)))
+    Command::new(dir.join(format!("{name}{}", std::env::consts::EXE_SUFFIX)))
+}
+
+fn route() -> Command {
+    example("route")
 }
 
 const BASIC: [&str; 6] = [
@@ -80,5 +84,16 @@ fn bad_arguments_exit_2_with_a_message() {
             err.starts_with("error") || err.starts_with("route: "),
             "{args:?}: {err}"
         );
+    }
+}
+
+#[test]
+fn simulate_help_and_bad_arguments() {
+    let out = example("simulate").arg("--help").output().unwrap();
+    assert_eq!(out.status.code(), Some(0));
+    assert!(String::from_utf8(out.stdout).unwrap().contains("Usage: simulate"));
+    for bad in [&["--endpoints", "0"][..], &["--load=-1"], &["--fail-rate", "2"], &["--wat"]] {
+        let out = example("simulate").args(bad).output().unwrap();
+        assert_eq!(out.status.code(), Some(2), "{bad:?}");
     }
 }
