@@ -92,7 +92,12 @@ fn simulate_help_and_bad_arguments() {
     let out = example("simulate").arg("--help").output().unwrap();
     assert_eq!(out.status.code(), Some(0));
     assert!(String::from_utf8(out.stdout).unwrap().contains("Usage: simulate"));
-    for bad in [&["--endpoints", "0"][..], &["--load=-1"], &["--fail-rate", "2"], &["--wat"]] {
+    for bad in [
+        &["--endpoints", "0"][..],
+        &["--load=-1"],
+        &["--fail-rate", "2"],
+        &["--wat"],
+    ] {
         let out = example("simulate").args(bad).output().unwrap();
         assert_eq!(out.status.code(), Some(2), "{bad:?}");
     }

@@ -269,7 +269,9 @@ pin_project! {
         // the queue is full).
         Ready { picked: Option<Picked>, req: Option<Request>, deadline: Option<Instant>, timer: Option<Pin<Box<Sleep>>> },
         // `budget`: the request's grpc-timeout, to tell a late error for a deadline failure.
-        Call { #[pin] fut: tonic::transport::channel::ResponseFuture, guard: Option<Guard>, generation: u64, budget: Option<Duration> },
+        // `timer` enforces the deadline on the whole call, including time queued inside the
+        // connection (tonic's own timeout starts later); armed at the first `Pending`.
+        Call { #[pin] fut: tonic::transport::channel::ResponseFuture, guard: Option<Guard>, generation: u64, budget: Option<Duration>, timer: Option<Pin<Box<Sleep>>> },
         Fail { status: Option<Status> },
     }
 }
@@ -452,6 +454,7 @@ impl Future for ResponseFuture {
                         guard: Some(p.guard),
                         generation: p.generation,
                         budget,
+                        timer: None,
                     });
                 }
                 StateProj::Call {
@@ -459,10 +462,32 @@ impl Future for ResponseFuture {
                     guard,
                     generation,
                     budget,
+                    timer,
                 } => {
-                    let resp = match ready!(fut.poll(cx)) {
-                        Ok(resp) => resp,
-                        Err(e) => return Poll::Ready(Err(fail_call(guard.take(), *generation, e.into()))),
+                    let resp = match fut.poll(cx) {
+                        Poll::Ready(Ok(resp)) => resp,
+                        Poll::Ready(Err(e)) => {
+                            return Poll::Ready(Err(fail_call(guard.take(), *generation, e.into())))
+                        }
+                        Poll::Pending => {
+                            let (Some(b), Some(g)) = (*budget, guard.as_ref()) else {
+                                return Poll::Pending;
+                            };
+                            let t = timer.get_or_insert_with(|| {
+                                let spent = g.endpoint().0.common.now().saturating_sub(g.started_at());
+                                Box::pin(tokio::time::sleep(b.saturating_sub(Duration::from_nanos(spent))))
+                            });
+                            ready!(t.as_mut().poll(cx));
+                            // The deadline passed first: the caller drops this future, which
+                            // cancels the stream (RST_STREAM), as grpc-go's context does.
+                            if let Some(g) = guard.take() {
+                                finish(g, Some(Code::DeadlineExceeded), None);
+                            }
+                            return Poll::Ready(Err(Box::new(Status::deadline_exceeded(format!(
+                                "pickwise: deadline of {} ms exceeded",
+                                b.as_millis()
+                            )))));
+                        }
                     };
                     let guard = guard.take();
                     let (parts, body) = resp.into_parts();

@@ -407,3 +407,36 @@ async fn a_non_http2_server_never_becomes_ready() {
     assert_ne!(ssh_stats.state, ConnectivityState::Ready);
     assert_eq!(ssh_stats.picks, 0);
 }
+
+/// A request queued behind a busy endpoint (its connection admits one request at a time) ends at
+/// its own deadline with DEADLINE_EXCEEDED, not when the endpoint gets to it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deadline_bounds_the_wait_on_a_busy_endpoint() {
+    let _serial = serial().await;
+    let backend = Backend::start();
+    backend.set_delay(600);
+    let channel = builder()
+        .endpoint(|addr| {
+            Ok(tonic::transport::Endpoint::from_shared(format!("http://{addr}"))?.concurrency_limit(1))
+        })
+        .build_static([backend.addr.to_string()]);
+    assert_eq!(channel.wait_ready(1, Duration::from_secs(5)).await, 1);
+    let first = {
+        let ch = channel.clone();
+        tokio::spawn(async move { HealthClient::new(ch).check(check(None)).await })
+    };
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    let start = Instant::now();
+    let err = HealthClient::new(channel.clone())
+        .check(check(Some(Duration::from_millis(100))))
+        .await
+        .unwrap_err();
+    let took = start.elapsed();
+    assert!(
+        err.code() == Code::DeadlineExceeded
+            || (err.code() == Code::Cancelled && err.message().contains("Timeout")),
+        "{err:?}"
+    );
+    assert!(took < Duration::from_millis(400), "{took:?}");
+    first.await.unwrap().expect("the first request completes");
+}
