@@ -60,7 +60,10 @@ fn picks_completions_and_lookups_allocate_nothing() {
         for round in 0..10_000u64 {
             now += 1_000;
             let i = P2c::new(&states, &pool).pick(now, &mut rng).unwrap();
-            let g = InFlight::start(&states[i], &pool, now);
+            let mut g = InFlight::start(&states[i], &pool, now);
+            if round % 5 == 0 {
+                g.responded(now + 100_000); // a stream: latency at headers
+            }
             if round % 3 == 0 {
                 drop(g); // cancelled
             } else {
@@ -84,6 +87,17 @@ fn picks_completions_and_lookups_allocate_nothing() {
                 let j = picker.pick(now, hash::native(key), p).unwrap();
                 drop(InFlight::start(&states[j], &pool, now));
             }
+        }
+        // The uniform fallback: most endpoints down, so the random draws miss and the scan runs.
+        for e in states.iter().skip(3) {
+            e.set_ready(false);
+        }
+        for _ in 0..1_000 {
+            let i = P2c::new(&states, &pool).pick(now, &mut rng).unwrap();
+            drop(InFlight::start(&states[i], &pool, now));
+        }
+        for e in &states {
+            e.set_ready(true);
         }
         pool.sweep(now, &states);
         assert_eq!(ALLOCS.load(Ordering::SeqCst) - before, 0, "{policy:?} allocated");
