@@ -1,3 +1,4 @@
 pub mod backend;
 pub mod client;
+pub mod grpcio;
 pub mod net;
