@@ -42,7 +42,8 @@ enum Op {
     Sweep,
 }
 
-type Guard<'a> = InFlight<Arc<EndpointState>, &'a Pool>;
+/// A request: the position of its endpoint in `all`, and its guard.
+type Guard<'a> = (usize, InFlight<Arc<EndpointState>, &'a Pool>);
 
 fuzz_target!(|input: (Params, Vec<Op>)| {
     let (p, ops) = input;
@@ -62,11 +63,14 @@ fuzz_target!(|input: (Params, Vec<Op>)| {
         ..Default::default()
     });
     let mut all: Vec<Arc<EndpointState>> = Vec::new();
+    // The current snapshot: states, and their positions in `all`.
     let mut members: Vec<Arc<EndpointState>> = Vec::new();
+    let mut member_idx: Vec<usize> = Vec::new();
     for i in 0..usize::from(p.endpoints % 12) + 1 {
         let e = Arc::new(EndpointState::new(i as u32 % 3));
         all.push(e.clone());
         members.push(e);
+        member_idx.push(i);
     }
     pool.set_endpoints(members.len());
     let ring_for = |members: &[Arc<EndpointState>]| {
@@ -80,14 +84,14 @@ fuzz_target!(|input: (Params, Vec<Op>)| {
     let mut rng = SplitMix64::new(p.seed);
     let mut guards: Vec<Guard<'_>> = Vec::new();
     let mut now: u64 = 1 << 40;
-    for op in ops.into_iter().take(400) {
+    for op in ops.into_iter().take(256) {
         match op {
             Op::Pick => {
                 let any = members.iter().any(|e| e.is_available(now));
                 match P2c::new(&members, &pool).pick(now, &mut rng) {
                     Ok(i) => {
                         assert!(members[i].is_available(now));
-                        guards.push(InFlight::start(members[i].clone(), &pool, now));
+                        guards.push((member_idx[i], InFlight::start(members[i].clone(), &pool, now)));
                     }
                     Err(_) => assert!(!any),
                 }
@@ -108,21 +112,21 @@ fuzz_target!(|input: (Params, Vec<Op>)| {
                 match picker.pick(now, h, hp) {
                     Ok(i) => {
                         assert!(members[i].is_available(now));
-                        guards.push(InFlight::start(members[i].clone(), &pool, now));
+                        guards.push((member_idx[i], InFlight::start(members[i].clone(), &pool, now)));
                     }
                     Err(_) => assert!(!any),
                 }
             }
             Op::StalePick(i) if !all.is_empty() => {
-                let e = all[usize::from(i) % all.len()].clone();
-                guards.push(InFlight::start(e, &pool, now));
+                let j = usize::from(i) % all.len();
+                guards.push((j, InFlight::start(all[j].clone(), &pool, now)));
             }
             Op::Respond(k, dt) if !guards.is_empty() => {
                 let n = guards.len();
-                guards[usize::from(k) % n].responded(now + u64::from(dt) * 1000);
+                guards[usize::from(k) % n].1.responded(now + u64::from(dt) * 1000);
             }
             Op::Complete(k, o, dt) if !guards.is_empty() => {
-                let g = guards.swap_remove(usize::from(k) % guards.len());
+                let (_, g) = guards.swap_remove(usize::from(k) % guards.len());
                 let removed = g.endpoint().is_removed();
                 let outcome = [Outcome::Success, Outcome::Failure, Outcome::Neutral][usize::from(o % 3)];
                 let c = g.complete(now + u64::from(dt) * 1000, outcome);
@@ -134,11 +138,14 @@ fuzz_target!(|input: (Params, Vec<Op>)| {
                 let e = Arc::new(EndpointState::new(u32::from(w % 4)));
                 all.push(e.clone());
                 members.push(e);
+                member_idx.push(all.len() - 1);
                 pool.set_endpoints(members.len());
                 ring = ring_for(&members);
             }
             Op::Remove(i) if !members.is_empty() => {
-                let e = members.remove(usize::from(i) % members.len());
+                let k = usize::from(i) % members.len();
+                let e = members.remove(k);
+                member_idx.remove(k);
                 pool.remove(&e);
                 pool.set_endpoints(members.len());
                 ring = ring_for(&members);
@@ -152,9 +159,12 @@ fuzz_target!(|input: (Params, Vec<Op>)| {
             }
             _ => {}
         }
-        for e in &all {
-            let held = guards.iter().filter(|g| Arc::ptr_eq(g.endpoint(), e)).count();
-            assert_eq!(e.in_flight() as usize, held);
+        let mut held = [0u32; 64];
+        for (i, _) in &guards {
+            held[*i] += 1;
+        }
+        for (i, e) in all.iter().enumerate() {
+            assert_eq!(e.in_flight(), held[i]);
             if e.is_removed() {
                 assert!(!e.is_ejected(now), "a removed endpoint is ejected");
             }
