@@ -422,16 +422,21 @@ impl Future for ResponseFuture {
                                 *deadline = d;
                                 *timer = d.map(|d| Box::pin(tokio::time::sleep_until(d)));
                             }
-                            if let Some(t) = timer.as_mut() {
-                                ready!(t.as_mut().poll(cx));
-                                if let Some(p) = picked.take() {
-                                    finish(p.guard, Some(Code::DeadlineExceeded), None);
-                                }
-                                return Poll::Ready(Err(Box::new(Status::deadline_exceeded(
-                                    "pickwise: deadline exceeded waiting for the endpoint's connection",
-                                ))));
+                            let Some(t) = timer.as_mut() else {
+                                return Poll::Pending;
+                            };
+                            ready!(t.as_mut().poll(cx));
+                            if let Some(p) = picked.take() {
+                                finish(p.guard, Some(Code::DeadlineExceeded), None);
                             }
-                            return Poll::Pending;
+                            let status = Status::deadline_exceeded(
+                                "pickwise: deadline exceeded waiting for the endpoint's connection",
+                            );
+                            self.as_mut()
+                                .project()
+                                .state
+                                .set(State::Fail { status: Some(status) });
+                            continue;
                         }
                     };
                     if let Err(e) = ready {
@@ -478,15 +483,20 @@ impl Future for ResponseFuture {
                                 Box::pin(tokio::time::sleep(b.saturating_sub(Duration::from_nanos(spent))))
                             });
                             ready!(t.as_mut().poll(cx));
-                            // The deadline passed first: the caller drops this future, which
-                            // cancels the stream (RST_STREAM), as grpc-go's context does.
+                            // The deadline passed first: dropping the call cancels its stream
+                            // (RST_STREAM), as grpc-go's context does.
                             if let Some(g) = guard.take() {
                                 finish(g, Some(Code::DeadlineExceeded), None);
                             }
-                            return Poll::Ready(Err(Box::new(Status::deadline_exceeded(format!(
+                            let status = Status::deadline_exceeded(format!(
                                 "pickwise: deadline of {} ms exceeded",
                                 b.as_millis()
-                            )))));
+                            ));
+                            self.as_mut()
+                                .project()
+                                .state
+                                .set(State::Fail { status: Some(status) });
+                            continue;
                         }
                     };
                     let guard = guard.take();
