@@ -17,6 +17,8 @@
 //! - [`maglev`]: [`Maglev`] tables (Envoy-compatible), O(1) lookups (feature `alloc`).
 //! - [`hashing`]: [`RingPicker`]: ring picks that skip unavailable endpoints, bounded load
 //!   (Envoy `hash_balance_factor`) and pickwise's affinity-with-load.
+//! - [`subset`]: subsetting for large fleets: gRFC A68 random subsetting, the SRE book's
+//!   deterministic subsetting and Finagle's deterministic aperture.
 //!
 //! Time is the caller's monotonic clock in nanoseconds, passed as `now: u64`; it must not go
 //! backwards by more than the intervals involved (a backwards step only shortens elapsed time to 0).
@@ -55,6 +57,7 @@ pub mod p2c;
 pub mod pool;
 pub mod ring;
 mod rng;
+pub mod subset;
 mod sync;
 
 pub use endpoint::{Completion, EndpointState, InFlight, Outcome};
