@@ -3,7 +3,7 @@
 //! readiness changes.
 
 use std::borrow::Borrow;
-use std::collections::HashMap;
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -195,10 +195,15 @@ struct Balancer {
     discovery_error: Option<String>,
     events: mpsc::UnboundedSender<u64>,
     next_id: u64,
+    /// With subsetting: everything discovery reported (address -> weight), the peer ids, and
+    /// whether the subset must be recomputed.
+    discovered: BTreeMap<String, u32>,
+    peers: BTreeSet<String>,
+    subset_dirty: bool,
 }
 
 /// Starts the balancer task and returns the user's handle.
-pub(crate) fn spawn(config: Config, discovery: BoxDiscover) -> BalancedChannel {
+pub(crate) fn spawn(config: Config, discovery: BoxDiscover, peers: Option<BoxDiscover>) -> BalancedChannel {
     let (version, _) = watch::channel(0u64);
     let common = Arc::new(Common {
         pool: Pool::new(config.pool),
@@ -222,8 +227,11 @@ pub(crate) fn spawn(config: Config, discovery: BoxDiscover) -> BalancedChannel {
         discovery_error: None,
         events: events_tx,
         next_id: 0,
+        discovered: BTreeMap::new(),
+        peers: BTreeSet::new(),
+        subset_dirty: false,
     };
-    tokio::spawn(balancer.run(discovery, events_rx, shutdown_rx));
+    tokio::spawn(balancer.run(discovery, peers, events_rx, shutdown_rx));
     BalancedChannel::new(shared, shutdown_tx)
 }
 
@@ -231,10 +239,13 @@ impl Balancer {
     async fn run(
         mut self,
         mut discovery: BoxDiscover,
+        peers: Option<BoxDiscover>,
         mut events: mpsc::UnboundedReceiver<u64>,
         mut shutdown: oneshot::Receiver<()>,
     ) {
         let mut discovery_open = true;
+        let mut peers_open = peers.is_some();
+        let mut peers = peers.unwrap_or_else(|| Box::pin(tokio_stream::empty()));
         let mut sweep = tokio::time::interval(self.shared.common.config.sweep_interval);
         sweep.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
@@ -252,14 +263,28 @@ impl Balancer {
                         }
                     }
                 }
+                item = peers.next(), if peers_open => {
+                    peers_open = self.on_peer(item);
+                    while peers_open {
+                        match futures_now(&mut peers) {
+                            Some(item) => peers_open = self.on_peer(item),
+                            None => break,
+                        }
+                    }
+                }
                 Some(_) = events.recv() => {
                     while events.try_recv().is_ok() {}
+                    // Connectivity changed: a subset may need to grow past failing endpoints.
+                    self.subset_dirty |= self.shared.common.config.subset.is_some();
                 }
                 _ = sweep.tick() => {
                     let snap = self.shared.snapshot.load();
                     self.shared.common.pool.sweep(self.shared.common.now(), snap.members.iter().map(|m| &m.sub.core));
                     continue;
                 }
+            }
+            if std::mem::take(&mut self.subset_dirty) {
+                self.reconcile_subset();
             }
             self.publish();
         }
@@ -308,34 +333,102 @@ impl Balancer {
     fn apply(&mut self, change: Change<String, u32>) {
         self.resolved = true;
         self.discovery_error = None;
+        if self.shared.common.config.subset.is_some() {
+            // Subsetting: remember everything; the subset decides what to connect to.
+            match change {
+                Change::Insert(addr, weight) => self.discovered.insert(addr, weight),
+                Change::Remove(addr) => self.discovered.remove(&addr),
+            };
+            self.subset_dirty = true;
+            return;
+        }
         match change {
-            Change::Insert(addr, weight) => {
-                if let Some(e) = self.entries.get(&addr) {
-                    // Same endpoint again: no new connection; only a weight change matters.
-                    if e.sub.core.weight() != weight.max(1) {
-                        e.sub.core.set_weight(weight);
-                        self.ring_dirty = true;
-                    }
-                    return;
-                }
-                let sub = Arc::new(Subchannel::new(addr.clone(), weight, self.shared.common.clone()));
-                let id = self.next_id;
-                self.next_id += 1;
-                let task = tokio::spawn(subchannel::run(sub.clone(), id, self.events.clone()));
-                self.entries.insert(addr.clone(), Entry { sub, task });
-                self.order.push(addr);
+            Change::Insert(addr, weight) => self.connect(addr, weight),
+            Change::Remove(addr) => self.disconnect(&addr),
+        }
+    }
+
+    /// Keeps an endpoint (connecting if new); a known endpoint only takes the new weight.
+    fn connect(&mut self, addr: String, weight: u32) {
+        if let Some(e) = self.entries.get(&addr) {
+            // Same endpoint again: no new connection; only a weight change matters.
+            if e.sub.core.weight() != weight.max(1) {
+                e.sub.core.set_weight(weight);
                 self.ring_dirty = true;
             }
-            Change::Remove(addr) => {
-                if let Some(e) = self.entries.remove(&addr) {
-                    e.task.abort();
-                    e.sub.core.set_ready(false);
-                    self.shared.common.pool.remove(&e.sub.core);
-                    self.order.retain(|a| *a != addr);
-                    self.ring_dirty = true;
-                }
+            return;
+        }
+        let sub = Arc::new(Subchannel::new(addr.clone(), weight, self.shared.common.clone()));
+        let id = self.next_id;
+        self.next_id += 1;
+        let task = tokio::spawn(subchannel::run(sub.clone(), id, self.events.clone()));
+        self.entries.insert(addr.clone(), Entry { sub, task });
+        self.order.push(addr);
+        self.ring_dirty = true;
+    }
+
+    /// Drops an endpoint: its connection task stops and its ejection slot is freed.
+    fn disconnect(&mut self, addr: &str) {
+        if let Some(e) = self.entries.remove(addr) {
+            e.task.abort();
+            e.sub.core.set_ready(false);
+            self.shared.common.pool.remove(&e.sub.core);
+            self.order.retain(|a| a != addr);
+            self.ring_dirty = true;
+        }
+    }
+
+    /// Handles one peer-discovery item (subsetting identity); returns whether the stream is open.
+    fn on_peer(&mut self, item: Option<Result<Change<String, u32>, crate::BoxError>>) -> bool {
+        match item {
+            Some(Ok(Change::Insert(id, _))) => {
+                self.subset_dirty |= self.peers.insert(id);
+            }
+            Some(Ok(Change::Remove(id))) => {
+                self.subset_dirty |= self.peers.remove(&id);
+            }
+            Some(Err(e)) => {
+                tracing::warn!(error = %subchannel::error_chain(&*e), "peer discovery error; keeping the last peer set");
+            }
+            None => {
+                tracing::warn!(
+                    peers = self.peers.len(),
+                    "peer discovery ended; keeping the last peer set"
+                );
+                return false;
             }
         }
+        true
+    }
+
+    /// Recomputes the subset and connects or disconnects only the endpoints that changed.
+    fn reconcile_subset(&mut self) {
+        let Some(cfg) = self.shared.common.config.subset.clone() else {
+            return;
+        };
+        let client = cfg.client(&self.peers);
+        // Known to fail (sticky TRANSIENT_FAILURE): the subset grows past these.
+        let failing = |addr: &str| self.entries.get(addr).is_some_and(|e| e.sub.is_failing());
+        let desired = cfg.desired(client, &self.discovered, failing);
+        let keep: HashMap<&str, u32> = desired.iter().map(|(a, w)| (a.as_str(), *w)).collect();
+        let gone: Vec<String> = self
+            .entries
+            .keys()
+            .filter(|a| !keep.contains_key(a.as_str()))
+            .cloned()
+            .collect();
+        for addr in gone {
+            self.disconnect(&addr);
+        }
+        for (addr, weight) in desired {
+            self.connect(addr, weight);
+        }
+        tracing::debug!(
+            ?client,
+            endpoints = self.entries.len(),
+            discovered = self.discovered.len(),
+            "subset"
+        );
     }
 
     fn publish(&mut self) {

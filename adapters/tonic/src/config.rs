@@ -90,6 +90,7 @@ pub(crate) struct Config {
     pub(crate) sweep_interval: Duration,
     #[cfg(feature = "tls")]
     pub(crate) tls: Option<crate::transport::Tls>,
+    pub(crate) subset: Option<crate::subsetting::SubsetConfig>,
 }
 
 impl fmt::Debug for Config {
@@ -104,6 +105,7 @@ impl fmt::Debug for Config {
             .field("failure_codes", &self.failure_codes)
             .field("hash_header", &self.hash_header)
             .field("no_key", &self.no_key)
+            .field("subset", &self.subset)
             .finish_non_exhaustive()
     }
 }
@@ -134,6 +136,8 @@ pub const GO_ZERO_FAILURE_CODES: [Code; 6] = [
 /// ```
 pub struct Builder {
     config: Config,
+    /// Peer discovery for subsetting (not in `Config`: a stream is not shareable).
+    peers: Option<crate::discover::BoxDiscover>,
 }
 
 impl fmt::Debug for Builder {
@@ -167,7 +171,9 @@ impl Builder {
                 sweep_interval: Duration::from_secs(1),
                 #[cfg(feature = "tls")]
                 tls: None,
+                subset: None,
             },
+            peers: None,
         }
     }
 
@@ -258,6 +264,67 @@ impl Builder {
         self
     }
 
+    /// Connects to a subset of the discovered endpoints instead of all of them (large fleets:
+    /// see [`pickwise::subset`]), as `client` among its peers: [`Subsetting::Random`] is gRPC's
+    /// `random_subsetting` (gRFC A68), [`Subsetting::Deterministic`] the SRE book's,
+    /// [`Subsetting::Aperture`] Finagle's deterministic aperture (fractional weights at the arc's
+    /// ends become endpoint weights, 100 = a whole endpoint). Discovery changes recompute the
+    /// subset and connect or disconnect only the endpoints that changed. The subset grows past
+    /// endpoints that are failing until half of it is usable ([`subset_min_ready`](Self::subset_min_ready)).
+    /// Pair it with P2C: ring hash over a per-client subset sends a key to different endpoints
+    /// from different clients.
+    ///
+    /// [`Subsetting::Random`]: pickwise::subset::Subsetting::Random
+    /// [`Subsetting::Deterministic`]: pickwise::subset::Subsetting::Deterministic
+    /// [`Subsetting::Aperture`]: pickwise::subset::Subsetting::Aperture
+    pub fn subset(
+        mut self,
+        strategy: pickwise::subset::Subsetting,
+        client: pickwise::subset::Client,
+    ) -> Self {
+        self.config.subset = Some(crate::subsetting::SubsetConfig {
+            strategy,
+            identity: crate::subsetting::Identity::Static(client),
+            min_ready: default_min_ready(strategy),
+        });
+        self.peers = None;
+        self
+    }
+
+    /// [`subset`](Self::subset) with this client's identity taken from a discovery stream of its
+    /// peers (e.g. [`discover::dns`](crate::discover::dns) of the client service, or a
+    /// [`discover::channel`](crate::discover::channel) fed by your membership system): the client
+    /// is `me`'s rank among the sorted peer ids (which always include `me`), out of their count.
+    /// Peer changes recompute the subset.
+    pub fn subset_with_peers<S, E>(
+        mut self,
+        strategy: pickwise::subset::Subsetting,
+        me: impl Into<String>,
+        peers: S,
+    ) -> Self
+    where
+        S: Stream<Item = Result<Change<String, u32>, E>> + Send + 'static,
+        E: Into<BoxError>,
+    {
+        self.config.subset = Some(crate::subsetting::SubsetConfig {
+            strategy,
+            identity: crate::subsetting::Identity::Peers { me: me.into() },
+            min_ready: default_min_ready(strategy),
+        });
+        let peers = tokio_stream::StreamExt::map(peers, |item| item.map_err(Into::into));
+        self.peers = Some(Box::pin(peers));
+        self
+    }
+
+    /// How many endpoints of the subset must not be failing before it stops growing (default:
+    /// half the subset size, at least 1; 0 never grows). Call after `subset`.
+    pub fn subset_min_ready(mut self, n: u32) -> Self {
+        if let Some(s) = &mut self.config.subset {
+            s.min_ready = n;
+        }
+        self
+    }
+
     /// Connection attempt timeout (default 5 s).
     pub fn connect_timeout(mut self, timeout: Duration) -> Self {
         self.config.connect_timeout = timeout;
@@ -325,7 +392,7 @@ impl Builder {
         E: Into<BoxError>,
     {
         let discovery = tokio_stream::StreamExt::map(discovery, |item| item.map_err(Into::into));
-        crate::balancer::spawn(self.config, Box::pin(discovery))
+        crate::balancer::spawn(self.config, Box::pin(discovery), self.peers)
     }
 
     /// [`build`](Self::build) over a fixed list of addresses.
@@ -336,4 +403,14 @@ impl Builder {
     {
         self.build(crate::discover::fixed(addresses))
     }
+}
+
+/// Half the subset size, at least 1.
+fn default_min_ready(strategy: pickwise::subset::Subsetting) -> u32 {
+    use pickwise::subset::Subsetting;
+    let size = match strategy {
+        Subsetting::Random { subset_size } | Subsetting::Deterministic { subset_size } => subset_size,
+        Subsetting::Aperture { min_aperture } => min_aperture,
+    };
+    size.div_ceil(2).max(1)
 }
