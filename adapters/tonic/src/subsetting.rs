@@ -65,19 +65,16 @@ impl SubsetConfig {
             keys.len()
         ];
         let ready = |b: u32| !failing(keys[b as usize]);
-        let len = match self.strategy.subset_ready_into(
-            client,
-            &keys,
-            pickwise::subset::Scratch {
-                hashes: &mut hashes,
-                order: &mut order,
-            },
-            &mut out,
-            ready,
-            self.min_ready,
-        ) {
-            Ok(len) => len,
-            Err(_) => return Vec::new(), // no endpoints (sizes are validated by the builder)
+        let scratch = pickwise::subset::Scratch {
+            hashes: &mut hashes,
+            order: &mut order,
+        };
+        // An error means no endpoints (or a zero size): connect to nothing.
+        let Ok(len) =
+            self.strategy
+                .subset_ready_into(client, &keys, scratch, &mut out, ready, self.min_ready)
+        else {
+            return Vec::new();
         };
         out[..len]
             .iter()
