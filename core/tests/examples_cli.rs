@@ -102,3 +102,70 @@ fn simulate_help_and_bad_arguments() {
         assert_eq!(out.status.code(), Some(2), "{bad:?}");
     }
 }
+
+/// The fleet simulator: `--json` fields as documented, aperture even where random subsetting is
+/// not, churn figures present (a small fleet, so the debug build stays fast).
+#[test]
+fn fleet_json_and_targets() {
+    let out = example("fleet")
+        .args([
+            "--clients",
+            "2000",
+            "--backends",
+            "200",
+            "--subset",
+            "12",
+            "--json",
+        ])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let text = String::from_utf8(out.stdout).unwrap();
+    let rows: Vec<&str> = text.lines().collect();
+    assert_eq!(rows.len(), 4);
+    let field = |row: &str, name: &str| -> f64 {
+        let at = row
+            .find(&format!("\"{name}\":"))
+            .unwrap_or_else(|| panic!("{name} missing in {row}"));
+        let rest = &row[at + name.len() + 3..];
+        rest[..rest.find([',', '}']).unwrap()]
+            .trim_matches('"')
+            .parse()
+            .unwrap()
+    };
+    for row in &rows {
+        for name in [
+            "subset",
+            "conns_per_client",
+            "conn_max_mean",
+            "load_max_mean",
+            "load_p99_mean",
+            "load_max_mean_skewed",
+            "churn_deploy",
+            "churn_add_backend",
+            "churn_scale_clients",
+        ] {
+            let _ = field(row, name);
+        }
+    }
+    let by = |s: &str| {
+        *rows
+            .iter()
+            .find(|r| r.contains(&format!("\"strategy\":\"{s}\"")))
+            .unwrap()
+    };
+    assert!(field(by("aperture"), "conn_max_mean") <= 1.05);
+    assert!(field(by("aperture"), "load_max_mean") <= 1.10);
+    assert!(field(by("random"), "load_max_mean") > field(by("aperture"), "load_max_mean"));
+    let help = example("fleet").arg("--help").output().unwrap();
+    assert_eq!(help.status.code(), Some(0));
+    assert_eq!(
+        example("fleet")
+            .args(["--clients", "0"])
+            .output()
+            .unwrap()
+            .status
+            .code(),
+        Some(2)
+    );
+}
