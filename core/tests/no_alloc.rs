@@ -103,4 +103,29 @@ fn picks_completions_and_lookups_allocate_nothing() {
         assert_eq!(ALLOCS.load(Ordering::SeqCst) - before, 0, "{policy:?} allocated");
     }
     assert!(states.iter().all(|e| e.in_flight() == 0));
+    subsets_into_caller_storage_allocate_nothing();
+}
+
+/// Called from the test above: the allocation counter is global, so the checks run one after
+/// the other in one test.
+fn subsets_into_caller_storage_allocate_nothing() {
+    use pickwise::subset::{Client, Member, Scratch, Subsetting};
+    let keys: Vec<String> = (0..500).map(|i| format!("10.1.{}.{}:80", i / 256, i % 256)).collect();
+    let (mut h, mut o) = (vec![0u64; 500], vec![0u32; 500]);
+    let mut out = vec![Member { backend: 0, weight: 0.0 }; 500];
+    let before = ALLOCS.load(Ordering::SeqCst);
+    for s in [
+        Subsetting::Random { subset_size: 12 },
+        Subsetting::Deterministic { subset_size: 12 },
+        Subsetting::Aperture { min_aperture: 12 },
+    ] {
+        for index in 0..50 {
+            let c = Client::Index { index, count: 50 };
+            let n = s
+                .subset_ready_into(c, &keys, Scratch { hashes: &mut h, order: &mut o }, &mut out, |b| b % 3 != 0, 10)
+                .unwrap();
+            assert!(n >= 10);
+        }
+    }
+    assert_eq!(ALLOCS.load(Ordering::SeqCst) - before, 0, "subset_into allocated");
 }
