@@ -17,6 +17,9 @@
 //! - [`maglev`]: [`Maglev`] tables (Envoy-compatible), O(1) lookups (feature `alloc`).
 //! - [`hashing`]: [`RingPicker`]: ring picks that skip unavailable endpoints, bounded load
 //!   (Envoy `hash_balance_factor`) and pickwise's affinity-with-load.
+//! - [`picker`]: [`Picker`], the one "which endpoint" decision every adapter calls, built from
+//!   an [`LbPolicy`] named as gRPC service config names it (P2C, round robin, ring hash; panic
+//!   routing when everything ready is ejected).
 //! - [`subset`]: subsetting for large fleets: gRFC A68 random subsetting, the SRE book's
 //!   deterministic subsetting and Finagle's deterministic aperture.
 //!
@@ -54,6 +57,7 @@ pub mod hashing;
 pub mod maglev;
 mod math;
 pub mod p2c;
+pub mod picker;
 pub mod pool;
 pub mod ring;
 mod rng;
@@ -66,6 +70,7 @@ pub use hashing::{HashPolicy, RingPicker};
 #[cfg(feature = "alloc")]
 pub use maglev::{Maglev, MaglevError};
 pub use p2c::{P2c, PickError};
+pub use picker::{LbPolicy, NoKey, Picker};
 pub use pool::{OutlierConfig, Policy, Pool, PoolConfig};
 #[cfg(feature = "alloc")]
 pub use ring::Ring;

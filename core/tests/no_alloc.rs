@@ -88,6 +88,25 @@ fn picks_completions_and_lookups_allocate_nothing() {
                 drop(InFlight::start(&states[j], &pool, now));
             }
         }
+        // The shared picker, every policy.
+        let cursor = std::sync::atomic::AtomicU32::new(0);
+        for lb in [
+            pickwise::LbPolicy::P2c(policy),
+            pickwise::LbPolicy::RoundRobin,
+            pickwise::LbPolicy::RingHash {
+                ring: RingConfig::native(100),
+                load: HashPolicy::Bounded { factor_percent: 125 },
+                no_key: pickwise::NoKey::RandomHash,
+            },
+        ] {
+            let picker = pickwise::Picker::new(&lb, &states, &pool)
+                .with_ring(ring.view(), tw)
+                .with_cursor(&cursor);
+            for k in 0..100u64 {
+                let e = picker.pick(now, (k % 2 == 0).then_some(k), &mut rng).unwrap();
+                drop(InFlight::start(e, &pool, now));
+            }
+        }
         // The uniform fallback: most endpoints down, so the random draws miss and the scan runs.
         for e in states.iter().skip(3) {
             e.set_ready(false);
@@ -110,9 +129,17 @@ fn picks_completions_and_lookups_allocate_nothing() {
 /// the other in one test.
 fn subsets_into_caller_storage_allocate_nothing() {
     use pickwise::subset::{Client, Member, Scratch, Subsetting};
-    let keys: Vec<String> = (0..500).map(|i| format!("10.1.{}.{}:80", i / 256, i % 256)).collect();
+    let keys: Vec<String> = (0..500)
+        .map(|i| format!("10.1.{}.{}:80", i / 256, i % 256))
+        .collect();
     let (mut h, mut o) = (vec![0u64; 500], vec![0u32; 500]);
-    let mut out = vec![Member { backend: 0, weight: 0.0 }; 500];
+    let mut out = vec![
+        Member {
+            backend: 0,
+            weight: 0.0
+        };
+        500
+    ];
     let before = ALLOCS.load(Ordering::SeqCst);
     for s in [
         Subsetting::Random { subset_size: 12 },
@@ -122,7 +149,17 @@ fn subsets_into_caller_storage_allocate_nothing() {
         for index in 0..50 {
             let c = Client::Index { index, count: 50 };
             let n = s
-                .subset_ready_into(c, &keys, Scratch { hashes: &mut h, order: &mut o }, &mut out, |b| b % 3 != 0, 10)
+                .subset_ready_into(
+                    c,
+                    &keys,
+                    Scratch {
+                        hashes: &mut h,
+                        order: &mut o,
+                    },
+                    &mut out,
+                    |b| b % 3 != 0,
+                    10,
+                )
                 .unwrap();
             assert!(n >= 10);
         }

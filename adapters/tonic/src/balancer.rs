@@ -15,7 +15,7 @@ use tokio::time::Instant;
 use tokio_stream::StreamExt;
 use tonic::transport::Channel;
 
-use crate::config::{Config, LbPolicy};
+use crate::config::Config;
 use crate::discover::{BoxDiscover, Change};
 use crate::error::NoEndpoint;
 use crate::subchannel::{self, ConnectivityState, Subchannel};
@@ -37,6 +37,8 @@ pub(crate) struct Common {
     pub(crate) pool: Pool,
     pub(crate) config: Arc<Config>,
     epoch: Instant,
+    /// Round robin's position, shared by every snapshot.
+    pub(crate) cursor: std::sync::atomic::AtomicU32,
 }
 
 impl Common {
@@ -209,6 +211,7 @@ pub(crate) fn spawn(config: Config, discovery: BoxDiscover, peers: Option<BoxDis
         pool: Pool::new(config.pool),
         config: Arc::new(config),
         epoch: Instant::now(),
+        cursor: std::sync::atomic::AtomicU32::new(0),
     });
     let shared = Arc::new(Shared {
         snapshot: ArcSwap::from_pointee(Snapshot::default()),
@@ -446,7 +449,7 @@ impl Balancer {
         if self.ring_dirty {
             self.ring_dirty = false;
             self.ring = match self.shared.common.config.policy {
-                LbPolicy::RingHash { ring, .. } if !members.is_empty() => {
+                pickwise::LbPolicy::RingHash { ring, .. } if !members.is_empty() => {
                     let list: Vec<(&str, u32)> = members
                         .iter()
                         .map(|m| (m.sub.addr.as_str(), m.sub.core.weight()))
@@ -529,6 +532,7 @@ mod tests {
             pool: Pool::new(config.pool),
             config: Arc::new(config),
             epoch: Instant::now(),
+            cursor: std::sync::atomic::AtomicU32::new(0),
         });
         Member {
             sub: Arc::new(Subchannel::new("127.0.0.1:1".into(), 1, common)),

@@ -6,37 +6,12 @@ use std::time::Duration;
 
 use futures_core::Stream;
 use http::HeaderName;
-use pickwise::{HashPolicy, OutlierConfig, Policy, PoolConfig, RingConfig};
+use pickwise::{HashPolicy, LbPolicy, NoKey, OutlierConfig, Policy, PoolConfig, RingConfig};
 use tonic::transport::Endpoint;
 use tonic::Code;
 
 use crate::discover::Change;
 use crate::BoxError;
-
-/// Which picker the balancer uses.
-#[derive(Clone, Copy, Debug, PartialEq)]
-pub enum LbPolicy {
-    /// Power of two choices with a cost policy.
-    P2c(Policy),
-    /// Consistent hashing on a ring, with a load policy. Requests without a hash key use
-    /// [`Builder::no_key`].
-    RingHash {
-        /// Ring mode and size.
-        ring: RingConfig,
-        /// How the ring pick treats load.
-        load: HashPolicy,
-    },
-}
-
-/// What a ring-hash balancer does with a request that carries no hash key.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
-pub enum NoKey {
-    /// Pick by P2C with the pool's cost policy (default).
-    #[default]
-    P2c,
-    /// Pick a random hash on the ring (grpc-go's behaviour, gRFC A76).
-    RandomHash,
-}
 
 /// gRPC connection backoff (defaults from the gRPC spec: 1 s, x1.6, +-20%, at most 120 s).
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -86,7 +61,6 @@ pub(crate) struct Config {
     pub(crate) wait_for_ready: Duration,
     pub(crate) failure_codes: Vec<Code>,
     pub(crate) hash_header: Option<HeaderName>,
-    pub(crate) no_key: NoKey,
     pub(crate) sweep_interval: Duration,
     #[cfg(feature = "tls")]
     pub(crate) tls: Option<crate::transport::Tls>,
@@ -104,7 +78,6 @@ impl fmt::Debug for Config {
             .field("wait_for_ready", &self.wait_for_ready)
             .field("failure_codes", &self.failure_codes)
             .field("hash_header", &self.hash_header)
-            .field("no_key", &self.no_key)
             .field("subset", &self.subset)
             .finish_non_exhaustive()
     }
@@ -167,7 +140,6 @@ impl Builder {
                 wait_for_ready: Duration::from_secs(10),
                 failure_codes: GO_ZERO_FAILURE_CODES.to_vec(),
                 hash_header: None,
-                no_key: NoKey::P2c,
                 sweep_interval: Duration::from_secs(1),
                 #[cfg(feature = "tls")]
                 tls: None,
@@ -185,10 +157,37 @@ impl Builder {
     }
 
     /// Ring hash with `ring` and load policy `load`. Costs (for [`HashPolicy::Affinity`] and requests
-    /// without a key) use the current P2C cost policy.
+    /// without a key) use the current P2C cost policy; requests without a key go by P2C unless
+    /// [`no_key`](Self::no_key) says otherwise.
     pub fn ring_hash(mut self, ring: RingConfig, load: HashPolicy) -> Self {
-        self.config.policy = LbPolicy::RingHash { ring, load };
+        let no_key = match self.config.policy {
+            LbPolicy::RingHash { no_key, .. } => no_key,
+            _ => NoKey::P2c,
+        };
+        self.config.policy = LbPolicy::RingHash { ring, load, no_key };
         self.config.pool.track_total = matches!(load, HashPolicy::Bounded { .. });
+        self
+    }
+
+    /// Round robin over the ready endpoints (gRPC `round_robin`).
+    pub fn round_robin(mut self) -> Self {
+        self.config.policy = LbPolicy::RoundRobin;
+        self
+    }
+
+    /// Any policy by value (e.g. [`LbPolicy::from_name`] of a gRPC service-config name).
+    pub fn policy(mut self, policy: LbPolicy) -> Self {
+        if let LbPolicy::P2c(cost) = policy {
+            self.config.pool.policy = cost;
+        }
+        self.config.pool.track_total = matches!(
+            policy,
+            LbPolicy::RingHash {
+                load: HashPolicy::Bounded { .. },
+                ..
+            }
+        );
+        self.config.policy = policy;
         self
     }
 
@@ -199,9 +198,11 @@ impl Builder {
         self
     }
 
-    /// What ring hash does with requests without a key.
+    /// What ring hash does with requests without a key (call after [`ring_hash`](Self::ring_hash)).
     pub fn no_key(mut self, no_key: NoKey) -> Self {
-        self.config.no_key = no_key;
+        if let LbPolicy::RingHash { no_key: n, .. } = &mut self.config.policy {
+            *n = no_key;
+        }
         self
     }
 

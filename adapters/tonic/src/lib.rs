@@ -98,10 +98,10 @@ mod subsetting;
 mod transport;
 
 pub use balancer::EndpointStats;
-pub use config::{Backoff, Builder, HealthCheck, LbPolicy, NoKey, GO_ZERO_FAILURE_CODES};
+pub use config::{Backoff, Builder, HealthCheck, GO_ZERO_FAILURE_CODES};
 pub use error::NoEndpoint;
 pub use pickwise::subset::{Client as SubsetClient, Subsetting};
-pub use pickwise::{self, HashPolicy, Mode, OutlierConfig, Policy, PoolConfig, RingConfig};
+pub use pickwise::{self, HashPolicy, LbPolicy, Mode, NoKey, OutlierConfig, Policy, PoolConfig, RingConfig};
 pub use service::{BalancedChannel, RequestHash, ResponseBody, ResponseFuture};
 pub use subchannel::ConnectivityState;
 /// The rustls version [`Builder::tls`] takes (feature `tls`).

@@ -10,7 +10,7 @@ use std::task::{ready, Context, Poll};
 use std::time::Duration;
 
 use http_body::{Body, Frame, SizeHint};
-use pickwise::{InFlight, Outcome, P2c, PickError, RingPicker};
+use pickwise::{InFlight, LbPolicy, Outcome, Picker};
 use pin_project_lite::pin_project;
 use tokio::sync::oneshot;
 use tokio::time::{Instant, Sleep};
@@ -19,8 +19,8 @@ use tonic::transport::Channel;
 use tonic::{Code, Status};
 use tower_service::Service;
 
-use crate::balancer::{EndpointStats, Member, Shared, Snapshot, Unpicked};
-use crate::config::{Config, LbPolicy, NoKey};
+use crate::balancer::{EndpointStats, Shared, Snapshot, Unpicked};
+use crate::config::Config;
 use crate::deadline;
 use crate::error::NoEndpoint;
 use crate::subchannel::SubRef;
@@ -112,47 +112,23 @@ fn request_hash(config: &Config, req: &Request) -> Option<u64> {
     Some(pickwise::hash::xxh64_joined(values.map(|v| v.as_bytes())))
 }
 
-/// One pick against one snapshot. Allocates nothing and takes no lock.
+/// One pick against one snapshot, by the core's [`Picker`]. Allocates nothing, takes no lock.
 fn try_pick(shared: &Shared, snap: &Snapshot, req: &Request) -> Result<Picked, Unpicked> {
     let common = &shared.common;
     let now = common.now();
-    let pool = &common.pool;
-    let rng = || fastrand::u64(..);
-    let p2c = || {
-        P2c::new(&snap.ready, pool)
-            .pick(now, &mut || fastrand::u64(..))
-            .map(|i| &snap.ready[i])
+    let mut picker = Picker::new(&common.config.policy, &snap.members, &common.pool)
+        .with_candidates(&snap.ready)
+        .with_cursor(&common.cursor);
+    if let Some(ring) = &snap.ring {
+        picker = picker.with_ring(ring.view(), snap.total_weight);
+    }
+    let key = match common.config.policy {
+        LbPolicy::RingHash { .. } => request_hash(&common.config, req),
+        _ => None,
     };
-    let chosen: Result<&Member, PickError> = match (&common.config.policy, &snap.ring) {
-        (LbPolicy::RingHash { load, .. }, Some(ring)) => {
-            let hash = match (request_hash(&common.config, req), common.config.no_key) {
-                (Some(h), _) => Some(h),
-                (None, NoKey::RandomHash) => Some(rng()),
-                (None, NoKey::P2c) => None,
-            };
-            match hash {
-                Some(h) => {
-                    let picker = RingPicker::new(ring.view(), &snap.members, pool, snap.total_weight);
-                    match picker.pick(now, h, *load) {
-                        Ok(i) => Ok(&snap.members[i]),
-                        // Panic routing: every ready endpoint is ejected, so ignore ejection.
-                        Err(_) => ring
-                            .find(h, |i| snap.members[i as usize].sub.core.is_ready())
-                            .map(|i| &snap.members[i as usize])
-                            .ok_or(PickError::NoneAvailable),
-                    }
-                }
-                None => p2c(),
-            }
-        }
-        _ => p2c(),
-    };
-    let member = match chosen {
-        Ok(m) => m,
-        // Panic routing for P2C: all ready endpoints ejected -> any ready one.
-        Err(_) if !snap.ready.is_empty() => &snap.ready[fastrand::usize(..snap.ready.len())],
-        Err(_) => return Err(snap.unpicked()),
-    };
+    let member = picker
+        .pick(now, key, &mut || fastrand::u64(..))
+        .map_err(|_| snap.unpicked())?;
     // Ready in the core but the snapshot predates its channel: the next snapshot has it.
     let channel = member.channel.clone().ok_or(Unpicked::Wait)?;
     let sub = SubRef(member.sub.clone());

@@ -1,0 +1,233 @@
+//! [`Picker`]: the one decision every adapter needs — which endpoint serves this request — as a
+//! sans-IO value built from a [`LbPolicy`] (named as gRPC service config names policies), the
+//! endpoints of a snapshot, their ring and the [`Pool`].
+//!
+//! Adapters translate their world (a tonic snapshot, a Pingora backend set, an xDS cluster) into
+//! these inputs and call [`Picker::pick`]; none decides on its own. A pick allocates nothing and
+//! takes no lock.
+//!
+//! Rules, in order:
+//! 1. **Ring hash** with a request hash (or, without one, a random hash when
+//!    [`NoKey::RandomHash`]): the ring pick of [`RingPicker`] with the policy's load rule.
+//! 2. Otherwise **P2C** ([`P2c`]) over the candidates, or **round robin** over them.
+//! 3. **Panic routing** (Envoy's behaviour below its healthy-panic threshold): when every ready
+//!    endpoint is ejected by outlier detection, ejection is ignored — the ring walks to the first
+//!    ready endpoint, P2C and round robin take a ready candidate at random — so an outlier
+//!    detector can never take the whole set down.
+//! 4. Nothing ready: [`PickError`]; the adapter decides between waiting and failing fast.
+//!
+//! # Example
+//!
+//! ```
+//! use pickwise::picker::{LbPolicy, Picker};
+//! use pickwise::{EndpointState, Policy, Pool, PoolConfig, SplitMix64};
+//!
+//! let endpoints: Vec<EndpointState> = (0..3).map(|_| EndpointState::new(1)).collect();
+//! let pool = Pool::new(PoolConfig::with_policy(Policy::LeastRequest));
+//! pool.set_endpoints(endpoints.len());
+//! let policy = LbPolicy::from_name("least_request_experimental").unwrap();
+//! let picker = Picker::new(&policy, &endpoints, &pool);
+//! let chosen = picker.pick(0, None, &mut SplitMix64::new(1)).unwrap();
+//! assert!(chosen.is_ready());
+//! ```
+
+use core::borrow::Borrow;
+
+use crate::endpoint::EndpointState;
+use crate::hashing::{HashPolicy, RingPicker};
+use crate::p2c::{P2c, PickError};
+use crate::pool::{Policy, Pool};
+use crate::ring::{RingConfig, RingView};
+use crate::rng::Rng;
+use crate::sync::{AtomicU32, Ordering::Relaxed};
+
+/// What a ring-hash policy does with a request that carries no hash key.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum NoKey {
+    /// Pick by P2C with the pool's cost policy (default).
+    #[default]
+    P2c,
+    /// Pick a random hash on the ring (grpc-go's behaviour, gRFC A76).
+    RandomHash,
+}
+
+/// A balancing policy. [`name`](Self::name) and [`from_name`](Self::from_name) use gRPC's
+/// service-config names where gRPC has the policy.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum LbPolicy {
+    /// Power of two choices with a cost policy. gRPC's `least_request_experimental` (choice
+    /// count 2) is `P2c(Policy::LeastRequest)`; peak-EWMA and go-zero are pickwise's.
+    P2c(Policy),
+    /// Round robin over the ready endpoints (gRPC `round_robin`).
+    RoundRobin,
+    /// Consistent hashing on a ring, with a load rule (gRPC `ring_hash_experimental`).
+    RingHash {
+        /// Ring mode and size.
+        ring: RingConfig,
+        /// How the ring pick treats load.
+        load: HashPolicy,
+        /// Requests without a hash key.
+        no_key: NoKey,
+    },
+}
+
+impl Default for LbPolicy {
+    fn default() -> Self {
+        Self::P2c(Policy::PeakEwma)
+    }
+}
+
+impl LbPolicy {
+    /// The policy's name: gRPC's (`least_request_experimental`, `round_robin`,
+    /// `ring_hash_experimental`) or pickwise's (`pickwise_peak_ewma`, `pickwise_go_zero`).
+    pub fn name(&self) -> &'static str {
+        match self {
+            Self::P2c(Policy::LeastRequest) => "least_request_experimental",
+            Self::P2c(Policy::PeakEwma) => "pickwise_peak_ewma",
+            Self::P2c(Policy::GoZero) => "pickwise_go_zero",
+            Self::RoundRobin => "round_robin",
+            Self::RingHash { .. } => "ring_hash_experimental",
+        }
+    }
+
+    /// The policy named `name`, with defaults (grpc-go's ring sizes 1024..4096, random hash for
+    /// requests without a key as gRFC A76 says); `None` for a name pickwise does not implement.
+    pub fn from_name(name: &str) -> Option<Self> {
+        Some(match name {
+            "least_request_experimental" => Self::P2c(Policy::LeastRequest),
+            "pickwise_peak_ewma" => Self::P2c(Policy::PeakEwma),
+            "pickwise_go_zero" => Self::P2c(Policy::GoZero),
+            "round_robin" => Self::RoundRobin,
+            "ring_hash_experimental" => Self::RingHash {
+                ring: RingConfig::grpc(),
+                load: HashPolicy::Plain,
+                no_key: NoKey::RandomHash,
+            },
+            _ => return None,
+        })
+    }
+
+    /// The ring configuration, for policies that hash.
+    pub fn ring(&self) -> Option<&RingConfig> {
+        match self {
+            Self::RingHash { ring, .. } => Some(ring),
+            _ => None,
+        }
+    }
+}
+
+/// One pick decision over one snapshot. Cheap to build (references only): build one per pick.
+#[derive(Debug)]
+pub struct Picker<'a, E> {
+    policy: &'a LbPolicy,
+    members: &'a [E],
+    candidates: &'a [E],
+    ring: Option<RingView<'a>>,
+    pool: &'a Pool,
+    total_weight: u64,
+    cursor: Option<&'a AtomicU32>,
+}
+
+impl<E> Clone for Picker<'_, E> {
+    fn clone(&self) -> Self {
+        *self
+    }
+}
+
+impl<E> Copy for Picker<'_, E> {}
+
+impl<'a, E: Borrow<EndpointState>> Picker<'a, E> {
+    /// A picker over `members` (every endpoint; also the P2C candidates) with `pool`.
+    pub fn new(policy: &'a LbPolicy, members: &'a [E], pool: &'a Pool) -> Self {
+        Self {
+            policy,
+            members,
+            candidates: members,
+            ring: None,
+            pool,
+            total_weight: crate::hashing::total_weight(members),
+            cursor: None,
+        }
+    }
+
+    /// P2C and round robin draw from `candidates` instead of all members: pass the ready ones
+    /// when the caller keeps them apart, so a pick never meets an unready endpoint.
+    pub fn with_candidates(mut self, candidates: &'a [E]) -> Self {
+        self.candidates = candidates;
+        self
+    }
+
+    /// The ring whose owners index `members` (ring-hash policies).
+    pub fn with_ring(mut self, ring: RingView<'a>, total_weight: u64) -> Self {
+        self.ring = Some(ring);
+        self.total_weight = total_weight;
+        self
+    }
+
+    /// The shared round-robin position (kept by the caller across snapshots).
+    pub fn with_cursor(mut self, cursor: &'a AtomicU32) -> Self {
+        self.cursor = Some(cursor);
+        self
+    }
+
+    /// The endpoint for a request with hash `key` (if it has one) at `now`.
+    pub fn pick(&self, now: u64, key: Option<u64>, rng: &mut impl Rng) -> Result<&'a E, PickError> {
+        if let (LbPolicy::RingHash { load, no_key, .. }, Some(ring)) = (self.policy, self.ring) {
+            let hash = match (key, no_key) {
+                (Some(h), _) => Some(h),
+                (None, NoKey::RandomHash) => Some(rng.next_u64()),
+                (None, NoKey::P2c) => None,
+            };
+            if let Some(h) = hash {
+                if self.members.is_empty() || ring.is_empty() {
+                    return Err(PickError::NoEndpoints);
+                }
+                let picker = RingPicker::new(ring, self.members, self.pool, self.total_weight);
+                return match picker.pick(now, h, *load) {
+                    Ok(i) => Ok(&self.members[i]),
+                    // Panic routing: every ready endpoint is ejected; ignore ejection.
+                    Err(e) => ring
+                        .find(h, |i| {
+                            self.members
+                                .get(i as usize)
+                                .is_some_and(|m| m.borrow().is_ready())
+                        })
+                        .map(|i| &self.members[i as usize])
+                        .ok_or(e),
+                };
+            }
+        }
+        let picked = match self.policy {
+            LbPolicy::RoundRobin => self.round_robin(now),
+            _ => P2c::new(self.candidates, self.pool).pick(now, rng),
+        };
+        match picked {
+            Ok(i) => Ok(&self.candidates[i]),
+            Err(e) => self.panic_route(rng).ok_or(e),
+        }
+    }
+
+    /// The next available candidate after the shared cursor.
+    fn round_robin(&self, now: u64) -> Result<usize, PickError> {
+        let n = self.candidates.len();
+        if n == 0 {
+            return Err(PickError::NoEndpoints);
+        }
+        let start = self.cursor.map_or(0, |c| c.fetch_add(1, Relaxed)) as usize;
+        (0..n)
+            .map(|k| (start + k) % n)
+            .find(|&i| self.pool.available(self.candidates[i].borrow(), now))
+            .ok_or(PickError::NoneAvailable)
+    }
+
+    /// A ready candidate at random, ejected or not (two passes, no allocation).
+    #[cold]
+    fn panic_route(&self, rng: &mut impl Rng) -> Option<&'a E> {
+        let ready = || self.candidates.iter().filter(|c| (*c).borrow().is_ready());
+        let k = ready().count();
+        if k == 0 {
+            return None;
+        }
+        ready().nth((((rng.next_u64() >> 32) * k as u64) >> 32) as usize)
+    }
+}

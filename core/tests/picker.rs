@@ -1,0 +1,142 @@
+//! The shared picker: ring picks with and without keys, P2C and round robin over candidates,
+//! panic routing when everything ready is ejected, errors when nothing is ready, gRPC names.
+
+use std::sync::atomic::AtomicU32;
+
+use pickwise::{
+    hash, EndpointState, HashPolicy, InFlight, LbPolicy, NoKey, Outcome, OutlierConfig, PickError, Picker,
+    Policy, Pool, PoolConfig, Ring, RingConfig, SplitMix64,
+};
+
+fn setup(n: usize) -> (Vec<EndpointState>, Ring, Pool) {
+    let hosts: Vec<(String, u32)> = (0..n).map(|i| (format!("10.0.0.{i}:80"), 1)).collect();
+    let ring = Ring::build(&hosts, &RingConfig::grpc()).unwrap();
+    let pool = Pool::new(PoolConfig {
+        outlier: OutlierConfig {
+            consecutive_failures: 1,
+            max_ejection_percent: 100,
+            ..OutlierConfig::default()
+        },
+        ..PoolConfig::with_policy(Policy::LeastRequest)
+    });
+    pool.set_endpoints(n);
+    ((0..n).map(|_| EndpointState::new(1)).collect(), ring, pool)
+}
+
+fn index_of(es: &[EndpointState], e: &EndpointState) -> usize {
+    es.iter().position(|x| std::ptr::eq(x, e)).unwrap()
+}
+
+#[test]
+fn ring_hash_keys_are_sticky_and_no_key_follows_the_policy() {
+    let (es, ring, pool) = setup(5);
+    let mut rng = SplitMix64::new(1);
+    let policy = LbPolicy::RingHash {
+        ring: RingConfig::grpc(),
+        load: HashPolicy::Plain,
+        no_key: NoKey::RandomHash,
+    };
+    let picker = Picker::new(&policy, &es, &pool).with_ring(ring.view(), 5);
+    let key = hash::xxh64(b"user-1");
+    let home = index_of(&es, picker.pick(0, Some(key), &mut rng).unwrap());
+    assert_eq!(home, ring.lookup(key).unwrap() as usize);
+    for _ in 0..20 {
+        assert_eq!(index_of(&es, picker.pick(0, Some(key), &mut rng).unwrap()), home);
+    }
+    // No key with RandomHash: spread over the ring.
+    let mut seen = [0u32; 5];
+    for _ in 0..1000 {
+        seen[index_of(&es, picker.pick(0, None, &mut rng).unwrap())] += 1;
+    }
+    assert!(seen.iter().all(|&c| c > 100), "{seen:?}");
+    // No key with P2c: least-request.
+    let p2c_policy = LbPolicy::RingHash {
+        ring: RingConfig::grpc(),
+        load: HashPolicy::Plain,
+        no_key: NoKey::P2c,
+    };
+    let busy: Vec<_> = (0..4).map(|i| InFlight::start(&es[i], &pool, 0)).collect();
+    let picker = Picker::new(&p2c_policy, &es, &pool).with_ring(ring.view(), 5);
+    // The idle endpoint wins every pair it is drawn into: 2 of 5 draws.
+    let idle = (0..1000)
+        .filter(|_| index_of(&es, picker.pick(0, None, &mut rng).unwrap()) == 4)
+        .count();
+    assert!((340..460).contains(&idle), "{idle}");
+    drop(busy);
+}
+
+#[test]
+fn panic_routing_when_every_ready_endpoint_is_ejected() {
+    let (es, ring, pool) = setup(3);
+    let mut rng = SplitMix64::new(2);
+    for e in &es {
+        let _ = InFlight::start(e, &pool, 0).complete(0, Outcome::Failure);
+    }
+    assert!(es.iter().all(|e| e.is_ejected(1)));
+    for policy in [
+        LbPolicy::P2c(Policy::LeastRequest),
+        LbPolicy::RoundRobin,
+        LbPolicy::RingHash {
+            ring: RingConfig::grpc(),
+            load: HashPolicy::Bounded { factor_percent: 150 },
+            no_key: NoKey::RandomHash,
+        },
+    ] {
+        let cursor = AtomicU32::new(0);
+        let picker = Picker::new(&policy, &es, &pool)
+            .with_ring(ring.view(), 3)
+            .with_cursor(&cursor);
+        assert!(picker.pick(1, Some(7), &mut rng).is_ok(), "{policy:?}");
+        assert!(picker.pick(1, None, &mut rng).is_ok(), "{policy:?}");
+    }
+    // Not ready at all: an error, for the adapter to wait or fail.
+    for e in &es {
+        e.set_ready(false);
+    }
+    let p = LbPolicy::P2c(Policy::PeakEwma);
+    assert_eq!(
+        Picker::new(&p, &es, &pool).pick(1, None, &mut rng).err(),
+        Some(PickError::NoneAvailable)
+    );
+    let none: [EndpointState; 0] = [];
+    assert_eq!(
+        Picker::new(&p, &none, &pool).pick(1, None, &mut rng).err(),
+        Some(PickError::NoEndpoints)
+    );
+}
+
+#[test]
+fn round_robin_rotates_over_available_candidates() {
+    let (es, _, pool) = setup(4);
+    es[2].set_ready(false);
+    let cursor = AtomicU32::new(0);
+    let policy = LbPolicy::RoundRobin;
+    let picker = Picker::new(&policy, &es, &pool).with_cursor(&cursor);
+    let mut rng = SplitMix64::new(3);
+    let order: Vec<usize> = (0..8)
+        .map(|_| index_of(&es, picker.pick(0, None, &mut rng).unwrap()))
+        .collect();
+    assert_eq!(order, [0, 1, 3, 3, 0, 1, 3, 3]);
+}
+
+#[test]
+fn names_are_grpcs() {
+    for name in [
+        "least_request_experimental",
+        "round_robin",
+        "ring_hash_experimental",
+        "pickwise_peak_ewma",
+        "pickwise_go_zero",
+    ] {
+        assert_eq!(LbPolicy::from_name(name).unwrap().name(), name);
+    }
+    assert_eq!(LbPolicy::from_name("pick_first"), None);
+    let LbPolicy::RingHash { ring, no_key, .. } = LbPolicy::from_name("ring_hash_experimental").unwrap()
+    else {
+        panic!()
+    };
+    assert_eq!(
+        (ring.min_ring_size, ring.max_ring_size, no_key),
+        (1024, 4096, NoKey::RandomHash)
+    );
+}
