@@ -30,9 +30,15 @@ fuzz_target!(|input: Input| {
         _ => Subsetting::Aperture { min_aperture: size },
     };
     let client = if input.stable {
-        Client::Stable { id: input.id, count: input.count % 100_000 }
+        Client::Stable {
+            id: input.id,
+            count: input.count % 100_000,
+        }
     } else {
-        Client::Index { index: input.index, count: input.count % 100_000 }
+        Client::Index {
+            index: input.index,
+            count: input.count % 100_000,
+        }
     };
     let Ok(owned) = s.subset(client, &backends) else {
         assert!(backends.is_empty() || size == 0);
@@ -42,19 +48,48 @@ fuzz_target!(|input: Input| {
     let mut seen = vec![false; n];
     for m in &owned {
         assert!((m.backend as usize) < n);
-        assert!(!std::mem::replace(&mut seen[m.backend as usize], true), "duplicate member");
+        assert!(
+            !std::mem::replace(&mut seen[m.backend as usize], true),
+            "duplicate member"
+        );
         assert!(m.weight > 0.0 && m.weight <= 1.0 + 1e-9);
     }
     if !matches!(s, Subsetting::Aperture { .. }) {
         assert_eq!(owned.len(), (size as usize).min(n));
     }
     let (mut h, mut o) = (vec![0u64; n], vec![0u32; n]);
-    let mut out = vec![Member { backend: 0, weight: 0.0 }; n];
+    let mut out = vec![
+        Member {
+            backend: 0,
+            weight: 0.0
+        };
+        n
+    ];
     let ready = |b: u32| (input.down >> (b % 64)) & 1 == 0;
     let len = s
-        .subset_ready_into(client, &backends, Scratch { hashes: &mut h, order: &mut o }, &mut out, ready, u32::from(input.min_ready))
+        .subset_ready_into(
+            client,
+            &backends,
+            Scratch {
+                hashes: &mut h,
+                order: &mut o,
+            },
+            &mut out,
+            ready,
+            u32::from(input.min_ready),
+        )
         .expect("same input as the owned call");
     assert!(len >= owned.len());
-    let len0 = s.subset_into(client, &backends, Scratch { hashes: &mut h, order: &mut o }, &mut out).unwrap();
+    let len0 = s
+        .subset_into(
+            client,
+            &backends,
+            Scratch {
+                hashes: &mut h,
+                order: &mut o,
+            },
+            &mut out,
+        )
+        .unwrap();
     assert_eq!(&out[..len0], &owned[..]);
 });
