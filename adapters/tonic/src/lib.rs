@@ -78,31 +78,36 @@
 //!
 //! # Internals
 //!
-//! `call` loads the current snapshot with `arc-swap` (no lock), picks with the core (no allocation),
-//! takes an in-flight guard, and forwards to the endpoint's tonic `Channel`. The balancer task is
-//! the only writer: it applies discovery changes, hears connectivity changes from one task per
-//! endpoint, sweeps ejections, and publishes snapshots. Connections use a TCP connector that
-//! reports a closed socket immediately, so a dead backend leaves the picker without waiting for a
-//! failed request.
+//! The modules play grpc-go's roles: [`discover`] is the **resolver** (any discovery stream),
+//! `balancer` the **balancer** (a background task owning the endpoints, applying discovery,
+//! subsetting and connectivity changes, publishing immutable snapshots), `subchannel` the
+//! **subchannels** (one connection per endpoint with its connectivity state, over `transport`'s
+//! connector), `picker` the **picker** (one pick with the core's `pickwise::Picker`, waiting for a
+//! snapshot when nothing is ready) and `channel` the **channel** (the tower `Service` requests go
+//! through, which records each outcome). `call` loads the current snapshot with `arc-swap` (no
+//! lock), picks (no allocation), takes an in-flight guard, and forwards to the endpoint's tonic
+//! `Channel`. The balancer task is the only writer.
 #![forbid(unsafe_code)]
 #![deny(missing_docs)]
 
 mod balancer;
+mod channel;
 mod config;
 mod deadline;
 pub mod discover;
 mod error;
-mod service;
+mod picker;
 mod subchannel;
 mod subsetting;
 mod transport;
 
 pub use balancer::EndpointStats;
+pub use channel::{BalancedChannel, ResponseBody, ResponseFuture};
 pub use config::{Backoff, Builder, HealthCheck, GO_ZERO_FAILURE_CODES};
 pub use error::NoEndpoint;
+pub use picker::RequestHash;
 pub use pickwise::subset::{Client as SubsetClient, Subsetting};
 pub use pickwise::{self, HashPolicy, LbPolicy, Mode, NoKey, OutlierConfig, Policy, PoolConfig, RingConfig};
-pub use service::{BalancedChannel, RequestHash, ResponseBody, ResponseFuture};
 pub use subchannel::ConnectivityState;
 /// The rustls version [`Builder::tls`] takes (feature `tls`).
 #[cfg(feature = "tls")]

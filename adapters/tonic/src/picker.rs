@@ -1,0 +1,138 @@
+//! The picker side of a request (grpc-go's `picker_wrapper`): one pick against the current
+//! snapshot with the core's [`Picker`], the request's hash key, and the slow path that waits for
+//! a new snapshot — bounded by the request's own deadline — when no endpoint is ready yet.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+
+use pickwise::{InFlight, LbPolicy, Picker};
+use tokio::time::Instant;
+use tonic::transport::Channel;
+use tonic::Status;
+
+use crate::balancer::{Shared, Snapshot, Unpicked};
+use crate::config::Config;
+use crate::deadline;
+use crate::error::NoEndpoint;
+use crate::subchannel::SubRef;
+
+pub(crate) type Request = http::Request<tonic::body::Body>;
+pub(crate) type Guard = InFlight<SubRef, SubRef>;
+
+/// A request hash set by the caller as a request extension; takes precedence over the hash header.
+///
+/// ```
+/// use pickwise_tonic::RequestHash;
+/// let mut req = tonic::Request::new(());
+/// req.extensions_mut().insert(RequestHash::of(b"user-42"));
+/// ```
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct RequestHash(pub u64);
+
+impl RequestHash {
+    /// XXH64 (seed 0) of `key`, as Envoy and grpc-go hash request keys.
+    pub fn of(key: &[u8]) -> Self {
+        Self(pickwise::hash::xxh64(key))
+    }
+}
+
+/// A chosen endpoint with its guard.
+pub(crate) struct Picked {
+    pub(crate) channel: Channel,
+    pub(crate) guard: Guard,
+    /// The connection generation `channel` belongs to.
+    pub(crate) generation: u64,
+}
+
+fn request_hash(config: &Config, req: &Request) -> Option<u64> {
+    if let Some(h) = req.extensions().get::<RequestHash>() {
+        return Some(h.0);
+    }
+    let name = config.hash_header.as_ref()?;
+    let mut values = req.headers().get_all(name).iter().peekable();
+    values.peek()?;
+    Some(pickwise::hash::xxh64_joined(values.map(|v| v.as_bytes())))
+}
+
+/// One pick against one snapshot, by the core's [`Picker`]. Allocates nothing, takes no lock.
+pub(crate) fn try_pick(shared: &Shared, snap: &Snapshot, req: &Request) -> Result<Picked, Unpicked> {
+    let common = &shared.common;
+    let now = common.now();
+    let mut picker = Picker::new(&common.config.policy, &snap.members, &common.pool)
+        .with_candidates(&snap.ready)
+        .with_cursor(&common.cursor);
+    if let Some(ring) = &snap.ring {
+        picker = picker.with_ring(ring.view(), snap.total_weight);
+    }
+    let key = match common.config.policy {
+        LbPolicy::RingHash { .. } => request_hash(&common.config, req),
+        _ => None,
+    };
+    let member = picker
+        .pick(now, key, &mut || fastrand::u64(..))
+        .map_err(|_| snap.unpicked())?;
+    // Ready in the core but the snapshot predates its channel: the next snapshot has it.
+    let channel = member.channel.clone().ok_or(Unpicked::Wait)?;
+    let sub = SubRef(member.sub.clone());
+    let guard = InFlight::start(sub.clone(), sub, now);
+    Ok(Picked {
+        channel,
+        guard,
+        generation: member.generation,
+    })
+}
+
+pub(crate) type WaitFuture = Pin<Box<dyn Future<Output = Result<(Picked, Request), Status>> + Send>>;
+
+/// Slow path: no endpoint ready yet but some connecting. Waits for new pickers until the
+/// wait-for-ready bound or the request's own deadline, whichever comes first (grpc-go
+/// `picker_wrapper.go`: a queued pick ends with `DEADLINE_EXCEEDED` at the RPC's deadline); then
+/// sends the server what remains of the deadline (`http2_client.go`).
+pub(crate) async fn wait_for_pick(
+    shared: Arc<Shared>,
+    mut req: Request,
+    deadline: Option<Instant>,
+) -> Result<(Picked, Request), Status> {
+    let start = Instant::now();
+    let wait = shared.common.config.wait_for_ready;
+    let bound = start + wait;
+    let until = deadline.map_or(bound, |d| d.min(bound));
+    let mut rx = shared.version.subscribe();
+    loop {
+        let snap = shared.snapshot.load_full();
+        match try_pick(&shared, &snap, &req) {
+            Ok(p) => {
+                if let Some(d) = deadline {
+                    if !deadline::set_remaining(req.headers_mut(), d) {
+                        return Err(deadline_exceeded(start, &snap));
+                    }
+                }
+                return Ok((p, req));
+            }
+            Err(Unpicked::Fail(e)) => return Err(e.into()),
+            Err(Unpicked::Wait) => {}
+        }
+        match tokio::time::timeout_at(until, rx.changed()).await {
+            Ok(Ok(())) => {}
+            Ok(Err(_)) => return Err(NoEndpoint::Shutdown.into()),
+            Err(_) if deadline.is_some_and(|d| d <= bound) => return Err(deadline_exceeded(start, &snap)),
+            Err(_) => {
+                let state = snap.describe();
+                return Err(NoEndpoint::Timeout {
+                    waited_ms: wait.as_millis() as u64,
+                    state,
+                }
+                .into());
+            }
+        }
+    }
+}
+
+fn deadline_exceeded(start: Instant, snap: &Snapshot) -> Status {
+    Status::deadline_exceeded(format!(
+        "pickwise: deadline exceeded after {} ms waiting for a ready endpoint ({})",
+        start.elapsed().as_millis(),
+        snap.describe()
+    ))
+}
