@@ -60,6 +60,14 @@ pub enum LbPolicy {
     P2c(Policy),
     /// Round robin over the ready endpoints (gRPC `round_robin`).
     RoundRobin,
+    /// Maglev table lookups (Envoy `envoy.load_balancing_policies.maglev`; gRPC has none): an
+    /// owner that cannot take the request hands it to the owner of the next slot.
+    Maglev {
+        /// Table size (a prime; Envoy's default is 65,537).
+        table_size: u64,
+        /// Requests without a hash key.
+        no_key: NoKey,
+    },
     /// Consistent hashing on a ring, with a load rule (gRPC `ring_hash_experimental`).
     RingHash {
         /// Ring mode and size.
@@ -87,6 +95,7 @@ impl LbPolicy {
             Self::P2c(Policy::GoZero) => "pickwise_go_zero",
             Self::RoundRobin => "round_robin",
             Self::RingHash { .. } => "ring_hash_experimental",
+            Self::Maglev { .. } => "maglev",
         }
     }
 
@@ -101,6 +110,10 @@ impl LbPolicy {
             "ring_hash_experimental" => Self::RingHash {
                 ring: RingConfig::grpc(),
                 load: HashPolicy::Plain,
+                no_key: NoKey::RandomHash,
+            },
+            "maglev" => Self::Maglev {
+                table_size: 65_537,
                 no_key: NoKey::RandomHash,
             },
             _ => return None,
@@ -123,6 +136,7 @@ pub struct Picker<'a, E> {
     members: &'a [E],
     candidates: &'a [E],
     ring: Option<RingView<'a>>,
+    table: Option<&'a [u32]>,
     pool: &'a Pool,
     total_weight: u64,
     cursor: Option<&'a AtomicU32>,
@@ -144,6 +158,7 @@ impl<'a, E: Borrow<EndpointState>> Picker<'a, E> {
             members,
             candidates: members,
             ring: None,
+            table: None,
             pool,
             total_weight: crate::hashing::total_weight(members),
             cursor: None,
@@ -161,6 +176,12 @@ impl<'a, E: Borrow<EndpointState>> Picker<'a, E> {
     pub fn with_ring(mut self, ring: RingView<'a>, total_weight: u64) -> Self {
         self.ring = Some(ring);
         self.total_weight = total_weight;
+        self
+    }
+
+    /// The Maglev table (slot -> index into `members`; [`Maglev::table`](crate::Maglev::table)).
+    pub fn with_table(mut self, table: &'a [u32]) -> Self {
+        self.table = Some(table);
         self
     }
 
@@ -197,6 +218,16 @@ impl<'a, E: Borrow<EndpointState>> Picker<'a, E> {
                 };
             }
         }
+        if let (LbPolicy::Maglev { no_key, .. }, Some(table)) = (self.policy, self.table) {
+            let hash = match (key, no_key) {
+                (Some(h), _) => Some(h),
+                (None, NoKey::RandomHash) => Some(rng.next_u64()),
+                (None, NoKey::P2c) => None,
+            };
+            if let Some(h) = hash {
+                return self.maglev(table, h, now);
+            }
+        }
         let picked = match self.policy {
             LbPolicy::RoundRobin => self.round_robin(now),
             _ => P2c::new(self.candidates, self.pool).pick(now, rng),
@@ -205,6 +236,23 @@ impl<'a, E: Borrow<EndpointState>> Picker<'a, E> {
             Ok(i) => Ok(&self.candidates[i]),
             Err(e) => self.panic_route(rng).ok_or(e),
         }
+    }
+
+    /// The owner of `table[h % M]`, or of the next slots' owners if it cannot take the request;
+    /// ejection ignored if every ready endpoint is ejected (panic routing).
+    fn maglev(&self, table: &[u32], h: u64, now: u64) -> Result<&'a E, PickError> {
+        if table.is_empty() || self.members.is_empty() {
+            return Err(PickError::NoEndpoints);
+        }
+        let m = table.len();
+        let start = (h % m as u64) as usize;
+        let member = |slot: usize| self.members.get(table[(start + slot) % m] as usize);
+        let probe = |accept: &dyn Fn(&EndpointState) -> bool| {
+            (0..m).filter_map(member).find(|e| accept((*e).borrow()))
+        };
+        probe(&|e| self.pool.available(e, now))
+            .or_else(|| probe(&|e| e.is_ready()))
+            .ok_or(PickError::NoneAvailable)
     }
 
     /// The next available candidate after the shared cursor.

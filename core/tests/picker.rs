@@ -140,3 +140,27 @@ fn names_are_grpcs() {
         (1024, 4096, NoKey::RandomHash)
     );
 }
+
+#[test]
+fn maglev_owner_then_next_slot_owner() {
+    let (es, _, pool) = setup(5);
+    let hosts: Vec<(String, u32)> = (0..5).map(|i| (format!("10.0.0.{i}:80"), 1)).collect();
+    let table = pickwise::Maglev::build(&hosts, 251).unwrap();
+    let policy = LbPolicy::from_name("maglev").unwrap();
+    let picker = Picker::new(&policy, &es, &pool).with_table(table.table());
+    let mut rng = SplitMix64::new(4);
+    for key in 0..200u64 {
+        let owner = table.lookup(key).unwrap() as usize;
+        assert_eq!(index_of(&es, picker.pick(0, Some(key), &mut rng).unwrap()), owner);
+    }
+    // Owner down: the owner of the next slot that can take it.
+    let key = 17u64;
+    let owner = table.lookup(key).unwrap() as usize;
+    es[owner].set_ready(false);
+    let next = (1..251u64)
+        .map(|i| table.table()[((key + i) % 251) as usize] as usize)
+        .find(|&i| i != owner)
+        .unwrap();
+    assert_eq!(index_of(&es, picker.pick(0, Some(key), &mut rng).unwrap()), next);
+    assert_eq!(LbPolicy::from_name("maglev").unwrap().name(), "maglev");
+}

@@ -72,6 +72,8 @@ pub(crate) struct Snapshot {
     /// Endpoints in `Ready` with a channel, for P2C.
     pub(crate) ready: Vec<Member>,
     pub(crate) ring: Option<Arc<Ring>>,
+    /// The Maglev table (Maglev policy); owners index `members`.
+    pub(crate) maglev: Option<Arc<pickwise::Maglev>>,
     /// Weight of the ready endpoints: the base of bounded-load shares (Envoy normalises over the
     /// healthy hosts).
     pub(crate) total_weight: u64,
@@ -192,6 +194,7 @@ struct Balancer {
     order: Vec<String>,
     entries: HashMap<String, Entry>,
     ring: Option<Arc<Ring>>,
+    maglev: Option<Arc<pickwise::Maglev>>,
     ring_dirty: bool,
     resolved: bool,
     discovery_error: Option<String>,
@@ -225,6 +228,7 @@ pub(crate) fn spawn(config: Config, discovery: BoxDiscover, peers: Option<BoxDis
         order: Vec::new(),
         entries: HashMap::new(),
         ring: None,
+        maglev: None,
         ring_dirty: false,
         resolved: false,
         discovery_error: None,
@@ -448,22 +452,31 @@ impl Balancer {
         self.shared.common.pool.set_endpoints(members.len());
         if self.ring_dirty {
             self.ring_dirty = false;
-            self.ring = match self.shared.common.config.policy {
+            let list: Vec<(&str, u32)> = members
+                .iter()
+                .map(|m| (m.sub.addr.as_str(), m.sub.core.weight()))
+                .collect();
+            self.ring = None;
+            self.maglev = None;
+            match self.shared.common.config.policy {
                 pickwise::LbPolicy::RingHash { ring, .. } if !members.is_empty() => {
-                    let list: Vec<(&str, u32)> = members
-                        .iter()
-                        .map(|m| (m.sub.addr.as_str(), m.sub.core.weight()))
-                        .collect();
                     match Ring::build(&list, &ring) {
-                        Ok(r) => Some(Arc::new(r)),
+                        Ok(r) => self.ring = Some(Arc::new(r)),
                         Err(e) => {
-                            tracing::error!(error = %e, "cannot build the hash ring; requests fall back to P2C");
-                            None
+                            tracing::error!(error = %e, "cannot build the hash ring; requests fall back to P2C")
                         }
                     }
                 }
-                _ => None,
-            };
+                pickwise::LbPolicy::Maglev { table_size, .. } if !members.is_empty() => {
+                    match pickwise::Maglev::build(&list, table_size) {
+                        Ok(t) => self.maglev = Some(Arc::new(t)),
+                        Err(e) => {
+                            tracing::error!(error = %e, "cannot build the Maglev table; requests fall back to P2C")
+                        }
+                    }
+                }
+                _ => {}
+            }
         }
         let ready: Vec<Member> = members
             .iter()
@@ -494,6 +507,7 @@ impl Balancer {
         let snapshot = Snapshot {
             total_weight: hashing::available_weight(&ready, self.shared.common.now()),
             ring: self.ring.clone(),
+            maglev: self.maglev.clone(),
             ready,
             members,
             resolved: self.resolved,

@@ -169,6 +169,16 @@ impl Builder {
         self
     }
 
+    /// Maglev (Envoy-compatible table of `table_size` slots, a prime; 65,537 is Envoy's default)
+    /// on the [`hash_header`](Self::hash_header) key; requests without a key go by P2C.
+    pub fn maglev(mut self, table_size: u64) -> Self {
+        self.config.policy = LbPolicy::Maglev {
+            table_size,
+            no_key: NoKey::P2c,
+        };
+        self
+    }
+
     /// Round robin over the ready endpoints (gRPC `round_robin`).
     pub fn round_robin(mut self) -> Self {
         self.config.policy = LbPolicy::RoundRobin;
@@ -200,7 +210,9 @@ impl Builder {
 
     /// What ring hash does with requests without a key (call after [`ring_hash`](Self::ring_hash)).
     pub fn no_key(mut self, no_key: NoKey) -> Self {
-        if let LbPolicy::RingHash { no_key: n, .. } = &mut self.config.policy {
+        if let LbPolicy::RingHash { no_key: n, .. } | LbPolicy::Maglev { no_key: n, .. } =
+            &mut self.config.policy
+        {
             *n = no_key;
         }
         self

@@ -65,8 +65,11 @@ pub(crate) fn try_pick(shared: &Shared, snap: &Snapshot, req: &Request) -> Resul
     if let Some(ring) = &snap.ring {
         picker = picker.with_ring(ring.view(), snap.total_weight);
     }
+    if let Some(table) = &snap.maglev {
+        picker = picker.with_table(table.table());
+    }
     let key = match common.config.policy {
-        LbPolicy::RingHash { .. } => request_hash(&common.config, req),
+        LbPolicy::RingHash { .. } | LbPolicy::Maglev { .. } => request_hash(&common.config, req),
         _ => None,
     };
     let member = picker
