@@ -481,6 +481,11 @@ impl<E: Borrow<EndpointState>, P: Borrow<Pool>> InFlight<E, P> {
         &self.endpoint
     }
 
+    /// The pool this request counts in.
+    pub fn pool(&self) -> &P {
+        &self.pool
+    }
+
     /// When the request started.
     pub fn started_at(&self) -> u64 {
         self.start

@@ -1,0 +1,116 @@
+//! A real HTTP/1.1 server (hyper) on loopback in its own thread and runtime, like a separate
+//! process: answers every request with 200 and an `x-backend` header naming it, after an
+//! optional delay; can fail (503), be killed (every socket closes) and restarted on its port.
+
+#![allow(dead_code, unreachable_pub)]
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body_util::Full;
+use hyper::server::conn::http1;
+use hyper::service::service_fn;
+use hyper::{Request, Response};
+use hyper_util::rt::TokioIo;
+
+#[derive(Clone, Default)]
+pub struct Knobs {
+    pub hits: Arc<AtomicU64>,
+    pub delay_ms: Arc<AtomicU64>,
+    pub fail: Arc<AtomicBool>,
+}
+
+pub struct HttpBackend {
+    pub addr: SocketAddr,
+    pub knobs: Knobs,
+    runtime: Option<tokio::runtime::Runtime>,
+}
+
+impl HttpBackend {
+    pub fn start() -> Self {
+        Self::start_at("127.0.0.1:0".parse().unwrap(), Knobs::default()).expect("bind")
+    }
+
+    pub fn start_at(addr: SocketAddr, knobs: Knobs) -> std::io::Result<Self> {
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .enable_all()
+            .build()?;
+        let listener = std::net::TcpListener::bind(addr)?;
+        listener.set_nonblocking(true)?;
+        let addr = listener.local_addr()?;
+        let name = addr.to_string();
+        let k = knobs.clone();
+        runtime.spawn(async move {
+            let Ok(listener) = tokio::net::TcpListener::from_std(listener) else {
+                return;
+            };
+            while let Ok((stream, _)) = listener.accept().await {
+                let (k, name) = (k.clone(), name.clone());
+                tokio::spawn(async move {
+                    let svc = service_fn(move |_req: Request<hyper::body::Incoming>| {
+                        let (k, name) = (k.clone(), name.clone());
+                        async move {
+                            k.hits.fetch_add(1, Ordering::Relaxed);
+                            let delay = k.delay_ms.load(Ordering::Relaxed);
+                            if delay > 0 {
+                                tokio::time::sleep(Duration::from_millis(delay)).await;
+                            }
+                            let status = if k.fail.load(Ordering::Relaxed) { 503 } else { 200 };
+                            Ok::<_, Infallible>(
+                                Response::builder()
+                                    .status(status)
+                                    .header("x-backend", name)
+                                    .body(Full::new(Bytes::from_static(b"ok")))
+                                    .expect("response"),
+                            )
+                        }
+                    });
+                    let _ = http1::Builder::new()
+                        .serve_connection(TokioIo::new(stream), svc)
+                        .await;
+                });
+            }
+        });
+        Ok(Self {
+            addr,
+            knobs,
+            runtime: Some(runtime),
+        })
+    }
+
+    pub fn kill(&mut self) {
+        if let Some(rt) = self.runtime.take() {
+            rt.shutdown_background();
+        }
+    }
+
+    pub fn restart(&mut self) {
+        for _ in 0..50 {
+            if let Ok(b) = Self::start_at(self.addr, self.knobs.clone()) {
+                *self = b;
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        panic!("could not rebind {}", self.addr);
+    }
+
+    pub fn hits(&self) -> u64 {
+        self.knobs.hits.load(Ordering::Relaxed)
+    }
+
+    pub fn set_delay(&self, ms: u64) {
+        self.knobs.delay_ms.store(ms, Ordering::Relaxed);
+    }
+}
+
+impl Drop for HttpBackend {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}

@@ -1,0 +1,128 @@
+//! An HTTP/1.1 load generator (hyper, keep-alive) against the proxy: requests/s, latency
+//! percentiles, errors and the share per backend (from the `x-backend` response header).
+
+#![allow(dead_code, unreachable_pub)]
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Empty};
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::TokioExecutor;
+
+pub struct Report {
+    pub requests: u64,
+    pub errors: u64,
+    pub secs: f64,
+    pub latencies_us: Vec<u32>,
+    pub per_backend: BTreeMap<String, u64>,
+}
+
+impl Report {
+    pub fn pct_ms(&self, p: f64) -> f64 {
+        if self.latencies_us.is_empty() {
+            return 0.0;
+        }
+        let i = ((self.latencies_us.len() as f64 * p) as usize).min(self.latencies_us.len() - 1);
+        f64::from(self.latencies_us[i]) / 1000.0
+    }
+
+    pub fn share(&self, backend: &str) -> f64 {
+        self.per_backend.get(backend).copied().unwrap_or(0) as f64 / self.requests.max(1) as f64
+    }
+}
+
+pub type HttpClient = Client<hyper_util::client::legacy::connect::HttpConnector, Empty<Bytes>>;
+
+pub fn client() -> HttpClient {
+    Client::builder(TokioExecutor::new()).build_http()
+}
+
+/// One GET through the proxy, with an optional hash key header; returns the serving backend.
+pub async fn get(client: &HttpClient, proxy: SocketAddr, key: Option<&str>) -> Result<String, String> {
+    let mut req = hyper::Request::builder().uri(format!("http://{proxy}/"));
+    if let Some(k) = key {
+        req = req.header("x-key", k);
+    }
+    let resp = client
+        .request(req.body(Empty::new()).map_err(|e| e.to_string())?)
+        .await
+        .map_err(|e| e.to_string())?;
+    let status = resp.status();
+    let backend = resp
+        .headers()
+        .get("x-backend")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default()
+        .to_string();
+    let _ = resp.into_body().collect().await.map_err(|e| e.to_string())?;
+    if status.is_success() {
+        Ok(backend)
+    } else {
+        Err(format!("HTTP {status}"))
+    }
+}
+
+/// `concurrency` loops of requests for `duration`, with an optional hook run once at `at`.
+pub async fn run(
+    proxy: SocketAddr,
+    concurrency: usize,
+    duration: Duration,
+    mut at: Vec<(Duration, Box<dyn FnOnce() + Send>)>,
+) -> Report {
+    let client = client();
+    let errors = Arc::new(AtomicU64::new(0));
+    let start = Instant::now();
+    let deadline = start + duration;
+    let tasks: Vec<_> = (0..concurrency)
+        .map(|_| {
+            let (client, errors) = (client.clone(), errors.clone());
+            tokio::spawn(async move {
+                let mut lat = Vec::new();
+                let mut seen: BTreeMap<String, u64> = BTreeMap::new();
+                while Instant::now() < deadline {
+                    let t = Instant::now();
+                    match get(&client, proxy, None).await {
+                        Ok(b) => {
+                            lat.push(t.elapsed().as_micros().min(u128::from(u32::MAX)) as u32);
+                            *seen.entry(b).or_default() += 1;
+                        }
+                        Err(_) => {
+                            errors.fetch_add(1, Ordering::Relaxed);
+                            tokio::time::sleep(Duration::from_millis(1)).await;
+                        }
+                    }
+                }
+                (lat, seen)
+            })
+        })
+        .collect();
+    at.sort_by_key(|(d, _)| *d);
+    for (when, hook) in at {
+        tokio::time::sleep_until((start + when).into()).await;
+        hook();
+    }
+    let mut report = Report {
+        requests: 0,
+        errors: 0,
+        secs: 0.0,
+        latencies_us: Vec::new(),
+        per_backend: BTreeMap::new(),
+    };
+    for t in tasks {
+        let (lat, seen) = t.await.expect("load task");
+        report.latencies_us.extend(lat);
+        for (k, v) in seen {
+            *report.per_backend.entry(k).or_default() += v;
+        }
+    }
+    report.secs = start.elapsed().as_secs_f64();
+    report.requests = report.latencies_us.len() as u64;
+    report.errors = errors.load(Ordering::Relaxed);
+    report.latencies_us.sort_unstable();
+    report
+}

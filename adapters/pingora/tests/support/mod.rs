@@ -1,0 +1,3 @@
+pub mod backend;
+pub mod load;
+pub mod proxy;

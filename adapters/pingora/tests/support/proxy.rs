@@ -1,0 +1,218 @@
+//! A real Pingora proxy in front of the backends, in its own thread, stopped by a shutdown
+//! signal (never `run_forever`, which exits the process). The `ProxyHttp` implementation shows
+//! the whole integration: `select`, then `Tracker` in every hook.
+
+#![allow(dead_code, unreachable_pub)]
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use pickwise_pingora::{Selector, Shared, Tracker};
+use pingora::lb::selection::{BackendIter, BackendSelection, Consistent, RoundRobin};
+use pingora::lb::{discovery, health_check, Backend, Backends, LoadBalancer};
+use pingora::prelude::*;
+use pingora::server::{RunArgs, ShutdownSignal, ShutdownSignalWatch};
+use pingora::services::background::background_service;
+
+/// Which selection the proxy uses.
+#[derive(Clone)]
+pub enum Selection {
+    Pickwise(Arc<Shared>),
+    RoundRobin,
+    Ketama,
+}
+
+/// The balancers a proxy can hold.
+pub enum Balancer {
+    Pickwise(Arc<LoadBalancer<Selector>>),
+    RoundRobin(Arc<LoadBalancer<RoundRobin>>),
+    Ketama(Arc<LoadBalancer<Consistent>>),
+}
+
+impl Balancer {
+    fn select(&self, key: &[u8]) -> Option<Backend> {
+        match self {
+            Self::Pickwise(lb) => lb.select(key, 8),
+            Self::RoundRobin(lb) => lb.select(key, 8),
+            Self::Ketama(lb) => lb.select(key, 8),
+        }
+    }
+}
+
+pub struct Proxy {
+    lb: Balancer,
+    hash_header: Option<&'static str>,
+}
+
+#[async_trait]
+impl ProxyHttp for Proxy {
+    type CTX = Tracker;
+
+    fn new_ctx(&self) -> Tracker {
+        Tracker::default()
+    }
+
+    async fn upstream_peer(&self, session: &mut Session, ctx: &mut Tracker) -> Result<Box<HttpPeer>> {
+        let key = self
+            .hash_header
+            .and_then(|h| session.req_header().headers.get(h))
+            .map(|v| v.as_bytes().to_vec())
+            .unwrap_or_default();
+        let backend = self
+            .lb
+            .select(&key)
+            .ok_or_else(|| Error::explain(HTTPStatus(503), "no backend"))?;
+        ctx.start(&backend);
+        Ok(Box::new(HttpPeer::new(
+            backend.addr.to_string().as_str(),
+            false,
+            String::new(),
+        )))
+    }
+
+    fn fail_to_connect(
+        &self,
+        _s: &mut Session,
+        _p: &HttpPeer,
+        ctx: &mut Tracker,
+        mut e: Box<Error>,
+    ) -> Box<Error> {
+        ctx.connect_failed();
+        e.set_retry(true); // nothing was sent: another backend may serve it
+        e
+    }
+
+    fn error_while_proxy(
+        &self,
+        peer: &HttpPeer,
+        session: &mut Session,
+        e: Box<Error>,
+        ctx: &mut Tracker,
+        client_reused: bool,
+    ) -> Box<Error> {
+        ctx.proxy_failed();
+        let mut e = e.more_context(format!("Peer: {peer}"));
+        e.retry.decide_reuse(client_reused);
+        let _ = session;
+        e
+    }
+
+    async fn upstream_response_filter(
+        &self,
+        _session: &mut Session,
+        upstream_response: &mut ResponseHeader,
+        ctx: &mut Tracker,
+    ) -> Result<()> {
+        ctx.response(upstream_response);
+        Ok(())
+    }
+
+    fn upstream_response_trailer_filter(
+        &self,
+        _session: &mut Session,
+        trailers: &mut pingora::http::HMap,
+        ctx: &mut Tracker,
+    ) -> Result<()> {
+        ctx.trailers(trailers);
+        Ok(())
+    }
+
+    async fn logging(&self, _session: &mut Session, e: Option<&Error>, ctx: &mut Tracker) {
+        ctx.finish(e.is_some());
+    }
+}
+
+struct ChannelSignal(tokio::sync::Mutex<tokio::sync::oneshot::Receiver<()>>);
+
+#[async_trait]
+impl ShutdownSignalWatch for ChannelSignal {
+    async fn recv(&self) -> ShutdownSignal {
+        let _ = (&mut *self.0.lock().await).await;
+        ShutdownSignal::FastShutdown
+    }
+}
+
+/// A running proxy; dropping it shuts the server down.
+pub struct RunningProxy {
+    pub addr: SocketAddr,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Drop for RunningProxy {
+    fn drop(&mut self) {
+        if let Some(s) = self.stop.take() {
+            let _ = s.send(());
+        }
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+fn balancer<S>(targets: &[String], config: Option<S::Config>) -> LoadBalancer<S>
+where
+    S: BackendSelection + Send + Sync + 'static,
+    S::Iter: BackendIter,
+{
+    let discovery = discovery::Static::try_from_iter(targets.iter().map(String::as_str)).expect("addresses");
+    let mut lb = LoadBalancer::from_backends_with_config(Backends::new(discovery), config);
+    lb.set_health_check(health_check::TcpHealthCheck::new());
+    lb.health_check_frequency = Some(Duration::from_millis(200));
+    lb
+}
+
+/// Starts a Pingora proxy on a free loopback port in front of `targets`.
+pub fn start(selection: Selection, targets: &[String], hash_header: Option<&'static str>) -> RunningProxy {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel();
+    let targets = targets.to_vec();
+    let (ready_tx, ready_rx) = std::sync::mpsc::channel();
+    let thread = std::thread::spawn(move || {
+        let mut server = Server::new(None).expect("server");
+        server.bootstrap();
+        let (lb, bg): (Balancer, Box<dyn pingora::services::ServiceWithDependents>) = match selection {
+            Selection::Pickwise(shared) => {
+                let bg = background_service("lb", balancer::<Selector>(&targets, Some(shared)));
+                (Balancer::Pickwise(bg.task()), Box::new(bg))
+            }
+            Selection::RoundRobin => {
+                let bg = background_service("lb", balancer::<RoundRobin>(&targets, None));
+                (Balancer::RoundRobin(bg.task()), Box::new(bg))
+            }
+            Selection::Ketama => {
+                let bg = background_service("lb", balancer::<Consistent>(&targets, None));
+                (Balancer::Ketama(bg.task()), Box::new(bg))
+            }
+        };
+        let mut service = http_proxy_service(&server.configuration, Proxy { lb, hash_header });
+        service.add_tcp(&addr.to_string());
+        server.add_boxed_service(bg);
+        server.add_service(service);
+        let _ = ready_tx.send(());
+        server.run(RunArgs {
+            shutdown_signal: Box::new(ChannelSignal(tokio::sync::Mutex::new(stop_rx))),
+        });
+    });
+    let _ = ready_rx.recv_timeout(Duration::from_secs(10));
+    // Wait until the listener accepts and the first discovery ran.
+    for _ in 0..200 {
+        if std::net::TcpStream::connect(addr).is_ok() {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    std::thread::sleep(Duration::from_millis(300));
+    RunningProxy {
+        addr,
+        stop: Some(stop_tx),
+        thread: Some(thread),
+    }
+}
