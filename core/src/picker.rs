@@ -160,7 +160,9 @@ impl<'a, E: Borrow<EndpointState>> Picker<'a, E> {
             ring: None,
             table: None,
             pool,
-            total_weight: crate::hashing::total_weight(members),
+            // Only bounded-load ring picks use it; `with_ring` sets it (an O(n) sum here would
+            // put a scan of every endpoint on each pick).
+            total_weight: 0,
             cursor: None,
         }
     }

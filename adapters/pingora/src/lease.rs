@@ -11,7 +11,6 @@ use pickwise::{EndpointState, InFlight, Outcome, Pool};
 use pingora::http::ResponseHeader;
 use pingora::lb::Backend;
 
-use crate::selection::Slot;
 use crate::state::Shared;
 
 /// Borrows the pool out of the group's shared state (for the in-flight guard).
@@ -28,18 +27,14 @@ impl Borrow<Pool> for PoolRef {
 /// slot; [`Tracker`] completes it with the outcome.
 pub type Lease = InFlight<Arc<EndpointState>, PoolRef>;
 
-/// Takes a lease on a backend returned by a pickwise selection (`None` for other backends).
-pub fn lease(backend: &Backend) -> Option<Lease> {
-    let slot = backend.ext.get::<Slot>()?;
-    let now = slot.shared.now();
-    Some(InFlight::start(
-        slot.state.clone(),
-        PoolRef(slot.shared.clone()),
-        now,
-    ))
+/// Takes a lease on `backend` in the group `shared` (`None` if the group does not know it).
+pub fn lease(shared: &Arc<Shared>, backend: &Backend) -> Option<Lease> {
+    let state = shared.state_at(backend.addr.as_inet()?)?;
+    Some(InFlight::start(state, PoolRef(shared.clone()), shared.now()))
 }
 
-/// Per-request outcome tracking: keep one in the proxy's `CTX` and call it from the hooks.
+/// Per-request outcome tracking: keep one in the proxy's `CTX` ([`Tracker::new`] with the
+/// group's [`Shared`]; a default tracker records nothing) and call it from the hooks.
 ///
 /// | hook | call |
 /// |---|---|
@@ -51,8 +46,20 @@ pub fn lease(backend: &Backend) -> Option<Lease> {
 /// | `logging` | [`finish`](Self::finish) |
 #[derive(Debug, Default)]
 pub struct Tracker {
+    shared: Option<Arc<Shared>>,
     lease: Option<Lease>,
     failed: bool,
+}
+
+impl Tracker {
+    /// A tracker for requests balanced by the group `shared`.
+    pub fn new(shared: Arc<Shared>) -> Self {
+        Self {
+            lease: None,
+            failed: false,
+            shared: Some(shared),
+        }
+    }
 }
 
 /// gRPC codes that count against a backend (go-zero's list: DEADLINE_EXCEEDED, INTERNAL,
@@ -67,7 +74,7 @@ impl Tracker {
     pub fn start(&mut self, backend: &Backend) {
         self.end(Outcome::Failure);
         self.failed = false;
-        self.lease = lease(backend);
+        self.lease = self.shared.as_ref().and_then(|s| lease(s, backend));
     }
 
     /// Connecting failed: a failure; the slot is released now (a retry takes a new one).

@@ -10,7 +10,7 @@
 //!   scratch on every discovery or health change; load, latency and ejection live in a
 //!   [`Shared`] passed as the selection config, keyed by backend address.
 //! - **Completion feedback.** `select` returns a `Backend` and has no completion callback; the
-//!   backend carries its state, a [`Lease`] holds the in-flight slot, and [`Tracker`] records
+//!   group finds the backend's state without a lock, a [`Lease`] holds the in-flight slot, and [`Tracker`] records
 //!   the outcome from the `ProxyHttp` hooks (connect failures, proxy errors, HTTP 5xx,
 //!   `grpc-status`, latency at response headers) and releases the slot when the request ends or
 //!   is retried elsewhere.
@@ -40,5 +40,5 @@ mod state;
 pub use discovery::{Change, StreamDiscovery};
 pub use lease::{lease, Lease, PoolRef, Tracker};
 pub use pickwise;
-pub use selection::{Selector, SelectorIter, Slot};
+pub use selection::{Selector, SelectorIter};
 pub use state::Shared;

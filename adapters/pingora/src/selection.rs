@@ -4,9 +4,8 @@
 //!
 //! Build it through `LoadBalancer::from_backends_with_config(backends, Some(shared))` with one
 //! [`Shared`] per upstream group: Pingora rebuilds the selector on every discovery or health
-//! change, and the per-backend state lives in `Shared`, so it survives. Every backend the
-//! selector returns carries its state in `Backend::ext` ([`Slot`]), so a [`Lease`](crate::Lease)
-//! can be taken on it without a lookup.
+//! change, and the per-backend state lives in `Shared`, so it survives; a
+//! [`Lease`](crate::Lease) finds a selected backend's state there without a lock.
 
 use std::collections::BTreeSet;
 use std::sync::Arc;
@@ -17,21 +16,8 @@ use pingora::lb::Backend;
 
 use crate::state::Shared;
 
-/// What a selected backend carries in its `ext`: its state and the group's shared state.
-#[derive(Clone, Debug)]
-pub struct Slot {
-    pub(crate) state: Arc<EndpointState>,
-    pub(crate) shared: Arc<Shared>,
-}
-
-impl Slot {
-    /// The backend's load and health.
-    pub fn state(&self) -> &EndpointState {
-        &self.state
-    }
-}
-
-/// A pickwise backend selection. See the [module docs](self).
+/// A pickwise backend selection: builds the ring or Maglev table its policy needs and picks with
+/// the core [`Picker`]. Build it with a [`Shared`] (see the crate docs).
 #[derive(Debug)]
 pub struct Selector {
     shared: Arc<Shared>,
@@ -72,18 +58,7 @@ impl BackendSelection for Selector {
             .map(|b| (b.addr.to_string(), b.weight.clamp(1, u32::MAX as usize) as u32))
             .collect();
         let states = shared.states_for(&keys);
-        let backends: Vec<Backend> = backends
-            .iter()
-            .zip(&states)
-            .map(|(b, s)| {
-                let mut b = b.clone();
-                b.ext.insert(Slot {
-                    state: s.clone(),
-                    shared: shared.clone(),
-                });
-                b
-            })
-            .collect();
+        let backends: Vec<Backend> = backends.iter().cloned().collect();
         let (mut ring, mut maglev) = (None, None);
         match shared.policy {
             LbPolicy::RingHash { ring: cfg, .. } if !keys.is_empty() => match Ring::build(&keys, &cfg) {
@@ -123,7 +98,7 @@ impl BackendSelection for Selector {
         let first = picker
             .pick(shared.now(), hash, &mut || fastrand::u64(..))
             .ok()
-            .and_then(|e| self.states.iter().position(|s| Arc::ptr_eq(s, e)));
+            .and_then(|e| index_in(&self.states, e));
         SelectorIter {
             selector: self.clone(),
             first,
@@ -152,4 +127,12 @@ impl BackendIter for SelectorIter {
         self.step += 1;
         self.selector.backends.get(i)
     }
+}
+
+/// The position of `e` in `slice` (an element reference the picker returned), in O(1).
+fn index_in<T>(slice: &[T], e: &T) -> Option<usize> {
+    let size = std::mem::size_of::<T>().max(1);
+    let offset = (e as *const T as usize).checked_sub(slice.as_ptr() as usize)?;
+    let i = offset / size;
+    (i < slice.len() && std::ptr::eq(&slice[i], e)).then_some(i)
 }

@@ -5,9 +5,12 @@
 //! backends that left are removed from the pool (their ejection slots freed).
 
 use std::collections::HashMap;
+use std::net::SocketAddr;
 use std::sync::atomic::AtomicU32;
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
+
+use arc_swap::ArcSwap;
 
 use pickwise::{EndpointState, LbPolicy, Pool, PoolConfig};
 
@@ -18,6 +21,8 @@ pub struct Shared {
     pub(crate) policy: LbPolicy,
     pub(crate) pool: Pool,
     states: Mutex<HashMap<String, Arc<EndpointState>>>,
+    /// The same states by socket address, for leases: read lock-free on every request.
+    by_addr: ArcSwap<HashMap<SocketAddr, Arc<EndpointState>>>,
     pub(crate) cursor: AtomicU32,
     epoch: Instant,
 }
@@ -41,6 +46,7 @@ impl Shared {
             policy,
             pool: Pool::new(pool),
             states: Mutex::new(HashMap::new()),
+            by_addr: ArcSwap::from_pointee(HashMap::new()),
             cursor: AtomicU32::new(0),
             epoch: Instant::now(),
         })
@@ -61,9 +67,14 @@ impl Shared {
         self.epoch.elapsed().as_nanos() as u64
     }
 
-    /// The state of the backend at `addr`, if the current selector has it.
+    /// The state of the backend at `addr` (`ip:port`), if the current selector has it.
     pub fn state(&self, addr: &str) -> Option<Arc<EndpointState>> {
-        self.states.lock().ok()?.get(addr).cloned()
+        self.by_addr.load().get(&addr.parse().ok()?).cloned()
+    }
+
+    /// The state of the backend at `addr`, lock-free (the lease path).
+    pub(crate) fn state_at(&self, addr: &SocketAddr) -> Option<Arc<EndpointState>> {
+        self.by_addr.load().get(addr).cloned()
     }
 
     /// States for `backends` (address, weight), reusing known ones; forgets the others (their
@@ -93,6 +104,12 @@ impl Shared {
             keep
         });
         self.pool.set_endpoints(backends.len());
+        let by_addr = backends
+            .iter()
+            .zip(&out)
+            .filter_map(|((addr, _), e)| Some((addr.parse().ok()?, e.clone())))
+            .collect();
+        self.by_addr.store(Arc::new(by_addr));
         out
     }
 }

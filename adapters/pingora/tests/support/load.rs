@@ -67,12 +67,23 @@ pub async fn get(client: &HttpClient, proxy: SocketAddr, key: Option<&str>) -> R
     }
 }
 
-/// `concurrency` loops of requests for `duration`, with an optional hook run once at `at`.
+/// `concurrency` loops of requests for `duration`, with hooks run once at their times.
 pub async fn run(
     proxy: SocketAddr,
     concurrency: usize,
     duration: Duration,
+    at: Vec<(Duration, Box<dyn FnOnce() + Send>)>,
+) -> Report {
+    run_keyed(proxy, concurrency, duration, at, 0).await
+}
+
+/// [`run`] where each request carries a hash key (`x-key: user-N`, N below `keys`; 0 = none).
+pub async fn run_keyed(
+    proxy: SocketAddr,
+    concurrency: usize,
+    duration: Duration,
     mut at: Vec<(Duration, Box<dyn FnOnce() + Send>)>,
+    keys: u32,
 ) -> Report {
     let client = client();
     let errors = Arc::new(AtomicU64::new(0));
@@ -86,7 +97,8 @@ pub async fn run(
                 let mut seen: BTreeMap<String, u64> = BTreeMap::new();
                 while Instant::now() < deadline {
                     let t = Instant::now();
-                    match get(&client, proxy, None).await {
+                    let key = (keys > 0).then(|| format!("user-{}", fastrand::u32(..keys)));
+                    match get(&client, proxy, key.as_deref()).await {
                         Ok(b) => {
                             lat.push(t.elapsed().as_micros().min(u128::from(u32::MAX)) as u32);
                             *seen.entry(b).or_default() += 1;

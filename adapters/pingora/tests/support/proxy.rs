@@ -44,6 +44,8 @@ impl Balancer {
 pub struct Proxy {
     lb: Balancer,
     hash_header: Option<&'static str>,
+    /// The pickwise group (for leases); `None` for Pingora's own selections.
+    shared: Option<Arc<Shared>>,
 }
 
 #[async_trait]
@@ -51,7 +53,7 @@ impl ProxyHttp for Proxy {
     type CTX = Tracker;
 
     fn new_ctx(&self) -> Tracker {
-        Tracker::default()
+        self.shared.clone().map(Tracker::new).unwrap_or_default()
     }
 
     async fn upstream_peer(&self, session: &mut Session, ctx: &mut Tracker) -> Result<Box<HttpPeer>> {
@@ -178,6 +180,10 @@ pub fn start(selection: Selection, targets: &[String], hash_header: Option<&'sta
     let thread = std::thread::spawn(move || {
         let mut server = Server::new(None).expect("server");
         server.bootstrap();
+        let shared = match &selection {
+            Selection::Pickwise(s) => Some(s.clone()),
+            _ => None,
+        };
         let (lb, bg): (Balancer, Box<dyn pingora::services::ServiceWithDependents>) = match selection {
             Selection::Pickwise(shared) => {
                 let bg = background_service("lb", balancer::<Selector>(&targets, Some(shared)));
@@ -192,7 +198,14 @@ pub fn start(selection: Selection, targets: &[String], hash_header: Option<&'sta
                 (Balancer::Ketama(bg.task()), Box::new(bg))
             }
         };
-        let mut service = http_proxy_service(&server.configuration, Proxy { lb, hash_header });
+        let mut service = http_proxy_service(
+            &server.configuration,
+            Proxy {
+                lb,
+                hash_header,
+                shared,
+            },
+        );
         service.add_tcp(&addr.to_string());
         server.add_boxed_service(bg);
         server.add_service(service);

@@ -1,0 +1,206 @@
+//! pickwise-pingora's main job: a load run of every selection through a real Pingora proxy.
+//!
+//! With no `--targets` it starts 4 local HTTP/1.1 backends (backend 1 answers 20 ms slower;
+//! backend 3 is killed halfway through each run and restarted at three quarters), then, for each
+//! selection in turn, a Pingora proxy in front of them (TCP health checks every 200 ms, refused
+//! connects retried), drives load through it at fixed concurrency and prints requests/s,
+//! p50/p99, errors and the share per backend.
+//!
+//! ```text
+//! cargo run --release -p pickwise-pingora --example proxy -- [--policy NAME]... [--duration SECS]
+//!     [--concurrency N] [--targets host:port,...] [--healthy] [--json]
+//! ```
+//!
+//! Selections: `p2c-peak-ewma`, `p2c-least-request`, `ring-hash` and `maglev` (pickwise, keyed by
+//! an `x-key` header drawn from 1,000 users), `pingora-round-robin`, `pingora-ketama` (Pingora's
+//! own `RoundRobin` and `Consistent`, the latter keyed like ring hash).
+
+#[path = "../tests/support/backend.rs"]
+mod backend;
+#[path = "../tests/support/load.rs"]
+mod load;
+#[path = "../tests/support/proxy.rs"]
+mod proxy;
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use backend::HttpBackend;
+use clap::Parser;
+use pickwise::{HashPolicy, LbPolicy, NoKey, Policy, PoolConfig, RingConfig};
+use pickwise_pingora::Shared;
+use proxy::Selection;
+
+const ALL: [&str; 6] = [
+    "p2c-peak-ewma",
+    "p2c-least-request",
+    "ring-hash",
+    "maglev",
+    "pingora-round-robin",
+    "pingora-ketama",
+];
+
+/// A load run of every selection through a real Pingora proxy.
+#[derive(Parser, Debug)]
+#[command(name = "proxy")]
+struct Args {
+    /// Selections to run, in order (repeatable; default: all).
+    #[arg(long = "policy", value_parser = clap::builder::PossibleValuesParser::new(ALL))]
+    policies: Vec<String>,
+    /// Seconds per selection.
+    #[arg(long, default_value_t = 3.0)]
+    duration: f64,
+    /// Requests in flight.
+    #[arg(long, default_value_t = 64, value_parser = clap::value_parser!(u64).range(1..))]
+    concurrency: u64,
+    /// External HTTP/1.1 backends (`host:port,...`) instead of the 4 embedded ones.
+    #[arg(long, value_delimiter = ',')]
+    targets: Option<Vec<String>>,
+    /// Keep the embedded backends equal and alive (no slow one, no kill): for measuring overhead.
+    #[arg(long)]
+    healthy: bool,
+    /// One JSON object per selection instead of the table.
+    #[arg(long)]
+    json: bool,
+}
+
+fn selection(name: &str) -> (Selection, bool) {
+    let pickwise = |p| Selection::Pickwise(Shared::new(p, PoolConfig::default()));
+    match name {
+        "p2c-peak-ewma" => (pickwise(LbPolicy::P2c(Policy::PeakEwma)), false),
+        "p2c-least-request" => (pickwise(LbPolicy::P2c(Policy::LeastRequest)), false),
+        "ring-hash" => (
+            pickwise(LbPolicy::RingHash {
+                ring: RingConfig::envoy(),
+                load: HashPolicy::Plain,
+                no_key: NoKey::P2c,
+            }),
+            true,
+        ),
+        "maglev" => (
+            pickwise(LbPolicy::Maglev {
+                table_size: 65_537,
+                no_key: NoKey::P2c,
+            }),
+            true,
+        ),
+        "pingora-round-robin" => (Selection::RoundRobin, false),
+        _ => (Selection::Ketama, true),
+    }
+}
+
+fn json_string(s: &str) -> String {
+    format!("\"{}\"", s.replace('\\', "\\\\").replace('"', "\\\""))
+}
+
+fn main() {
+    let args = Args::parse();
+    if !(args.duration > 0.0 && args.duration < 86_400.0) {
+        let mut cmd = <Args as clap::CommandFactory>::command();
+        cmd.error(
+            clap::error::ErrorKind::ValueValidation,
+            "--duration must be positive",
+        )
+        .exit();
+    }
+    let duration = Duration::from_secs_f64(args.duration);
+    let policies: Vec<String> = if args.policies.is_empty() {
+        ALL.iter().map(|s| s.to_string()).collect()
+    } else {
+        args.policies.clone()
+    };
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let backends: Arc<Mutex<Vec<HttpBackend>>> = Arc::new(Mutex::new(Vec::new()));
+    let targets = match &args.targets {
+        Some(t) => t.clone(),
+        None => {
+            let mut b = backends.lock().unwrap();
+            *b = (0..4).map(|_| HttpBackend::start()).collect();
+            if !args.healthy {
+                b[1].set_delay(20);
+            }
+            b.iter().map(|b| b.addr.to_string()).collect()
+        }
+    };
+    if !args.json {
+        match &args.targets {
+            Some(_) => println!("targets: {}", targets.join(", ")),
+            None if args.healthy => println!("4 equal local backends: {}", targets.join(", ")),
+            None => println!(
+                "4 local backends: {} (backend 1 +20 ms; backend 3 killed at 1/2 of each run, restarted at 3/4)",
+                targets.join(", ")
+            ),
+        }
+        println!(
+            "{} in flight, {:.1} s per selection\n",
+            args.concurrency, args.duration
+        );
+        println!(
+            "| selection | requests/s | p50 ms | p99 ms | errors | {} |",
+            (0..targets.len())
+                .map(|i| format!("backend {i}"))
+                .collect::<Vec<_>>()
+                .join(" | ")
+        );
+        println!("|---|---|---|---|---|{}", "---|".repeat(targets.len()));
+    }
+    for name in &policies {
+        let (sel, keyed) = selection(name);
+        let proxy = proxy::start(sel, &targets, keyed.then_some("x-key"));
+        let mut hooks: Vec<(Duration, Box<dyn FnOnce() + Send>)> = Vec::new();
+        if args.targets.is_none() && !args.healthy {
+            let (kill, restart) = (backends.clone(), backends.clone());
+            hooks.push((duration / 2, Box::new(move || kill.lock().unwrap()[3].kill())));
+            hooks.push((
+                duration * 3 / 4,
+                Box::new(move || restart.lock().unwrap()[3].restart()),
+            ));
+        }
+        let report = rt.block_on(load::run_keyed(
+            proxy.addr,
+            args.concurrency as usize,
+            duration,
+            hooks,
+            if keyed { 1000 } else { 0 },
+        ));
+        drop(proxy);
+        let rps = report.requests as f64 / report.secs;
+        if args.json {
+            let per: Vec<String> = targets
+                .iter()
+                .map(|t| {
+                    format!(
+                        "{}:{}",
+                        json_string(t),
+                        report.per_backend.get(t).copied().unwrap_or(0)
+                    )
+                })
+                .collect();
+            println!(
+                "{{\"policy\":{},\"requests\":{},\"errors\":{},\"rps\":{:.1},\"p50_ms\":{:.3},\"p99_ms\":{:.3},\"per_backend\":{{{}}}}}",
+                json_string(name),
+                report.requests,
+                report.errors,
+                rps,
+                report.pct_ms(0.5),
+                report.pct_ms(0.99),
+                per.join(",")
+            );
+        } else {
+            let shares: Vec<String> = targets
+                .iter()
+                .map(|t| format!("{:.1}%", 100.0 * report.share(t)))
+                .collect();
+            println!(
+                "| {name} | {rps:.0} | {:.2} | {:.2} | {} | {} |",
+                report.pct_ms(0.5),
+                report.pct_ms(0.99),
+                report.errors,
+                shares.join(" | ")
+            );
+        }
+    }
+}
