@@ -1,13 +1,15 @@
 #!/usr/bin/env bash
 # Regenerates benches/RESULTS.md: the full `compare` run (rings, Maglev, P2C) and the tonic adapter
 # against a direct Channel and Channel::balance_list (the loadtest example, equal healthy backends,
-# policies alternated over several rounds). Takes about 4 minutes.
+# policies alternated over several rounds), and the Pingora selections and proxy. Takes about 6 minutes.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 out=benches/RESULTS.md
 tmp=$(mktemp -d)
 cargo build --release -q -p pickwise-benches --bin compare
 cargo build --release -q -p pickwise-tonic --example loadtest
+cargo build --release -q -p pickwise-benches --bin pingora
+cargo build --release -q -p pickwise-pingora --example proxy
 ./target/release/compare --json > "$tmp/compare.jsonl"
 for round in 1 2 3; do
   ./target/release/examples/loadtest --healthy --json --duration 3 --concurrency 64 \
@@ -97,4 +99,22 @@ w(f"\nMean requests/s ratios: pickwise-single / direct = {mean('pickwise-single'
 open(sys.argv[3], "w").write("\n".join(md) + "\n")
 print(f"wrote {sys.argv[3]}")
 PY
+{
+  echo
+  echo "## Pingora selections per \`LoadBalancer::select\` (\`cargo run --release -p pickwise-benches --bin pingora\`)"
+  echo
+  ./target/release/pingora
+  echo
+  echo "## Pingora proxy on loopback (4 equal HTTP/1.1 backends, 64 in flight, 3 s per selection, 3 alternating rounds)"
+  echo
+  echo "| round | selection | requests/s | p50 ms | p99 ms | errors |"
+  echo "|---|---|---|---|---|---|"
+  for round in 1 2 3; do
+    ./target/release/examples/proxy --healthy --json --duration 3 \
+      --policy pingora-round-robin --policy p2c-peak-ewma --policy p2c-least-request |
+      python3 -c "import json,sys
+for l in sys.stdin:
+    r=json.loads(l); print(f\"| $round | {r['policy']} | {r['rps']:.0f} | {r['p50_ms']:.2f} | {r['p99_ms']:.2f} | {r['errors']} |\")"
+  done
+} >> "$out"
 rm -rf "$tmp"

@@ -33,6 +33,19 @@ pub fn lease(shared: &Arc<Shared>, backend: &Backend) -> Option<Lease> {
     Some(InFlight::start(state, PoolRef(shared.clone()), shared.now()))
 }
 
+/// `select` with the lease taken: the backend for `key` and its in-flight slot (Pingora's
+/// `select` has no completion callback; keep the lease in the request's context).
+pub fn select_lease(
+    lb: &pingora::lb::LoadBalancer<crate::Selector>,
+    shared: &Arc<Shared>,
+    key: &[u8],
+    max_iterations: usize,
+) -> Option<(Backend, Option<Lease>)> {
+    let backend = lb.select(key, max_iterations)?;
+    let lease = lease(shared, &backend);
+    Some((backend, lease))
+}
+
 /// Per-request outcome tracking: keep one in the proxy's `CTX` ([`Tracker::new`] with the
 /// group's [`Shared`]; a default tracker records nothing) and call it from the hooks.
 ///

@@ -38,7 +38,7 @@ mod selection;
 mod state;
 
 pub use discovery::{Change, StreamDiscovery};
-pub use lease::{lease, Lease, PoolRef, Tracker};
+pub use lease::{lease, select_lease, Lease, PoolRef, Tracker};
 pub use pickwise;
 pub use selection::{Selector, SelectorIter};
 pub use state::Shared;
