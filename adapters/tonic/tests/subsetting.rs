@@ -27,6 +27,11 @@ fn connected(backends: &[Backend]) -> BTreeSet<String> {
         .collect()
 }
 
+/// The endpoints the balancer holds now.
+fn held(channel: &pickwise_tonic::BalancedChannel) -> BTreeSet<String> {
+    channel.stats().iter().map(|x| x.address.clone()).collect()
+}
+
 async fn settle(mut done: impl FnMut() -> bool) {
     let deadline = Instant::now() + Duration::from_secs(5);
     while !done() && Instant::now() < deadline {
@@ -76,16 +81,8 @@ async fn a_new_backend_moves_only_what_changed() {
     assert_eq!(before, expected(s, me, &all[..11]));
     handle.insert(all[11].clone(), 1);
     let after_want = expected(s, me, &all);
-    settle(|| {
-        channel
-            .stats()
-            .iter()
-            .map(|x| x.address.clone())
-            .collect::<BTreeSet<_>>()
-            == after_want
-    })
-    .await;
-    let now: BTreeSet<String> = channel.stats().iter().map(|x| x.address.clone()).collect();
+    settle(|| held(&channel) == after_want).await;
+    let now = held(&channel);
     assert_eq!(now, after_want);
     assert!(
         before.symmetric_difference(&now).count() <= 2,
@@ -133,42 +130,12 @@ async fn the_identity_comes_from_a_stream_of_peers() {
         .build_static(all.clone());
     // "client-b" ranks second of four.
     let want = expected(s, SubsetClient::Index { index: 1, count: 4 }, &all);
-    settle(|| {
-        channel
-            .stats()
-            .iter()
-            .map(|x| x.address.clone())
-            .collect::<BTreeSet<_>>()
-            == want
-    })
-    .await;
-    assert_eq!(
-        channel
-            .stats()
-            .iter()
-            .map(|x| x.address.clone())
-            .collect::<BTreeSet<_>>(),
-        want
-    );
+    settle(|| held(&channel) == want).await;
+    assert_eq!(held(&channel), want);
     // A peer joins ahead of us: now third of five.
     peers.insert("client-0", 1);
     let want = expected(s, SubsetClient::Index { index: 2, count: 5 }, &all);
-    settle(|| {
-        channel
-            .stats()
-            .iter()
-            .map(|x| x.address.clone())
-            .collect::<BTreeSet<_>>()
-            == want
-    })
-    .await;
-    assert_eq!(
-        channel
-            .stats()
-            .iter()
-            .map(|x| x.address.clone())
-            .collect::<BTreeSet<_>>(),
-        want
-    );
+    settle(|| held(&channel) == want).await;
+    assert_eq!(held(&channel), want);
     assert!(call(&channel, None).await.is_ok());
 }
