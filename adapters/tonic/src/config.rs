@@ -185,6 +185,28 @@ impl Builder {
         self
     }
 
+    /// Settings from a gRPC service config's `loadBalancingConfig` (see
+    /// [`service_config`](crate::service_config)): the policy, ring-hash header, outlier
+    /// detection and `random_subsetting` (with a random per-client salt, as gRFC A68 says).
+    pub fn service_config(mut self, json: &str) -> Result<Self, crate::service_config::ServiceConfigError> {
+        let c = crate::service_config::parse(json)?;
+        self = self.policy(c.policy);
+        if let Some(h) = c.hash_header {
+            self.config.hash_header = Some(h);
+        }
+        if let Some(o) = c.outlier {
+            self.config.pool.outlier = o;
+        }
+        if let Some(s) = c.subset {
+            let salt = pickwise::subset::Client::Stable {
+                id: fastrand::u64(..),
+                count: 1,
+            };
+            self = self.subset(s, salt);
+        }
+        Ok(self)
+    }
+
     /// Any policy by value (e.g. [`LbPolicy::from_name`] of a gRPC service-config name).
     pub fn policy(mut self, policy: LbPolicy) -> Self {
         if let LbPolicy::P2c(cost) = policy {

@@ -97,6 +97,7 @@ mod deadline;
 pub mod discover;
 mod error;
 mod picker;
+pub mod service_config;
 mod subchannel;
 mod subsetting;
 mod transport;

@@ -1,0 +1,318 @@
+//! gRPC service config (`loadBalancingConfig`, the JSON every gRPC client accepts) to pickwise
+//! settings, with gRPC's policy names: `round_robin`, `least_request_experimental`,
+//! `ring_hash_experimental` (gRFC A42/A61/A76), `outlier_detection_experimental` (gRFC A50) and
+//! `random_subsetting` (gRFC A68), plus pickwise's own `pickwise_peak_ewma`,
+//! `pickwise_go_zero` and `maglev`. As in gRPC, the first policy of the list that is supported
+//! wins; unknown ones (`pick_first`, `weighted_round_robin`...) are skipped.
+//!
+//! Deviations, each because pickwise has no such mechanism yet: `least_request_experimental`'s
+//! `choiceCount` above 2 is accepted and runs with 2; `outlier_detection_experimental` keeps its
+//! interval, ejection times and percentage, and when it enables success-rate or
+//! failure-percentage ejection pickwise ejects on consecutive failures (Envoy's
+//! `consecutive_5xx`, 5 in a row) instead; with neither it is a no-op, as in A50.
+
+use std::fmt;
+use std::time::Duration;
+
+use http::HeaderName;
+use pickwise::subset::Subsetting;
+use pickwise::{HashPolicy, LbPolicy, NoKey, OutlierConfig, Policy, RingConfig, MAX_RING_SIZE};
+use serde_json::{Map, Value};
+
+/// What a service config asks for.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ServiceConfig {
+    /// The balancing policy.
+    pub policy: LbPolicy,
+    /// `ring_hash_experimental`'s `requestHashHeader` (gRFC A76).
+    pub hash_header: Option<HeaderName>,
+    /// Outlier detection (`outlier_detection_experimental`); `None` leaves the builder's.
+    pub outlier: Option<OutlierConfig>,
+    /// `random_subsetting`'s subset size (gRFC A68).
+    pub subset: Option<Subsetting>,
+}
+
+/// Why a service config was rejected (gRPC NACKs or fails the channel on these).
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum ServiceConfigError {
+    /// Not JSON, or not the shape of a service config.
+    Json(String),
+    /// No policy of `loadBalancingConfig` is supported.
+    NoSupportedPolicy(Vec<String>),
+    /// A field has an invalid value.
+    Invalid {
+        /// The policy.
+        policy: String,
+        /// What is wrong.
+        reason: String,
+    },
+}
+
+impl fmt::Display for ServiceConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Json(e) => write!(f, "service config: {e}"),
+            Self::NoSupportedPolicy(names) => {
+                write!(
+                    f,
+                    "service config: no supported policy in loadBalancingConfig ({})",
+                    names.join(", ")
+                )
+            }
+            Self::Invalid { policy, reason } => write!(f, "service config: {policy}: {reason}"),
+        }
+    }
+}
+
+impl std::error::Error for ServiceConfigError {}
+
+fn invalid(policy: &str, reason: impl Into<String>) -> ServiceConfigError {
+    ServiceConfigError::Invalid {
+        policy: policy.into(),
+        reason: reason.into(),
+    }
+}
+
+/// Parses a service config (`{"loadBalancingConfig": [...]}`) or a bare `loadBalancingConfig`
+/// list.
+pub fn parse(json: &str) -> Result<ServiceConfig, ServiceConfigError> {
+    let v: Value = serde_json::from_str(json).map_err(|e| ServiceConfigError::Json(e.to_string()))?;
+    let list = match &v {
+        Value::Array(_) => &v,
+        Value::Object(o) => o
+            .get("loadBalancingConfig")
+            .ok_or_else(|| ServiceConfigError::Json("no loadBalancingConfig".into()))?,
+        _ => return Err(ServiceConfigError::Json("expected an object or a list".into())),
+    };
+    let mut out = ServiceConfig {
+        policy: LbPolicy::P2c(Policy::PeakEwma),
+        hash_header: None,
+        outlier: None,
+        subset: None,
+    };
+    choose(list, &mut out)?;
+    Ok(out)
+}
+
+/// Applies the first supported entry of a `loadBalancingConfig` list.
+fn choose(list: &Value, out: &mut ServiceConfig) -> Result<(), ServiceConfigError> {
+    let Value::Array(entries) = list else {
+        return Err(ServiceConfigError::Json(
+            "loadBalancingConfig must be a list".into(),
+        ));
+    };
+    let mut seen = Vec::new();
+    for entry in entries {
+        let Some((name, cfg)) = entry.as_object().and_then(|o| o.iter().next()) else {
+            return Err(ServiceConfigError::Json(
+                "each loadBalancingConfig entry is {name: config}".into(),
+            ));
+        };
+        let empty = Map::new();
+        let cfg = cfg.as_object().unwrap_or(&empty);
+        if apply(name, cfg, out)? {
+            return Ok(());
+        }
+        seen.push(name.clone());
+    }
+    Err(ServiceConfigError::NoSupportedPolicy(seen))
+}
+
+/// Applies one named policy; `false` if pickwise does not have it.
+fn apply(name: &str, cfg: &Map<String, Value>, out: &mut ServiceConfig) -> Result<bool, ServiceConfigError> {
+    match name {
+        "round_robin" => out.policy = LbPolicy::RoundRobin,
+        "pickwise_peak_ewma" | "pickwise_go_zero" => {
+            out.policy = LbPolicy::from_name(name).unwrap_or_default();
+        }
+        "least_request_experimental" => {
+            let choices = uint(cfg, "choiceCount", name)?.unwrap_or(2);
+            if choices < 2 {
+                return Err(invalid(name, "choiceCount must be at least 2"));
+            }
+            out.policy = LbPolicy::P2c(Policy::LeastRequest);
+        }
+        "ring_hash_experimental" => {
+            let min = uint(cfg, "minRingSize", name)?.unwrap_or(1024);
+            let max = uint(cfg, "maxRingSize", name)?.unwrap_or(4096);
+            if min == 0 || min > max || max > MAX_RING_SIZE {
+                return Err(invalid(
+                    name,
+                    format!("need 1 <= minRingSize <= maxRingSize <= {MAX_RING_SIZE}, got {min} and {max}"),
+                ));
+            }
+            if let Some(h) = cfg.get("requestHashHeader").and_then(Value::as_str) {
+                let lower = h.to_ascii_lowercase();
+                if lower.ends_with("-bin") || lower.starts_with(':') {
+                    return Err(invalid(
+                        name,
+                        format!("requestHashHeader {h:?} cannot be a binary or pseudo header"),
+                    ));
+                }
+                let header = HeaderName::from_bytes(lower.as_bytes())
+                    .map_err(|_| invalid(name, format!("requestHashHeader {h:?} is not a header name")))?;
+                out.hash_header = Some(header);
+            }
+            out.policy = LbPolicy::RingHash {
+                ring: RingConfig::grpc().with_min_ring_size(min).with_max_ring_size(max),
+                load: HashPolicy::Plain,
+                // gRFC A76: a request without the header gets a random hash.
+                no_key: NoKey::RandomHash,
+            };
+        }
+        "maglev" => {
+            let size = uint(cfg, "tableSize", name)?.unwrap_or(65_537);
+            out.policy = LbPolicy::Maglev {
+                table_size: size,
+                no_key: NoKey::RandomHash,
+            };
+        }
+        "outlier_detection_experimental" => {
+            let mut o = OutlierConfig::default();
+            if let Some(d) = duration(cfg, "interval", name)? {
+                o.interval_ms = millis(d);
+            }
+            if let Some(d) = duration(cfg, "baseEjectionTime", name)? {
+                o.base_ejection_ms = millis(d);
+            }
+            if let Some(d) = duration(cfg, "maxEjectionTime", name)? {
+                o.max_ejection_ms = millis(d);
+            }
+            if let Some(p) = uint(cfg, "maxEjectionPercent", name)? {
+                if p > 100 {
+                    return Err(invalid(name, "maxEjectionPercent must be at most 100"));
+                }
+                o.max_ejection_percent = p as u8;
+            }
+            let enabled =
+                cfg.contains_key("successRateEjection") || cfg.contains_key("failurePercentageEjection");
+            if !enabled {
+                o.consecutive_failures = 0; // A50: no algorithm configured, no ejection
+            }
+            out.outlier = Some(o);
+            choose(cfg.get("childPolicy").unwrap_or(&Value::Array(vec![])), out)?;
+        }
+        "random_subsetting" => {
+            let size = uint(cfg, "subsetSize", name)?.unwrap_or(20);
+            if size == 0 || size > u64::from(u32::MAX) {
+                return Err(invalid(name, "subsetSize must be at least 1"));
+            }
+            out.subset = Some(Subsetting::Random {
+                subset_size: size as u32,
+            });
+            choose(cfg.get("childPolicy").unwrap_or(&Value::Array(vec![])), out)?;
+        }
+        _ => return Ok(false),
+    }
+    Ok(true)
+}
+
+fn uint(cfg: &Map<String, Value>, key: &str, policy: &str) -> Result<Option<u64>, ServiceConfigError> {
+    match cfg.get(key) {
+        None | Some(Value::Null) => Ok(None),
+        // Protobuf JSON writes 64-bit integers as strings.
+        Some(Value::String(s)) => s
+            .parse()
+            .map(Some)
+            .map_err(|_| invalid(policy, format!("{key} is not a non-negative integer"))),
+        Some(v) => v
+            .as_u64()
+            .map(Some)
+            .ok_or_else(|| invalid(policy, format!("{key} is not a non-negative integer"))),
+    }
+}
+
+/// A protobuf JSON duration: `"10s"`, `"0.250s"`.
+fn duration(
+    cfg: &Map<String, Value>,
+    key: &str,
+    policy: &str,
+) -> Result<Option<Duration>, ServiceConfigError> {
+    let Some(v) = cfg.get(key) else { return Ok(None) };
+    let bad = || invalid(policy, format!("{key} is not a duration like \"10s\""));
+    let s = v.as_str().ok_or_else(bad)?;
+    let secs: f64 = s.strip_suffix('s').ok_or_else(bad)?.parse().map_err(|_| bad())?;
+    if !(0.0..=315_576_000_000.0).contains(&secs) {
+        return Err(bad());
+    }
+    Ok(Some(Duration::from_secs_f64(secs)))
+}
+
+fn millis(d: Duration) -> u32 {
+    d.as_millis().min(u128::from(u32::MAX)) as u32
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn first_supported_policy_wins() {
+        let c = parse(r#"{"loadBalancingConfig":[{"pick_first":{}},{"round_robin":{}}]}"#).unwrap();
+        assert_eq!(c.policy, LbPolicy::RoundRobin);
+        let c = parse(r#"[{"least_request_experimental":{"choiceCount":3}}]"#).unwrap();
+        assert_eq!(c.policy, LbPolicy::P2c(Policy::LeastRequest));
+        assert!(matches!(
+            parse(r#"[{"pick_first":{}},{"weighted_round_robin":{}}]"#),
+            Err(ServiceConfigError::NoSupportedPolicy(v)) if v.len() == 2
+        ));
+        assert!(matches!(parse("nope"), Err(ServiceConfigError::Json(_))));
+    }
+
+    /// grpc-go `ringhash/config_test.go` `TestParseConfig` facts: defaults 1024/4096, min > max
+    /// and sizes above 8M rejected, the header lower-cased, `-bin` headers rejected.
+    #[test]
+    fn ring_hash_like_grpc_go() {
+        let c = parse(r#"[{"ring_hash_experimental":{}}]"#).unwrap();
+        let LbPolicy::RingHash { ring, no_key, .. } = c.policy else {
+            panic!()
+        };
+        assert_eq!(
+            (ring.min_ring_size, ring.max_ring_size, no_key),
+            (1024, 4096, NoKey::RandomHash)
+        );
+        let c = parse(r#"[{"ring_hash_experimental":{"minRingSize":"10","maxRingSize":100,"requestHashHeader":"X-User"}}]"#).unwrap();
+        assert_eq!(c.hash_header.unwrap().as_str(), "x-user");
+        for bad in [
+            r#"[{"ring_hash_experimental":{"minRingSize":100,"maxRingSize":10}}]"#,
+            r#"[{"ring_hash_experimental":{"maxRingSize":8388609}}]"#,
+            r#"[{"ring_hash_experimental":{"requestHashHeader":"key-bin"}}]"#,
+            r#"[{"ring_hash_experimental":{"requestHashHeader":"bad header"}}]"#,
+        ] {
+            assert!(
+                matches!(parse(bad), Err(ServiceConfigError::Invalid { .. })),
+                "{bad}"
+            );
+        }
+    }
+
+    #[test]
+    fn outlier_detection_and_subsetting_wrap_a_child() {
+        let c = parse(
+            r#"{"loadBalancingConfig":[{"outlier_detection_experimental":{
+                "interval":"1s","baseEjectionTime":"0.5s","maxEjectionTime":"60s","maxEjectionPercent":20,
+                "failurePercentageEjection":{},
+                "childPolicy":[{"random_subsetting":{"subsetSize":8,"childPolicy":[{"round_robin":{}}]}}]}}]}"#,
+        )
+        .unwrap();
+        let o = c.outlier.unwrap();
+        assert_eq!(
+            (
+                o.interval_ms,
+                o.base_ejection_ms,
+                o.max_ejection_ms,
+                o.max_ejection_percent
+            ),
+            (1000, 500, 60_000, 20)
+        );
+        assert_eq!(o.consecutive_failures, 5);
+        assert_eq!(c.subset, Some(Subsetting::Random { subset_size: 8 }));
+        assert_eq!(c.policy, LbPolicy::RoundRobin);
+        // No ejection algorithm: a no-op (A50).
+        let c =
+            parse(r#"[{"outlier_detection_experimental":{"childPolicy":[{"round_robin":{}}]}}]"#).unwrap();
+        assert_eq!(c.outlier.unwrap().consecutive_failures, 0);
+        assert!(parse(r#"[{"outlier_detection_experimental":{"interval":"ten"}}]"#).is_err());
+    }
+}

@@ -1,0 +1,48 @@
+//! A gRPC service config drives the channel against real servers: `ring_hash_experimental`
+//! with `requestHashHeader` (gRFC A76: `"<address>_0"` reaches that address, as grpc-go's e2e
+//! tests check), and `round_robin` rotating evenly.
+
+mod support;
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use support::backend::Backend;
+use support::client::*;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ring_hash_from_a_service_config() {
+    let _serial = serial().await;
+    let backends: Vec<Backend> = (0..3).map(|_| Backend::start()).collect();
+    let channel = builder()
+        .service_config(
+            r#"{"loadBalancingConfig":[{"pick_first":{}},
+                {"ring_hash_experimental":{"minRingSize":1024,"maxRingSize":4096,"requestHashHeader":"X-User"}}]}"#,
+        )
+        .unwrap()
+        .build_static(addrs(&backends));
+    assert_eq!(channel.wait_ready(3, Duration::from_secs(5)).await, 3);
+    for b in &backends {
+        let key = format!("{}_0", b.addr);
+        for _ in 0..5 {
+            assert_eq!(call(&channel, Some(&key)).await.unwrap(), b.addr.to_string());
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn round_robin_from_a_service_config() {
+    let _serial = serial().await;
+    let backends: Vec<Backend> = (0..3).map(|_| Backend::start()).collect();
+    let channel = builder()
+        .service_config(r#"{"loadBalancingConfig":[{"round_robin":{}}]}"#)
+        .unwrap()
+        .build_static(addrs(&backends));
+    assert_eq!(channel.wait_ready(3, Duration::from_secs(5)).await, 3);
+    let mut seen: HashMap<String, u32> = HashMap::new();
+    for _ in 0..30 {
+        *seen.entry(call(&channel, None).await.unwrap()).or_default() += 1;
+    }
+    assert!(seen.values().all(|&n| n == 10), "{seen:?}");
+    assert!(builder().service_config(r#"[{"pick_first":{}}]"#).is_err());
+}
