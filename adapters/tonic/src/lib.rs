@@ -48,7 +48,7 @@
 //!   reconnect attempts are in flight.
 //! - **READY** means the server's HTTP/2 preface (its SETTINGS frame) arrived, not that the TCP
 //!   connect succeeded: a port that accepts and closes, never speaks, or speaks another protocol
-//!   never takes requests. With TLS, use [`Builder::tls`] (feature `tls`): the balancer's
+//!   never takes requests. With TLS, use `Builder::tls` (feature `tls`): the balancer's
 //!   connector then does the handshake and READY means handshake done *and* SETTINGS received.
 //! - **Outcomes**: latency is sampled when response headers arrive (tower's
 //!   `CompleteOnResponse`); the in-flight slot is held until the stream ends. `grpc-status` from
