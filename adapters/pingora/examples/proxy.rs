@@ -8,7 +8,7 @@
 //!
 //! ```text
 //! cargo run --release -p pickwise-pingora --example proxy -- [--policy NAME]... [--duration SECS]
-//!     [--concurrency N] [--targets host:port,...] [--healthy] [--json]
+//!     [--concurrency N] [--targets host:port,...] [--healthy] [--h2c] [--json]
 //! ```
 //!
 //! Selections: `p2c-peak-ewma`, `p2c-least-request`, `ring-hash` and `maglev` (pickwise, keyed by
@@ -17,6 +17,8 @@
 
 #[path = "../tests/support/backend.rs"]
 mod backend;
+#[path = "../../tonic/tests/support/backend.rs"]
+mod grpc_backend;
 #[path = "../tests/support/load.rs"]
 mod load;
 #[path = "../tests/support/proxy.rs"]
@@ -56,6 +58,10 @@ struct Args {
     /// External HTTP/1.1 backends (`host:port,...`) instead of the 4 embedded ones.
     #[arg(long, value_delimiter = ',')]
     targets: Option<Vec<String>>,
+    /// gRPC over h2c: tonic backends (`grpc.health.v1.Health/Check`), HTTP/2 cleartext on both
+    /// sides of the proxy, outcomes from `grpc-status`.
+    #[arg(long)]
+    h2c: bool,
     /// Keep the embedded backends equal and alive (no slow one, no kill): for measuring overhead.
     #[arg(long)]
     healthy: bool,
@@ -89,6 +95,42 @@ fn selection(name: &str) -> (Selection, bool) {
     }
 }
 
+/// An embedded backend: HTTP/1.1, or gRPC for `--h2c`.
+enum Local {
+    Http(HttpBackend),
+    Grpc(grpc_backend::Backend),
+}
+
+impl Local {
+    fn addr(&self) -> String {
+        match self {
+            Self::Http(b) => b.addr.to_string(),
+            Self::Grpc(b) => b.addr.to_string(),
+        }
+    }
+
+    fn set_delay(&self, ms: u64) {
+        match self {
+            Self::Http(b) => b.set_delay(ms),
+            Self::Grpc(b) => b.set_delay(ms),
+        }
+    }
+
+    fn kill(&mut self) {
+        match self {
+            Self::Http(b) => b.kill(),
+            Self::Grpc(b) => b.kill(),
+        }
+    }
+
+    fn restart(&mut self) {
+        match self {
+            Self::Http(b) => b.restart(),
+            Self::Grpc(b) => b.restart(),
+        }
+    }
+}
+
 fn json_string(s: &str) -> String {
     format!("\"{}\"", s.replace('\\', "\\\\").replace('"', "\\\""))
 }
@@ -113,16 +155,24 @@ fn main() {
         .enable_all()
         .build()
         .expect("runtime");
-    let backends: Arc<Mutex<Vec<HttpBackend>>> = Arc::new(Mutex::new(Vec::new()));
+    let backends: Arc<Mutex<Vec<Local>>> = Arc::new(Mutex::new(Vec::new()));
     let targets = match &args.targets {
         Some(t) => t.clone(),
         None => {
             let mut b = backends.lock().unwrap();
-            *b = (0..4).map(|_| HttpBackend::start()).collect();
+            *b = (0..4)
+                .map(|_| {
+                    if args.h2c {
+                        Local::Grpc(grpc_backend::Backend::start())
+                    } else {
+                        Local::Http(HttpBackend::start())
+                    }
+                })
+                .collect();
             if !args.healthy {
                 b[1].set_delay(20);
             }
-            b.iter().map(|b| b.addr.to_string()).collect()
+            b.iter().map(Local::addr).collect()
         }
     };
     if !args.json {
@@ -149,7 +199,7 @@ fn main() {
     }
     for name in &policies {
         let (sel, keyed) = selection(name);
-        let proxy = proxy::start(sel, &targets, keyed.then_some("x-key"));
+        let proxy = proxy::start_with(sel, &targets, keyed.then_some("x-key"), args.h2c);
         let mut hooks: Vec<(Duration, Box<dyn FnOnce() + Send>)> = Vec::new();
         if args.targets.is_none() && !args.healthy {
             let (kill, restart) = (backends.clone(), backends.clone());
@@ -159,13 +209,24 @@ fn main() {
                 Box::new(move || restart.lock().unwrap()[3].restart()),
             ));
         }
-        let report = rt.block_on(load::run_keyed(
-            proxy.addr,
-            args.concurrency as usize,
-            duration,
-            hooks,
-            if keyed { 1000 } else { 0 },
-        ));
+        let keys = if keyed { 1000 } else { 0 };
+        let report = if args.h2c {
+            rt.block_on(load::run_grpc(
+                proxy.addr,
+                args.concurrency as usize,
+                duration,
+                hooks,
+                keys,
+            ))
+        } else {
+            rt.block_on(load::run_keyed(
+                proxy.addr,
+                args.concurrency as usize,
+                duration,
+                hooks,
+                keys,
+            ))
+        };
         drop(proxy);
         let rps = report.requests as f64 / report.secs;
         if args.json {

@@ -140,3 +140,34 @@ async fn a_header_key_always_reaches_the_backend_the_core_ring_names() {
         }
     }
 }
+
+/// gRPC over h2c through Pingora to tonic backends: a backend answering UNAVAILABLE (in a
+/// trailers-only response) is counted as failing from its `grpc-status` and ejected, and the
+/// others serve.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn grpc_over_h2c_counts_grpc_status_failures() {
+    let _g = serial().await;
+    let backends: Vec<support::grpc_backend::Backend> =
+        (0..3).map(|_| support::grpc_backend::Backend::start()).collect();
+    backends[0].set_failing(true);
+    let all: Vec<String> = backends.iter().map(|b| b.addr.to_string()).collect();
+    let (sel, shared) = pickwise(LbPolicy::P2c(Policy::LeastRequest));
+    let p = proxy::start_with(sel, &all, None, true);
+    let r = load::run_grpc(p.addr, 8, Duration::from_millis(1000), vec![], 0).await;
+    let failing = shared.state(&all[0]).unwrap();
+    assert!(failing.failures() >= 5, "failures {}", failing.failures());
+    assert!(
+        failing.ejected_for_ms(shared.now()).is_some(),
+        "the failing backend is ejected: failures {} streak {} ejections {} pool {} in_flight {} picks {}",
+        failing.failures(),
+        failing.consecutive_failures(),
+        failing.ejections(),
+        shared.pool().ejected(),
+        failing.in_flight(),
+        failing.picks()
+    );
+    assert!(r.requests > 200, "{} served", r.requests);
+    assert!(r.share(&all[1]) > 0.3 && r.share(&all[2]) > 0.3);
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert_no_in_flight(&shared, &all);
+}

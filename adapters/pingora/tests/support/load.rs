@@ -138,3 +138,93 @@ pub async fn run_keyed(
     report.latencies_us.sort_unstable();
     report
 }
+
+/// One `grpc.health.v1.Health/Check` through the proxy over h2c; returns the serving backend.
+pub async fn check(
+    client: &mut tonic_health::pb::health_client::HealthClient<tonic::transport::Channel>,
+    key: Option<&str>,
+) -> Result<String, String> {
+    let mut req = tonic::Request::new(tonic_health::pb::HealthCheckRequest {
+        service: String::new(),
+    });
+    if let Some(k) = key {
+        req.metadata_mut()
+            .insert("x-key", k.parse().map_err(|_| "bad key".to_string())?);
+    }
+    let resp = client.check(req).await.map_err(|s| s.to_string())?;
+    Ok(resp
+        .metadata()
+        .get("x-backend")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default()
+        .to_string())
+}
+
+/// [`run_keyed`] with gRPC calls over h2c (one HTTP/2 connection per 8 workers).
+pub async fn run_grpc(
+    proxy: SocketAddr,
+    concurrency: usize,
+    duration: Duration,
+    mut at: Vec<(Duration, Box<dyn FnOnce() + Send>)>,
+    keys: u32,
+) -> Report {
+    let errors = Arc::new(AtomicU64::new(0));
+    let start = Instant::now();
+    let deadline = start + duration;
+    let mut channels = Vec::new();
+    for _ in 0..concurrency.div_ceil(8) {
+        let ch = tonic::transport::Endpoint::from_shared(format!("http://{proxy}"))
+            .expect("uri")
+            .connect_lazy();
+        channels.push(ch);
+    }
+    let tasks: Vec<_> = (0..concurrency)
+        .map(|i| {
+            let (ch, errors) = (channels[i / 8].clone(), errors.clone());
+            tokio::spawn(async move {
+                let mut client = tonic_health::pb::health_client::HealthClient::new(ch);
+                let mut lat = Vec::new();
+                let mut seen: BTreeMap<String, u64> = BTreeMap::new();
+                while Instant::now() < deadline {
+                    let t = Instant::now();
+                    let key = (keys > 0).then(|| format!("user-{}", fastrand::u32(..keys)));
+                    match check(&mut client, key.as_deref()).await {
+                        Ok(b) => {
+                            lat.push(t.elapsed().as_micros().min(u128::from(u32::MAX)) as u32);
+                            *seen.entry(b).or_default() += 1;
+                        }
+                        Err(_) => {
+                            errors.fetch_add(1, Ordering::Relaxed);
+                            tokio::time::sleep(Duration::from_millis(1)).await;
+                        }
+                    }
+                }
+                (lat, seen)
+            })
+        })
+        .collect();
+    at.sort_by_key(|(d, _)| *d);
+    for (when, hook) in at {
+        tokio::time::sleep_until((start + when).into()).await;
+        hook();
+    }
+    let mut report = Report {
+        requests: 0,
+        errors: 0,
+        secs: 0.0,
+        latencies_us: Vec::new(),
+        per_backend: BTreeMap::new(),
+    };
+    for t in tasks {
+        let (lat, seen) = t.await.expect("load task");
+        report.latencies_us.extend(lat);
+        for (k, v) in seen {
+            *report.per_backend.entry(k).or_default() += v;
+        }
+    }
+    report.secs = start.elapsed().as_secs_f64();
+    report.requests = report.latencies_us.len() as u64;
+    report.errors = errors.load(Ordering::Relaxed);
+    report.latencies_us.sort_unstable();
+    report
+}

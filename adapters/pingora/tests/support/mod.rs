@@ -1,3 +1,5 @@
 pub mod backend;
+#[path = "../../../tonic/tests/support/backend.rs"]
+pub mod grpc_backend;
 pub mod load;
 pub mod proxy;

@@ -44,6 +44,8 @@ impl Balancer {
 pub struct Proxy {
     lb: Balancer,
     hash_header: Option<&'static str>,
+    /// Speak HTTP/2 to the backends (gRPC over h2c).
+    h2c: bool,
     /// The pickwise group (for leases); `None` for Pingora's own selections.
     shared: Option<Arc<Shared>>,
 }
@@ -67,11 +69,11 @@ impl ProxyHttp for Proxy {
             .select(&key)
             .ok_or_else(|| Error::explain(HTTPStatus(503), "no backend"))?;
         ctx.start(&backend);
-        Ok(Box::new(HttpPeer::new(
-            backend.addr.to_string().as_str(),
-            false,
-            String::new(),
-        )))
+        let mut peer = HttpPeer::new(backend.addr.to_string().as_str(), false, String::new());
+        if self.h2c {
+            peer.options.set_http_version(2, 2); // h2 prior knowledge: gRPC over cleartext
+        }
+        Ok(Box::new(peer))
     }
 
     fn fail_to_connect(
@@ -166,8 +168,18 @@ where
     lb
 }
 
-/// Starts a Pingora proxy on a free loopback port in front of `targets`.
+/// Starts a Pingora proxy on a free loopback port in front of `targets` (HTTP/1.1).
 pub fn start(selection: Selection, targets: &[String], hash_header: Option<&'static str>) -> RunningProxy {
+    start_with(selection, targets, hash_header, false)
+}
+
+/// [`start`], or with `h2c` a gRPC proxy: HTTP/2 cleartext on both sides.
+pub fn start_with(
+    selection: Selection,
+    targets: &[String],
+    hash_header: Option<&'static str>,
+    h2c: bool,
+) -> RunningProxy {
     let port = std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
         .local_addr()
@@ -198,14 +210,20 @@ pub fn start(selection: Selection, targets: &[String], hash_header: Option<&'sta
                 (Balancer::Ketama(bg.task()), Box::new(bg))
             }
         };
-        let mut service = http_proxy_service(
-            &server.configuration,
-            Proxy {
-                lb,
-                hash_header,
-                shared,
-            },
-        );
+        let proxy = Proxy {
+            lb,
+            hash_header,
+            h2c,
+            shared,
+        };
+        let mut service = http_proxy_service(&server.configuration, proxy);
+        if h2c {
+            if let Some(app) = service.app_logic_mut() {
+                let mut options = pingora::apps::HttpServerOptions::default();
+                options.h2c = true;
+                app.server_options = Some(options);
+            }
+        }
         service.add_tcp(&addr.to_string());
         server.add_boxed_service(bg);
         server.add_service(service);
