@@ -354,7 +354,13 @@ impl Future for ResponseFuture {
                         }
                     };
                     let guard = guard.take();
-                    let (parts, body) = resp.into_parts();
+                    let (mut parts, body) = resp.into_parts();
+                    if let Some(g) = guard
+                        .as_ref()
+                        .filter(|g| g.endpoint().0.common.config.report_peer)
+                    {
+                        parts.extensions.insert(g.endpoint().0.peer.clone());
+                    }
                     let status = (parts.status == http::StatusCode::OK).then(|| grpc_status(&parts.headers));
                     let pending = match (guard, status) {
                         // Not HTTP 200: a proxy or server error before gRPC.

@@ -65,6 +65,7 @@ pub(crate) struct Config {
     #[cfg(feature = "tls")]
     pub(crate) tls: Option<crate::transport::Tls>,
     pub(crate) subset: Option<crate::subsetting::SubsetConfig>,
+    pub(crate) report_peer: bool,
 }
 
 impl fmt::Debug for Config {
@@ -144,6 +145,7 @@ impl Builder {
                 #[cfg(feature = "tls")]
                 tls: None,
                 subset: None,
+                report_peer: false,
             },
             peers: None,
         }
@@ -357,6 +359,14 @@ impl Builder {
         if let Some(s) = &mut self.config.subset {
             s.min_ready = n;
         }
+        self
+    }
+
+    /// Puts the endpoint that served each response into the response's extensions as a
+    /// [`Peer`](crate::Peer) (grpc-go's `grpc.Peer` call option; off by default: one small
+    /// allocation per response).
+    pub fn report_peer(mut self, on: bool) -> Self {
+        self.config.report_peer = on;
         self
     }
 

@@ -115,6 +115,18 @@ pub use subchannel::ConnectivityState;
 #[cfg_attr(docsrs, doc(cfg(feature = "tls")))]
 pub use tokio_rustls::rustls;
 
+/// The endpoint that served a response (grpc-go's `grpc.Peer`), as a response extension when
+/// [`Builder::report_peer`] is on: `response.extensions().get::<pickwise_tonic::Peer>()`.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct Peer(pub std::sync::Arc<str>);
+
+impl Peer {
+    /// The endpoint's address (`host:port`, the discovery key).
+    pub fn address(&self) -> &str {
+        &self.0
+    }
+}
+
 /// The boxed error type at the tower boundary (a `tonic::Status` for balancer errors).
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 

@@ -49,6 +49,8 @@ impl ConnectivityState {
 #[derive(Debug)]
 pub(crate) struct Subchannel {
     pub(crate) addr: String,
+    /// The address as the [`Peer`](crate::Peer) responses carry (a refcount to clone).
+    pub(crate) peer: crate::Peer,
     pub(crate) core: EndpointState,
     state: AtomicU8,
     /// Sticky TRANSIENT_FAILURE (grpc-go `balancer/base`): set when a connection attempt fails or
@@ -70,6 +72,7 @@ impl Subchannel {
         let core = EndpointState::new(weight);
         core.set_ready(false);
         Self {
+            peer: crate::Peer(addr.as_str().into()),
             addr,
             core,
             state: AtomicU8::new(0),

@@ -46,3 +46,27 @@ async fn round_robin_from_a_service_config() {
     assert!(seen.values().all(|&n| n == 10), "{seen:?}");
     assert!(builder().service_config(r#"[{"pick_first":{}}]"#).is_err());
 }
+
+/// grpc-go's `grpc.Peer`: with `report_peer`, each response names the endpoint that served it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn responses_carry_the_peer() {
+    let _serial = serial().await;
+    let backends: Vec<Backend> = (0..2).map(|_| Backend::start()).collect();
+    let channel = builder().report_peer(true).build_static(addrs(&backends));
+    assert_eq!(channel.wait_ready(2, Duration::from_secs(5)).await, 2);
+    let mut client = tonic_health::pb::health_client::HealthClient::new(channel);
+    for _ in 0..10 {
+        let resp = client
+            .check(tonic_health::pb::HealthCheckRequest {
+                service: String::new(),
+            })
+            .await
+            .unwrap();
+        let peer = resp
+            .extensions()
+            .get::<pickwise_tonic::Peer>()
+            .expect("peer extension");
+        let served = resp.metadata().get("x-backend").unwrap().to_str().unwrap();
+        assert_eq!(peer.address(), served);
+    }
+}
