@@ -115,7 +115,7 @@ impl<'a, E: Borrow<EndpointState>> P2c<'a, E> {
         } else {
             (b, a)
         };
-        if self.pool.config().policy == Policy::GoZero {
+        if self.pool.policy() == Policy::GoZero {
             return self.force_pick(win, lose, now);
         }
         win

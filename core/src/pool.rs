@@ -178,6 +178,10 @@ pub(crate) const FORCE_PICK_MS: u32 = 1000;
 #[derive(Debug)]
 pub struct Pool {
     config: PoolConfig,
+    /// The cost policy and whether the in-flight total is kept, changeable at runtime
+    /// ([`set_policy`](Self::set_policy), [`set_track_total`](Self::set_track_total)).
+    policy: AtomicU32,
+    track_total: AtomicU32,
     endpoints: AtomicU32,
     ejected: Padded,
     total: Padded,
@@ -188,15 +192,41 @@ impl Pool {
     pub fn new(config: PoolConfig) -> Self {
         Self {
             config,
+            policy: AtomicU32::new(config.policy as u32),
+            track_total: AtomicU32::new(config.track_total as u32),
             endpoints: AtomicU32::new(0),
             ejected: Padded(AtomicU32::new(0)),
             total: Padded(AtomicU32::new(0)),
         }
     }
 
-    /// The configuration.
+    /// The configuration as built (the policy and total tracking may have changed since: see
+    /// [`policy`](Self::policy)).
     pub fn config(&self) -> &PoolConfig {
         &self.config
+    }
+
+    /// The cost policy now in force.
+    #[inline]
+    pub fn policy(&self) -> Policy {
+        match self.policy.load(Relaxed) {
+            0 => Policy::LeastRequest,
+            2 => Policy::GoZero,
+            _ => Policy::PeakEwma,
+        }
+    }
+
+    /// Switches the cost policy at runtime (a policy change from the control plane). Endpoint
+    /// state is kept: in-flight counts carry over; a latency estimate the new policy reads is
+    /// whatever the old one left (none after least-request, which keeps none).
+    pub fn set_policy(&self, policy: Policy) {
+        self.policy.store(policy as u32, Relaxed);
+    }
+
+    /// Starts or stops keeping the pool-wide in-flight total (bounded-load hashing needs it).
+    /// Requests already in flight release what they took, so the total never underflows.
+    pub fn set_track_total(&self, on: bool) {
+        self.track_total.store(u32::from(on), Relaxed);
     }
 
     /// Tells the pool how many endpoints exist (the base of the ejection cap). Call on every rebuild.
@@ -232,10 +262,11 @@ impl Pool {
 
     #[inline]
     pub(crate) fn acquire_total(&self) -> bool {
-        if self.config.track_total {
+        let on = self.track_total.load(Relaxed) != 0;
+        if on {
             self.total.0.fetch_add(1, Relaxed);
         }
-        self.config.track_total
+        on
     }
 
     #[inline]
@@ -264,7 +295,7 @@ impl Pool {
     #[inline]
     pub(crate) fn cost_parts(&self, e: &EndpointState, now: u64) -> (f32, f32) {
         let load = e.in_flight() as f32 + 1.0;
-        let unweighted = match self.config.policy {
+        let unweighted = match self.policy() {
             Policy::LeastRequest => load,
             Policy::PeakEwma => self.estimate(e, now) * load,
             Policy::GoZero => sqrt(self.estimate(e, now) + 1.0) * load,
@@ -283,7 +314,7 @@ impl Pool {
     #[inline]
     fn estimate_with(&self, e: &EndpointState, now: u64, in_flight: u32) -> f32 {
         let (bits, stamp) = e.latency_raw();
-        match self.config.policy {
+        match self.policy() {
             Policy::GoZero => f32::from_bits(bits), // 0 bits = 0.0
             _ if bits == 0 => self.config.default_rtt_ns,
             // Requests outstanding: no decay (see the module docs).
@@ -327,7 +358,7 @@ impl Pool {
     /// Folds one latency sample into the estimate (peak-EWMA or go-zero's EWMA). Least-request
     /// costs ignore latency: nothing to do (the pick path's fastest policy).
     pub(crate) fn record_latency(&self, e: &EndpointState, now: u64, latency_ns: u64, failed: bool) {
-        if self.config.policy == Policy::LeastRequest {
+        if self.policy() == Policy::LeastRequest {
             return;
         }
         let now_ms = millis(now);
@@ -337,7 +368,7 @@ impl Pool {
         let w = self.decay(elapsed_ms(now_ms, stamp));
         // The estimate as picks saw it just before, this request not counted.
         let shown = self.estimate_with(e, now, e.in_flight().saturating_sub(1));
-        match self.config.policy {
+        match self.policy() {
             Policy::GoZero => e.update_latency(now_ms, |bits| {
                 // go-zero: the first sample is taken as is (`if olag == 0 { w = 0 }`).
                 let blended = if bits == 0 {

@@ -231,3 +231,25 @@ fn latency_is_sampled_at_response_headers() {
         "the stream's length is not a latency sample"
     );
 }
+
+/// A policy change at runtime: the pool's cost policy and total tracking switch in place; guards
+/// started before release exactly what they took.
+#[test]
+fn policy_and_total_tracking_switch_at_runtime() {
+    let p = pool(Policy::LeastRequest);
+    let e = EndpointState::new(1);
+    let before = InFlight::start(&e, &p, 0); // not counted in the total
+    assert_eq!(p.cost(&e, 0), 2.0);
+    p.set_policy(Policy::PeakEwma);
+    assert_eq!(p.policy(), Policy::PeakEwma);
+    assert_eq!(p.cost(&e, 0), 30e6 * 2.0, "default RTT x (in flight + 1)");
+    p.set_track_total(true);
+    let after = InFlight::start(&e, &p, 0);
+    assert_eq!(p.total_in_flight(), 1);
+    drop(before);
+    assert_eq!(p.total_in_flight(), 1, "an uncounted guard takes nothing off");
+    drop(after);
+    assert_eq!(p.total_in_flight(), 0);
+    p.set_policy(Policy::GoZero);
+    assert_eq!(p.policy(), Policy::GoZero);
+}

@@ -20,6 +20,7 @@ use crate::discover::{BoxDiscover, Change};
 use crate::error::NoEndpoint;
 use crate::subchannel::{self, ConnectivityState, Subchannel};
 use crate::BalancedChannel;
+use pickwise::LbPolicy;
 
 /// State shared by the balancer task and every request.
 #[derive(Debug)]
@@ -27,6 +28,15 @@ pub(crate) struct Shared {
     pub(crate) snapshot: ArcSwap<Snapshot>,
     pub(crate) version: watch::Sender<u64>,
     pub(crate) common: Arc<Common>,
+    /// Requests to the balancer task from the channel handle (policy changes).
+    pub(crate) control: mpsc::UnboundedSender<Control>,
+}
+
+/// What the channel handle asks of the balancer task.
+#[derive(Debug)]
+pub(crate) enum Control {
+    /// Switch the balancing policy; connections and in-flight requests are kept.
+    SetPolicy(LbPolicy),
 }
 
 /// What requests need after the pick (pool, config, clock). Every subchannel holds an `Arc` of it,
@@ -72,6 +82,8 @@ pub(crate) struct Snapshot {
     /// Endpoints in `Ready` with a channel, for P2C.
     pub(crate) ready: Vec<Member>,
     pub(crate) ring: Option<Arc<Ring>>,
+    /// The policy this picker runs.
+    pub(crate) policy: LbPolicy,
     /// The Maglev table (Maglev policy); owners index `members`.
     pub(crate) maglev: Option<Arc<pickwise::Maglev>>,
     /// Weight of the ready endpoints: the base of bounded-load shares (Envoy normalises over the
@@ -205,6 +217,8 @@ struct Balancer {
     discovered: BTreeMap<String, u32>,
     peers: BTreeSet<String>,
     subset_dirty: bool,
+    /// The policy in force (the builder's, until [`Control::SetPolicy`]).
+    policy: LbPolicy,
 }
 
 /// Starts the balancer task and returns the user's handle.
@@ -216,10 +230,16 @@ pub(crate) fn spawn(config: Config, discovery: BoxDiscover, peers: Option<BoxDis
         epoch: Instant::now(),
         cursor: std::sync::atomic::AtomicU32::new(0),
     });
+    let (control_tx, control_rx) = mpsc::unbounded_channel();
+    let policy = common.config.policy;
     let shared = Arc::new(Shared {
-        snapshot: ArcSwap::from_pointee(Snapshot::default()),
+        snapshot: ArcSwap::from_pointee(Snapshot {
+            policy,
+            ..Snapshot::default()
+        }),
         version,
         common,
+        control: control_tx,
     });
     let (events_tx, events_rx) = mpsc::unbounded_channel();
     let (shutdown_tx, shutdown_rx) = oneshot::channel();
@@ -237,8 +257,9 @@ pub(crate) fn spawn(config: Config, discovery: BoxDiscover, peers: Option<BoxDis
         discovered: BTreeMap::new(),
         peers: BTreeSet::new(),
         subset_dirty: false,
+        policy,
     };
-    tokio::spawn(balancer.run(discovery, peers, events_rx, shutdown_rx));
+    tokio::spawn(balancer.run(discovery, peers, events_rx, control_rx, shutdown_rx));
     BalancedChannel::new(shared, shutdown_tx)
 }
 
@@ -248,6 +269,7 @@ impl Balancer {
         mut discovery: BoxDiscover,
         peers: Option<BoxDiscover>,
         mut events: mpsc::UnboundedReceiver<u64>,
+        mut control: mpsc::UnboundedReceiver<Control>,
         mut shutdown: oneshot::Receiver<()>,
     ) {
         let mut discovery_open = true;
@@ -278,6 +300,9 @@ impl Balancer {
                             None => break,
                         }
                     }
+                }
+                Some(Control::SetPolicy(policy)) = control.recv() => {
+                    self.set_policy(policy);
                 }
                 Some(_) = events.recv() => {
                     while events.try_recv().is_ok() {}
@@ -385,6 +410,25 @@ impl Balancer {
         }
     }
 
+    /// Switches the policy (grpc-go swaps the child balancer; pickwise keeps every connection and
+    /// every endpoint's state, and rebuilds only the picker: ring or table, cost policy).
+    fn set_policy(&mut self, policy: LbPolicy) {
+        let pool = &self.shared.common.pool;
+        if let LbPolicy::P2c(cost) = policy {
+            pool.set_policy(cost);
+        }
+        pool.set_track_total(matches!(
+            policy,
+            LbPolicy::RingHash {
+                load: pickwise::HashPolicy::Bounded { .. },
+                ..
+            }
+        ));
+        tracing::info!(from = self.policy.name(), to = policy.name(), "policy change");
+        self.policy = policy;
+        self.ring_dirty = true;
+    }
+
     /// Handles one peer-discovery item (subsetting identity); returns whether the stream is open.
     fn on_peer(&mut self, item: Option<Result<Change<String, u32>, crate::BoxError>>) -> bool {
         match item {
@@ -458,7 +502,7 @@ impl Balancer {
                 .collect();
             self.ring = None;
             self.maglev = None;
-            match self.shared.common.config.policy {
+            match self.policy {
                 pickwise::LbPolicy::RingHash { ring, .. } if !members.is_empty() => {
                     match Ring::build(&list, &ring) {
                         Ok(r) => self.ring = Some(Arc::new(r)),
@@ -507,6 +551,7 @@ impl Balancer {
         let snapshot = Snapshot {
             total_weight: hashing::available_weight(&ready, self.shared.common.now()),
             ring: self.ring.clone(),
+            policy: self.policy,
             maglev: self.maglev.clone(),
             ready,
             members,

@@ -66,6 +66,21 @@ impl BalancedChannel {
         }
     }
 
+    /// Switches the balancing policy at runtime (a control plane changed it): the balancer keeps
+    /// every connection, in-flight request and endpoint state and publishes a picker for the new
+    /// policy. Returns false if the balancer has stopped.
+    pub fn set_policy(&self, policy: pickwise::LbPolicy) -> bool {
+        self.shared
+            .control
+            .send(crate::balancer::Control::SetPolicy(policy))
+            .is_ok()
+    }
+
+    /// The policy of the current picker.
+    pub fn policy(&self) -> pickwise::LbPolicy {
+        self.shared.snapshot.load().policy
+    }
+
     /// Number of pickers published so far (grows with every membership or readiness change).
     pub fn picker_version(&self) -> u64 {
         *self.shared.version.borrow()

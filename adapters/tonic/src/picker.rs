@@ -59,7 +59,7 @@ fn request_hash(config: &Config, req: &Request) -> Option<u64> {
 pub(crate) fn try_pick(shared: &Shared, snap: &Snapshot, req: &Request) -> Result<Picked, Unpicked> {
     let common = &shared.common;
     let now = common.now();
-    let mut picker = Picker::new(&common.config.policy, &snap.members, &common.pool)
+    let mut picker = Picker::new(&snap.policy, &snap.members, &common.pool)
         .with_candidates(&snap.ready)
         .with_cursor(&common.cursor);
     if let Some(ring) = &snap.ring {
@@ -68,7 +68,7 @@ pub(crate) fn try_pick(shared: &Shared, snap: &Snapshot, req: &Request) -> Resul
     if let Some(table) = &snap.maglev {
         picker = picker.with_table(table.table());
     }
-    let key = match common.config.policy {
+    let key = match snap.policy {
         LbPolicy::RingHash { .. } | LbPolicy::Maglev { .. } => request_hash(&common.config, req),
         _ => None,
     };

@@ -70,3 +70,54 @@ async fn responses_carry_the_peer() {
         assert_eq!(peer.address(), served);
     }
 }
+
+/// A policy change at runtime (grpc-go swaps the balancer; an xDS CDS update does this): under
+/// load, least-request -> ring hash -> Maglev -> peak-EWMA, with no error, no reconnect, and no
+/// slot left held; keys are sticky once the ring is in force.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn policy_changes_at_runtime_keep_connections_and_requests() {
+    use pickwise_tonic::{HashPolicy, LbPolicy, NoKey, Policy, RingConfig};
+    let _serial = serial().await;
+    let backends: Vec<Backend> = (0..3).map(|_| Backend::start()).collect();
+    let channel = builder()
+        .p2c(Policy::LeastRequest)
+        .hash_header(http::HeaderName::from_static("x-user"))
+        .build_static(addrs(&backends));
+    assert_eq!(channel.wait_ready(3, Duration::from_secs(5)).await, 3);
+    let driver = {
+        let ch = channel.clone();
+        tokio::spawn(async move { load(&ch, 8, Duration::from_millis(1200)).await })
+    };
+    let ring = LbPolicy::RingHash {
+        ring: RingConfig::grpc(),
+        load: HashPolicy::Plain,
+        no_key: NoKey::RandomHash,
+    };
+    // Every 300 ms, a new policy while the load runs.
+    for policy in [
+        ring,
+        LbPolicy::Maglev {
+            table_size: 65_537,
+            no_key: NoKey::RandomHash,
+        },
+        LbPolicy::P2c(Policy::PeakEwma),
+    ] {
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        assert!(channel.set_policy(policy));
+    }
+    let (_, errors) = driver.await.unwrap();
+    assert_eq!(errors, 0);
+    assert!(backends.iter().all(|b| b.connections() == 1), "no reconnects");
+    assert_eq!(channel.policy(), LbPolicy::P2c(Policy::PeakEwma));
+    // Back to the ring: a key sticks to one backend.
+    assert!(channel.set_policy(ring));
+    let deadline = std::time::Instant::now() + Duration::from_secs(2);
+    while channel.policy() != ring && std::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let first = call(&channel, Some("user-7")).await.unwrap();
+    for _ in 0..10 {
+        assert_eq!(call(&channel, Some("user-7")).await.unwrap(), first);
+    }
+    assert_no_in_flight(&channel);
+}
