@@ -194,6 +194,12 @@ impl EndpointState {
         )
     }
 
+    /// Ready and not ejected, by the flags alone (no clock: an expired ejection still counts).
+    #[inline]
+    pub(crate) fn ready_and_not_ejected(&self) -> bool {
+        self.flags.load(Acquire) & (READY | EJECTED) == READY
+    }
+
     /// One load of the flags (three loads if ejected): what a picker needs to know.
     #[inline]
     pub(crate) fn availability(&self, now: u64) -> Availability {

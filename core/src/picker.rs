@@ -193,6 +193,35 @@ impl<'a, E: Borrow<EndpointState>> Picker<'a, E> {
         self
     }
 
+    /// [`pick`](Self::pick), reading `clock` only when the decision needs the time: a keyed ring
+    /// or Maglev pick (plain or bounded load) while no endpoint holds an ejection needs none —
+    /// an ejection that starts meanwhile is honoured, and only expiring one needs the clock. For
+    /// callers whose clock read is a measurable part of a pick (Pingora's per-select path).
+    pub fn pick_with_clock(
+        &self,
+        clock: impl FnOnce() -> u64,
+        key: Option<u64>,
+        rng: &mut impl Rng,
+    ) -> Result<&'a E, PickError> {
+        let keyed = |no_key: &NoKey| key.is_some() || *no_key == NoKey::RandomHash;
+        let timeless = match self.policy {
+            LbPolicy::RingHash {
+                load: HashPolicy::Plain | HashPolicy::Bounded { .. },
+                no_key,
+                ..
+            } => self.ring.is_some() && keyed(no_key),
+            LbPolicy::Maglev { no_key, .. } => self.table.is_some() && keyed(no_key),
+            _ => false,
+        };
+        // Acquire pairs with the slot reservation that precedes every ejection's publication.
+        let now = if timeless && self.pool.ejected_acquire() == 0 {
+            crate::pool::NO_CLOCK
+        } else {
+            clock()
+        };
+        self.pick(now, key, rng)
+    }
+
     /// The endpoint for a request with hash `key` (if it has one) at `now`.
     pub fn pick(&self, now: u64, key: Option<u64>, rng: &mut impl Rng) -> Result<&'a E, PickError> {
         if let (LbPolicy::RingHash { load, no_key, .. }, Some(ring)) = (self.policy, self.ring) {

@@ -171,6 +171,9 @@ impl PoolConfig {
 #[repr(align(64))]
 struct Padded(AtomicU32);
 
+/// `now` for picks that read no clock (see [`Pool::available`]).
+pub(crate) const NO_CLOCK: u64 = u64::MAX;
+
 /// go-zero's `forcePick`: a pair's loser not picked for this long is picked.
 pub(crate) const FORCE_PICK_MS: u32 = 1000;
 
@@ -237,6 +240,11 @@ impl Pool {
     /// Endpoints currently counted as ejected.
     pub fn ejected(&self) -> u32 {
         self.ejected.0.load(Relaxed)
+    }
+
+    #[inline]
+    pub(crate) fn ejected_acquire(&self) -> u32 {
+        self.ejected.0.load(crate::sync::Ordering::Acquire)
     }
 
     /// Requests in flight across the pool (only with [`PoolConfig::track_total`], else 0).
@@ -427,8 +435,13 @@ impl Pool {
     }
 
     /// Availability check for pickers: also un-ejects an endpoint whose time is up (once).
+    /// With `now == NO_CLOCK` (a pick that did not read the clock because nothing was ejected),
+    /// an ejected endpoint is simply unavailable: it can only be a concurrent fresh ejection.
     #[inline]
     pub(crate) fn available(&self, e: &EndpointState, now: u64) -> bool {
+        if now == NO_CLOCK {
+            return e.ready_and_not_ejected();
+        }
         match e.availability(now) {
             Availability::Ready => true,
             Availability::NotReady | Availability::Ejected => false,

@@ -164,3 +164,42 @@ fn maglev_owner_then_next_slot_owner() {
     assert_eq!(index_of(&es, picker.pick(0, Some(key), &mut rng).unwrap()), next);
     assert_eq!(LbPolicy::from_name("maglev").unwrap().name(), "maglev");
 }
+
+/// A keyed ring or Maglev pick reads no clock while nothing is ejected, honours an ejection all
+/// the same, and reads the clock again once an ejection holds a slot (so it can expire).
+#[test]
+fn keyed_picks_read_the_clock_only_when_an_ejection_exists() {
+    use std::cell::Cell;
+    let (es, ring, pool) = setup(4);
+    let policy = LbPolicy::RingHash {
+        ring: RingConfig::grpc(),
+        load: HashPolicy::Plain,
+        no_key: NoKey::P2c,
+    };
+    let picker = Picker::new(&policy, &es, &pool).with_ring(ring.view(), 4);
+    let reads = Cell::new(0);
+    let clock = || {
+        reads.set(reads.get() + 1);
+        5_000_000
+    };
+    let mut rng = SplitMix64::new(5);
+    let key = hash::xxh64(b"k");
+    let home = index_of(&es, picker.pick_with_clock(clock, Some(key), &mut rng).unwrap());
+    assert_eq!(reads.get(), 0, "no ejection: no clock");
+    // No key: P2C needs costs, so the clock.
+    let _ = picker.pick_with_clock(clock, None, &mut rng).unwrap();
+    assert_eq!(reads.get(), 1);
+    // Eject the key's home (one failure ejects in this pool): the pick moves and reads the clock.
+    let _ = InFlight::start(&es[home], &pool, 0).complete(0, Outcome::Failure);
+    assert!(es[home].is_ejected(1));
+    let other = index_of(&es, picker.pick_with_clock(clock, Some(key), &mut rng).unwrap());
+    assert_ne!(other, home);
+    assert_eq!(reads.get(), 2);
+    // After the ejection's time, the clock path returns it.
+    let late = || 31_000_000_000;
+    assert_eq!(
+        index_of(&es, picker.pick_with_clock(late, Some(key), &mut rng).unwrap()),
+        home
+    );
+    assert_eq!(pool.ejected(), 0);
+}

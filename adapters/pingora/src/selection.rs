@@ -96,7 +96,7 @@ impl BackendSelection for Selector {
             picker = picker.with_table(t.table());
         }
         let first = picker
-            .pick(shared.now(), hash, &mut || fastrand::u64(..))
+            .pick_with_clock(|| shared.now(), hash, &mut || fastrand::u64(..))
             .ok()
             .and_then(|e| index_in(&self.states, e));
         SelectorIter {
