@@ -81,3 +81,28 @@ fn removal_racing_an_ejection_frees_the_slot_once() {
         assert!(!e.is_ejected(MS));
     });
 }
+
+/// A clock-free keyed pick (nothing was ejected when it looked) racing an ejection never clears
+/// that ejection and never counts a slot wrong.
+#[test]
+fn a_clock_free_pick_never_unejects() {
+    use pickwise::{HashPolicy, LbPolicy, NoKey, Picker, Ring, RingConfig, SplitMix64};
+    loom::model(|| {
+        let (e, pool) = setup();
+        let other = Arc::new(EndpointState::new(1));
+        let (e2, pool2) = (e.clone(), pool.clone());
+        let ejector = thread::spawn(move || fail(&e2, &pool2, 10_000 * MS));
+        let ring = Ring::build(&[("a", 1), ("b", 1)], &RingConfig::native(4)).unwrap();
+        let members = [e.clone(), other.clone()];
+        let policy = LbPolicy::RingHash {
+            ring: RingConfig::native(4),
+            load: HashPolicy::Plain,
+            no_key: NoKey::P2c,
+        };
+        let picker = Picker::new(&policy, &members, &pool).with_ring(ring.view(), 2);
+        let _ = picker.pick_with_clock(|| 10_001 * MS, Some(7), &mut SplitMix64::new(1));
+        assert!(ejector.join().unwrap());
+        assert!(e.is_ejected(10_001 * MS));
+        assert_eq!(pool.ejected(), 1);
+    });
+}
