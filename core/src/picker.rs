@@ -51,6 +51,18 @@ pub enum NoKey {
     RandomHash,
 }
 
+impl NoKey {
+    /// The hash a hashing policy uses: the request's `key`, else a random one
+    /// ([`RandomHash`](Self::RandomHash)) or none (P2C decides).
+    fn hash(self, key: Option<u64>, rng: &mut impl Rng) -> Option<u64> {
+        match (key, self) {
+            (Some(h), _) => Some(h),
+            (None, Self::RandomHash) => Some(rng.next_u64()),
+            (None, Self::P2c) => None,
+        }
+    }
+}
+
 /// A balancing policy. [`name`](Self::name) and [`from_name`](Self::from_name) use gRPC's
 /// service-config names where gRPC has the policy.
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -225,12 +237,7 @@ impl<'a, E: Borrow<EndpointState>> Picker<'a, E> {
     /// The endpoint for a request with hash `key` (if it has one) at `now`.
     pub fn pick(&self, now: u64, key: Option<u64>, rng: &mut impl Rng) -> Result<&'a E, PickError> {
         if let (LbPolicy::RingHash { load, no_key, .. }, Some(ring)) = (self.policy, self.ring) {
-            let hash = match (key, no_key) {
-                (Some(h), _) => Some(h),
-                (None, NoKey::RandomHash) => Some(rng.next_u64()),
-                (None, NoKey::P2c) => None,
-            };
-            if let Some(h) = hash {
+            if let Some(h) = no_key.hash(key, rng) {
                 if self.members.is_empty() || ring.is_empty() {
                     return Err(PickError::NoEndpoints);
                 }
@@ -250,12 +257,7 @@ impl<'a, E: Borrow<EndpointState>> Picker<'a, E> {
             }
         }
         if let (LbPolicy::Maglev { no_key, .. }, Some(table)) = (self.policy, self.table) {
-            let hash = match (key, no_key) {
-                (Some(h), _) => Some(h),
-                (None, NoKey::RandomHash) => Some(rng.next_u64()),
-                (None, NoKey::P2c) => None,
-            };
-            if let Some(h) = hash {
+            if let Some(h) = no_key.hash(key, rng) {
                 return self.maglev(table, h, now);
             }
         }

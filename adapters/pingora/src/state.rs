@@ -96,8 +96,9 @@ impl Shared {
                 e.clone()
             })
             .collect();
+        let current: std::collections::HashSet<&str> = backends.iter().map(|(a, _)| a.as_str()).collect();
         map.retain(|addr, e| {
-            let keep = backends.iter().any(|(a, _)| a == addr);
+            let keep = current.contains(addr.as_str());
             if !keep {
                 self.pool.remove(e);
             }

@@ -452,10 +452,5 @@ impl Builder {
 
 /// Half the subset size, at least 1.
 fn default_min_ready(strategy: pickwise::subset::Subsetting) -> u32 {
-    use pickwise::subset::Subsetting;
-    let size = match strategy {
-        Subsetting::Random { subset_size } | Subsetting::Deterministic { subset_size } => subset_size,
-        Subsetting::Aperture { min_aperture } => min_aperture,
-    };
-    size.div_ceil(2).max(1)
+    strategy.size().div_ceil(2).max(1)
 }

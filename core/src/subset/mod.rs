@@ -177,6 +177,14 @@ pub struct Scratch<'a> {
 }
 
 impl Subsetting {
+    /// The configured size: `subset_size`, or the aperture's `min_aperture`.
+    pub fn size(&self) -> u32 {
+        match *self {
+            Self::Random { subset_size } | Self::Deterministic { subset_size } => subset_size,
+            Self::Aperture { min_aperture } => min_aperture,
+        }
+    }
+
     /// The subset of `backends` (keys, e.g. `"host:port"`) for `client`, into caller storage:
     /// `scratch` and `out` have one entry per backend. Returns how many members were written.
     /// Allocates nothing.
@@ -211,11 +219,7 @@ impl Subsetting {
         if u32::try_from(n).is_err() {
             return Err(SubsetError::TooManyBackends);
         }
-        let size = match *self {
-            Self::Random { subset_size } | Self::Deterministic { subset_size } => subset_size,
-            Self::Aperture { min_aperture } => min_aperture,
-        };
-        if size == 0 {
+        if self.size() == 0 {
             return Err(SubsetError::ZeroSize);
         }
         if scratch.hashes.len() < n || scratch.order.len() < n {

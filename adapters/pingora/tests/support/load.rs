@@ -82,23 +82,52 @@ pub async fn run_keyed(
     proxy: SocketAddr,
     concurrency: usize,
     duration: Duration,
-    mut at: Vec<(Duration, Box<dyn FnOnce() + Send>)>,
+    at: Vec<(Duration, Box<dyn FnOnce() + Send>)>,
     keys: u32,
 ) -> Report {
     let client = client();
+    let callers = (0..concurrency)
+        .map(|_| Caller::Http(client.clone(), proxy))
+        .collect();
+    drive(callers, duration, at, keys).await
+}
+
+/// How one load worker sends a request; returns the serving backend.
+enum Caller {
+    Http(HttpClient, SocketAddr),
+    Grpc(tonic_health::pb::health_client::HealthClient<tonic::transport::Channel>),
+}
+
+impl Caller {
+    async fn call(&mut self, key: Option<&str>) -> Result<String, String> {
+        match self {
+            Self::Http(client, proxy) => get(client, *proxy, key).await,
+            Self::Grpc(client) => check(client, key).await,
+        }
+    }
+}
+
+/// One loop of requests per caller for `duration`, hooks run once at their times; the report.
+async fn drive(
+    callers: Vec<Caller>,
+    duration: Duration,
+    mut at: Vec<(Duration, Box<dyn FnOnce() + Send>)>,
+    keys: u32,
+) -> Report {
     let errors = Arc::new(AtomicU64::new(0));
     let start = Instant::now();
     let deadline = start + duration;
-    let tasks: Vec<_> = (0..concurrency)
-        .map(|_| {
-            let (client, errors) = (client.clone(), errors.clone());
+    let tasks: Vec<_> = callers
+        .into_iter()
+        .map(|mut caller| {
+            let errors = errors.clone();
             tokio::spawn(async move {
                 let mut lat = Vec::new();
                 let mut seen: BTreeMap<String, u64> = BTreeMap::new();
                 while Instant::now() < deadline {
                     let t = Instant::now();
                     let key = (keys > 0).then(|| format!("user-{}", fastrand::u32(..keys)));
-                    match get(&client, proxy, key.as_deref()).await {
+                    match caller.call(key.as_deref()).await {
                         Ok(b) => {
                             lat.push(t.elapsed().as_micros().min(u128::from(u32::MAX)) as u32);
                             *seen.entry(b).or_default() += 1;
@@ -165,66 +194,22 @@ pub async fn run_grpc(
     proxy: SocketAddr,
     concurrency: usize,
     duration: Duration,
-    mut at: Vec<(Duration, Box<dyn FnOnce() + Send>)>,
+    at: Vec<(Duration, Box<dyn FnOnce() + Send>)>,
     keys: u32,
 ) -> Report {
-    let errors = Arc::new(AtomicU64::new(0));
-    let start = Instant::now();
-    let deadline = start + duration;
-    let mut channels = Vec::new();
-    for _ in 0..concurrency.div_ceil(8) {
-        let ch = tonic::transport::Endpoint::from_shared(format!("http://{proxy}"))
-            .expect("uri")
-            .connect_lazy();
-        channels.push(ch);
-    }
-    let tasks: Vec<_> = (0..concurrency)
-        .map(|i| {
-            let (ch, errors) = (channels[i / 8].clone(), errors.clone());
-            tokio::spawn(async move {
-                let mut client = tonic_health::pb::health_client::HealthClient::new(ch);
-                let mut lat = Vec::new();
-                let mut seen: BTreeMap<String, u64> = BTreeMap::new();
-                while Instant::now() < deadline {
-                    let t = Instant::now();
-                    let key = (keys > 0).then(|| format!("user-{}", fastrand::u32(..keys)));
-                    match check(&mut client, key.as_deref()).await {
-                        Ok(b) => {
-                            lat.push(t.elapsed().as_micros().min(u128::from(u32::MAX)) as u32);
-                            *seen.entry(b).or_default() += 1;
-                        }
-                        Err(_) => {
-                            errors.fetch_add(1, Ordering::Relaxed);
-                            tokio::time::sleep(Duration::from_millis(1)).await;
-                        }
-                    }
-                }
-                (lat, seen)
-            })
+    let channels: Vec<tonic::transport::Channel> = (0..concurrency.div_ceil(8))
+        .map(|_| {
+            tonic::transport::Endpoint::from_shared(format!("http://{proxy}"))
+                .expect("uri")
+                .connect_lazy()
         })
         .collect();
-    at.sort_by_key(|(d, _)| *d);
-    for (when, hook) in at {
-        tokio::time::sleep_until((start + when).into()).await;
-        hook();
-    }
-    let mut report = Report {
-        requests: 0,
-        errors: 0,
-        secs: 0.0,
-        latencies_us: Vec::new(),
-        per_backend: BTreeMap::new(),
-    };
-    for t in tasks {
-        let (lat, seen) = t.await.expect("load task");
-        report.latencies_us.extend(lat);
-        for (k, v) in seen {
-            *report.per_backend.entry(k).or_default() += v;
-        }
-    }
-    report.secs = start.elapsed().as_secs_f64();
-    report.requests = report.latencies_us.len() as u64;
-    report.errors = errors.load(Ordering::Relaxed);
-    report.latencies_us.sort_unstable();
-    report
+    let callers = (0..concurrency)
+        .map(|i| {
+            Caller::Grpc(tonic_health::pb::health_client::HealthClient::new(
+                channels[i / 8].clone(),
+            ))
+        })
+        .collect();
+    drive(callers, duration, at, keys).await
 }
