@@ -152,6 +152,8 @@ pub struct Picker<'a, E> {
     pool: &'a Pool,
     total_weight: u64,
     cursor: Option<&'a AtomicU32>,
+    /// Sum of the candidates' weights when round robin is weighted; 0: plain round robin.
+    rr_weight: u64,
 }
 
 impl<E> Clone for Picker<'_, E> {
@@ -176,6 +178,7 @@ impl<'a, E: Borrow<EndpointState>> Picker<'a, E> {
             // put a scan of every endpoint on each pick).
             total_weight: 0,
             cursor: None,
+            rr_weight: 0,
         }
     }
 
@@ -196,6 +199,15 @@ impl<'a, E: Borrow<EndpointState>> Picker<'a, E> {
     /// The Maglev table (slot -> index into `members`; [`Maglev::table`](crate::Maglev::table)).
     pub fn with_table(mut self, table: &'a [u32]) -> Self {
         self.table = Some(table);
+        self
+    }
+
+    /// Weighted round robin: `candidates_weight` is the sum of the candidates' weights (0 keeps
+    /// plain round robin). Each cycle of that many picks visits every candidate exactly its
+    /// weight's times, interleaved (the cursor walks the weight line by a prime stride), with
+    /// an O(n) scan per pick. For xDS locality weights (`wrr_locality`).
+    pub fn with_weighted_round_robin(mut self, candidates_weight: u64) -> Self {
+        self.rr_weight = candidates_weight;
         self
     }
 
@@ -294,11 +306,36 @@ impl<'a, E: Borrow<EndpointState>> Picker<'a, E> {
         if n == 0 {
             return Err(PickError::NoEndpoints);
         }
-        let start = self.cursor.map_or(0, |c| c.fetch_add(1, Relaxed)) as usize;
+        let cursor = self.cursor.map_or(0, |c| c.fetch_add(1, Relaxed));
+        let start = if self.rr_weight > 0 {
+            self.weighted_start(cursor)
+        } else {
+            cursor as usize
+        };
         (0..n)
             .map(|k| (start + k) % n)
             .find(|&i| self.pool.available(self.candidates[i].borrow(), now))
             .ok_or(PickError::NoneAvailable)
+    }
+
+    /// The candidate owning point `cursor · stride mod W` of the weight line. The stride is the
+    /// integer nearest `W / golden ratio` that is coprime with W, so it permutes the line (a
+    /// cycle of W picks gives each candidate exactly its weight) and spreads consecutive picks.
+    fn weighted_start(&self, cursor: u32) -> usize {
+        let w = self.rr_weight;
+        let mut stride = ((w as f64) * 0.618_033_988_749_895) as u64 | 1;
+        while gcd(stride, w) != 1 {
+            stride += 1;
+        }
+        let mut x = ((u128::from(cursor) * u128::from(stride)) % u128::from(w)) as u64;
+        for (i, c) in self.candidates.iter().enumerate() {
+            let cw = u64::from(c.borrow().weight());
+            if x < cw {
+                return i;
+            }
+            x -= cw;
+        }
+        cursor as usize // weights changed since the caller summed them
     }
 
     /// A ready candidate at random, ejected or not (two passes, no allocation).
@@ -311,4 +348,11 @@ impl<'a, E: Borrow<EndpointState>> Picker<'a, E> {
         }
         ready().nth((((rng.next_u64() >> 32) * k as u64) >> 32) as usize)
     }
+}
+
+fn gcd(mut a: u64, mut b: u64) -> u64 {
+    while b != 0 {
+        (a, b) = (b, a % b);
+    }
+    a
 }

@@ -203,3 +203,28 @@ fn keyed_picks_read_the_clock_only_when_an_ejection_exists() {
     );
     assert_eq!(pool.ejected(), 0);
 }
+
+/// Weighted round robin (xDS locality weights): each cycle of W picks gives every candidate
+/// exactly its weight, interleaved rather than in blocks.
+#[test]
+fn weighted_round_robin_is_exact_per_cycle_and_interleaved() {
+    let (es, _, pool) = setup(3);
+    for (e, w) in es.iter().zip([3u32, 1, 6]) {
+        e.set_weight(w);
+    }
+    let cursor = AtomicU32::new(0);
+    let policy = LbPolicy::RoundRobin;
+    let picker = Picker::new(&policy, &es, &pool)
+        .with_cursor(&cursor)
+        .with_weighted_round_robin(10);
+    let mut rng = SplitMix64::new(3);
+    let order: Vec<usize> = (0..30)
+        .map(|_| index_of(&es, picker.pick(0, None, &mut rng).unwrap()))
+        .collect();
+    for cycle in order.chunks(10) {
+        let count = |i| cycle.iter().filter(|&&x| x == i).count();
+        assert_eq!((count(0), count(1), count(2)), (3, 1, 6), "{order:?}");
+    }
+    // Interleaved: the heaviest never takes more than 3 picks in a row.
+    assert!(order.windows(4).all(|w| !w.iter().all(|&x| x == 2)), "{order:?}");
+}

@@ -16,7 +16,7 @@ use tokio_stream::StreamExt;
 use tonic::transport::Channel;
 
 use crate::config::Config;
-use crate::discover::{BoxDiscover, Change};
+use crate::discover::{BoxDiscover, BoxEndpointDiscover, Change, Endpoint};
 use crate::error::NoEndpoint;
 use crate::subchannel::{self, ConnectivityState, Subchannel};
 use crate::BalancedChannel;
@@ -84,6 +84,8 @@ pub(crate) struct Snapshot {
     pub(crate) ring: Option<Arc<Ring>>,
     /// The policy this picker runs.
     pub(crate) policy: LbPolicy,
+    /// Round robin over unequal weights (xDS localities): the ready endpoints' weight sum.
+    pub(crate) rr_weight: u64,
     /// The Maglev table (Maglev policy); owners index `members`.
     pub(crate) maglev: Option<Arc<pickwise::Maglev>>,
     /// Weight of the ready endpoints: the base of bounded-load shares (Envoy normalises over the
@@ -197,6 +199,9 @@ impl Shared {
 struct Entry {
     sub: Arc<Subchannel>,
     task: JoinHandle<()>,
+    /// Discovery's priority (0 = highest) and ring key for this endpoint.
+    priority: u32,
+    hash_key: Option<Arc<str>>,
 }
 
 /// The task's own state.
@@ -219,10 +224,18 @@ struct Balancer {
     subset_dirty: bool,
     /// The policy in force (the builder's, until [`Control::SetPolicy`]).
     policy: LbPolicy,
+    /// Priority and ring key by address, as discovery last said (kept for subset members too).
+    attrs: HashMap<String, (u32, Option<Arc<str>>)>,
+    /// The priority the last picker served (`None`: every endpoint, nothing usable).
+    active_priority: Option<u32>,
 }
 
 /// Starts the balancer task and returns the user's handle.
-pub(crate) fn spawn(config: Config, discovery: BoxDiscover, peers: Option<BoxDiscover>) -> BalancedChannel {
+pub(crate) fn spawn(
+    config: Config,
+    discovery: BoxEndpointDiscover,
+    peers: Option<BoxDiscover>,
+) -> BalancedChannel {
     let (version, _) = watch::channel(0u64);
     let common = Arc::new(Common {
         pool: Pool::new(config.pool),
@@ -258,6 +271,8 @@ pub(crate) fn spawn(config: Config, discovery: BoxDiscover, peers: Option<BoxDis
         peers: BTreeSet::new(),
         subset_dirty: false,
         policy,
+        attrs: HashMap::new(),
+        active_priority: None,
     };
     tokio::spawn(balancer.run(discovery, peers, events_rx, control_rx, shutdown_rx));
     BalancedChannel::new(shared, shutdown_tx)
@@ -266,7 +281,7 @@ pub(crate) fn spawn(config: Config, discovery: BoxDiscover, peers: Option<BoxDis
 impl Balancer {
     async fn run(
         mut self,
-        mut discovery: BoxDiscover,
+        mut discovery: BoxEndpointDiscover,
         peers: Option<BoxDiscover>,
         mut events: mpsc::UnboundedReceiver<u64>,
         mut control: mpsc::UnboundedReceiver<Control>,
@@ -333,7 +348,7 @@ impl Balancer {
     }
 
     /// Handles one discovery item; returns whether the stream is still open.
-    fn on_discovery(&mut self, item: Option<Result<Change<String, u32>, crate::BoxError>>) -> bool {
+    fn on_discovery(&mut self, item: Option<Result<Change<String, Endpoint>, crate::BoxError>>) -> bool {
         match item {
             Some(Ok(change)) => self.apply(change),
             Some(Err(e)) => {
@@ -362,9 +377,26 @@ impl Balancer {
         true
     }
 
-    fn apply(&mut self, change: Change<String, u32>) {
+    fn apply(&mut self, change: Change<String, Endpoint>) {
         self.resolved = true;
         self.discovery_error = None;
+        let change = match change {
+            Change::Insert(addr, e) => {
+                let attrs = (e.priority, e.hash_key);
+                if let Some(entry) = self.entries.get_mut(&addr) {
+                    if (entry.priority, &entry.hash_key) != (attrs.0, &attrs.1) {
+                        (entry.priority, entry.hash_key) = attrs.clone();
+                        self.ring_dirty = true;
+                    }
+                }
+                self.attrs.insert(addr.clone(), attrs);
+                Change::Insert(addr, e.weight)
+            }
+            Change::Remove(addr) => {
+                self.attrs.remove(&addr);
+                Change::Remove(addr)
+            }
+        };
         if self.shared.common.config.subset.is_some() {
             // Subsetting: remember everything; the subset decides what to connect to.
             match change {
@@ -394,7 +426,16 @@ impl Balancer {
         let id = self.next_id;
         self.next_id += 1;
         let task = tokio::spawn(subchannel::run(sub.clone(), id, self.events.clone()));
-        self.entries.insert(addr.clone(), Entry { sub, task });
+        let (priority, hash_key) = self.attrs.get(&addr).cloned().unwrap_or_default();
+        self.entries.insert(
+            addr.clone(),
+            Entry {
+                sub,
+                task,
+                priority,
+                hash_key,
+            },
+        );
         self.order.push(addr);
         self.ring_dirty = true;
     }
@@ -482,11 +523,37 @@ impl Balancer {
         );
     }
 
+    /// The priority requests go to (gRFC A27's priority policy as grpc-go runs it): the first
+    /// with a ready endpoint, or with one still connecting for the first time (requests wait for
+    /// it rather than fail over at once; a connect failure or the connect timeout moves on).
+    /// `None` when none qualifies: every endpoint of every priority is failing.
+    fn active_priority(&self) -> Option<u32> {
+        let mut usable: Option<u32> = None;
+        for e in self.entries.values() {
+            let state = e.sub.state();
+            let ok = state == ConnectivityState::Ready
+                || (matches!(state, ConnectivityState::Connecting | ConnectivityState::Idle)
+                    && !e.sub.is_failing());
+            if ok && usable.is_none_or(|p| e.priority < p) {
+                usable = Some(e.priority);
+            }
+        }
+        usable
+    }
+
     fn publish(&mut self) {
+        // One priority serves; with a single priority (no xDS) this is every endpoint.
+        let active = self.active_priority();
+        if active != self.active_priority {
+            tracing::info!(from = ?self.active_priority, to = ?active, "priority change");
+            self.active_priority = active;
+            self.ring_dirty = true;
+        }
         let members: Vec<Member> = self
             .order
             .iter()
             .filter_map(|a| self.entries.get(a))
+            .filter(|e| active.is_none_or(|p| e.priority == p))
             .map(|e| Member {
                 generation: e.sub.generation(),
                 channel: e.sub.channel(),
@@ -496,9 +563,13 @@ impl Balancer {
         self.shared.common.pool.set_endpoints(members.len());
         if self.ring_dirty {
             self.ring_dirty = false;
+            // The ring hashes each endpoint's key: gRFC A76's `hash_key` if set, else the address.
             let list: Vec<(&str, u32)> = members
                 .iter()
-                .map(|m| (m.sub.addr.as_str(), m.sub.core.weight()))
+                .map(|m| {
+                    let key = self.entries.get(&m.sub.addr).and_then(|e| e.hash_key.as_deref());
+                    (key.unwrap_or(m.sub.addr.as_str()), m.sub.core.weight())
+                })
                 .collect();
             self.ring = None;
             self.maglev = None;
@@ -548,7 +619,17 @@ impl Balancer {
             .iter()
             .filter(|m| m.sub.state() != ConnectivityState::Ready)
             .find_map(|m| m.sub.last_error());
+        let weighted = self.policy == LbPolicy::RoundRobin
+            && ready
+                .windows(2)
+                .any(|w| w[0].sub.core.weight() != w[1].sub.core.weight());
+        let rr_weight = if weighted {
+            ready.iter().map(|m| u64::from(m.sub.core.weight())).sum()
+        } else {
+            0
+        };
         let snapshot = Snapshot {
+            rr_weight,
             total_weight: hashing::available_weight(&ready, self.shared.common.now()),
             ring: self.ring.clone(),
             policy: self.policy,

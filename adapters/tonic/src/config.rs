@@ -436,6 +436,23 @@ impl Builder {
         S: Stream<Item = Result<Change<String, u32>, E>> + Send + 'static,
         E: Into<BoxError>,
     {
+        let discovery = tokio_stream::StreamExt::map(discovery, |item| {
+            item.map(|change| match change {
+                Change::Insert(addr, weight) => Change::Insert(addr, weight.into()),
+                Change::Remove(addr) => Change::Remove(addr),
+            })
+            .map_err(Into::into)
+        });
+        crate::balancer::spawn(self.config, Box::pin(discovery), self.peers)
+    }
+
+    /// [`build`](Self::build) over a stream of [`Endpoint`](crate::discover::Endpoint)s: weights
+    /// with priorities and ring-hash keys (what an xDS EDS update carries).
+    pub fn build_endpoints<S, E>(self, discovery: S) -> crate::BalancedChannel
+    where
+        S: Stream<Item = Result<Change<String, crate::discover::Endpoint>, E>> + Send + 'static,
+        E: Into<BoxError>,
+    {
         let discovery = tokio_stream::StreamExt::map(discovery, |item| item.map_err(Into::into));
         crate::balancer::spawn(self.config, Box::pin(discovery), self.peers)
     }

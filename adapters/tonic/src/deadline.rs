@@ -1,5 +1,6 @@
 //! Request deadlines: the `grpc-timeout` header a tonic client sets (`Request::set_timeout`),
-//! parsed and re-encoded as gRPC's HTTP/2 protocol spec defines it.
+//! parsed and re-encoded as gRPC's HTTP/2 protocol spec defines it (public for layers in front
+//! of the balancer, such as `pickwise-xds`, that also make requests wait).
 //!
 //! grpc-go bounds a request's wait for a picker by its deadline (`picker_wrapper.go`: the wait
 //! ends with `DEADLINE_EXCEEDED`) and sends the server what remains (`http2_client.go`
@@ -14,7 +15,7 @@ const GRPC_TIMEOUT: &str = "grpc-timeout";
 
 /// The request's timeout from its `grpc-timeout` header; `None` if absent or malformed (tonic's
 /// own rule: at most 8 digits and one unit of `H M S m u n`).
-pub(crate) fn timeout(headers: &HeaderMap) -> Option<Duration> {
+pub fn timeout(headers: &HeaderMap) -> Option<Duration> {
     let v = headers.get(GRPC_TIMEOUT)?.to_str().ok()?;
     let (digits, unit) = v.split_at(v.len().checked_sub(1)?);
     if digits.is_empty() || digits.len() > 8 || !digits.bytes().all(|b| b.is_ascii_digit()) {
@@ -39,7 +40,7 @@ pub(crate) fn of(headers: &HeaderMap) -> Option<Instant> {
 
 /// `grpc-timeout` for `d`: the finest unit whose value fits in 8 digits, rounded up (grpc-go
 /// `encodeTimeout`).
-pub(crate) fn encode(d: Duration) -> HeaderValue {
+pub fn encode(d: Duration) -> HeaderValue {
     const MAX: u128 = 100_000_000;
     let ns = d.as_nanos().max(1);
     let units: [(u128, char); 6] = [
@@ -62,7 +63,7 @@ pub(crate) fn encode(d: Duration) -> HeaderValue {
 
 /// Rewrites the request's `grpc-timeout` to what remains until `deadline`; `false` if nothing
 /// remains.
-pub(crate) fn set_remaining(headers: &mut HeaderMap, deadline: Instant) -> bool {
+pub fn set_remaining(headers: &mut HeaderMap, deadline: Instant) -> bool {
     let left = deadline.saturating_duration_since(Instant::now());
     if left.is_zero() {
         return false;

@@ -20,8 +20,39 @@ pub use tower::discover::Change;
 
 use crate::BoxError;
 
-/// A boxed discovery stream, as the balancer stores it.
+/// A boxed discovery stream of addresses and weights (also the peer stream of subsetting).
 pub type BoxDiscover = Pin<Box<dyn Stream<Item = Result<Change<String, u32>, BoxError>> + Send>>;
+
+/// A boxed discovery stream of [`Endpoint`]s, as the balancer stores it.
+pub type BoxEndpointDiscover = Pin<Box<dyn Stream<Item = Result<Change<String, Endpoint>, BoxError>> + Send>>;
+
+/// What discovery knows about one endpoint beyond its address (xDS EDS carries all of it).
+///
+/// - `weight`: its share (for xDS, locality weight × endpoint weight, as gRFC A42 combines them).
+/// - `priority`: gRFC A27/Envoy priorities: requests go to the lowest-numbered priority that has
+///   a ready endpoint (or is still connecting for the first time), failing over to the next when
+///   all of a priority's endpoints fail, and back as soon as one is ready again. Connections are
+///   kept to every priority, so failover and failback take one picker rebuild.
+/// - `hash_key`: the key the ring hashes instead of the address (gRFC A76's `hash_key`
+///   endpoint metadata), so an endpoint keeps its ring points across address changes.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Endpoint {
+    /// Weight (0 is treated as 1).
+    pub weight: u32,
+    /// Priority: 0 is the highest.
+    pub priority: u32,
+    /// The ring-hash key, if not the address.
+    pub hash_key: Option<std::sync::Arc<str>>,
+}
+
+impl From<u32> for Endpoint {
+    fn from(weight: u32) -> Self {
+        Self {
+            weight,
+            ..Self::default()
+        }
+    }
+}
 
 /// A static list of addresses (weight 1 each): inserts them once, then stays open (no end). An empty
 /// list yields one error, so requests fail at once with that message.

@@ -93,7 +93,7 @@
 mod balancer;
 mod channel;
 mod config;
-mod deadline;
+pub mod deadline;
 pub mod discover;
 mod error;
 mod picker;

@@ -1,0 +1,536 @@
+//! The xDS client (grpc-go's `xdsclient`): one ADS stream, state of the world, with a resource
+//! cache that outlives the stream.
+//!
+//! - **ACK/NACK** (gRFC A46): a response is ACKed with its version and nonce; if any resource in
+//!   it is invalid the response is NACKed with the last accepted version, the nonce and an
+//!   `error_detail` naming each bad resource, valid resources in it are still applied, and an
+//!   invalid one keeps its last good value.
+//! - **Deletion**: a listener or cluster missing from a response no longer exists (SotW), unless
+//!   the server has `ignore_resource_deletion` (gRFC A53).
+//! - **Does-not-exist timer** (A27): a resource requested on a live stream that does not arrive
+//!   within the timeout (15 s by default) is reported missing; RPCs then fail with `UNAVAILABLE`.
+//! - **Reconnect**: exponential backoff (1 s, ×1.6, 120 s cap, ±20% jitter, reset after a
+//!   response), then every subscription is sent again with the last accepted versions. While the
+//!   control plane is away the cached resources keep serving (gRFC A57's behaviour).
+//!
+//! After every change the dependency chain target → listener → route configuration → clusters →
+//! endpoints is resolved again ([`XdsState`]) and the subscriptions follow it.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
+use std::time::Duration;
+
+use envoy_types::pb::envoy::service::discovery::v3::{
+    aggregated_discovery_service_client::AggregatedDiscoveryServiceClient, DiscoveryRequest,
+    DiscoveryResponse,
+};
+use tokio::sync::{mpsc, watch};
+use tokio::time::Instant;
+
+use crate::bootstrap::Bootstrap;
+use crate::resource::{
+    self, ClusterConfig, EndpointsConfig, ListenerConfig, Resource, ResourceType, Route, RouteConfig,
+};
+
+/// Reconnect backoff for the ADS stream.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct AdsBackoff {
+    /// First delay (gRPC: 1 s).
+    pub initial: Duration,
+    /// Growth per failed attempt (gRPC: 1.6).
+    pub multiplier: f64,
+    /// Cap (gRPC: 120 s).
+    pub max: Duration,
+}
+
+impl Default for AdsBackoff {
+    fn default() -> Self {
+        Self {
+            initial: Duration::from_secs(1),
+            multiplier: 1.6,
+            max: Duration::from_secs(120),
+        }
+    }
+}
+
+/// Settings of the xDS client.
+#[derive(Clone, Debug)]
+pub(crate) struct Options {
+    pub(crate) bootstrap: Bootstrap,
+    pub(crate) resource_timeout: Duration,
+    pub(crate) backoff: AdsBackoff,
+}
+
+/// The resolved configuration for one target, as the channel consumes it.
+#[derive(Clone, Debug, PartialEq)]
+pub(crate) struct XdsState {
+    /// Routes of the matching virtual host: `Ok(None)` while pending, `Err` when the chain is
+    /// broken (missing listener or route configuration, no virtual host...).
+    pub(crate) routes: Result<Option<Arc<Vec<Route>>>, String>,
+    /// Each cluster the routes name.
+    pub(crate) clusters: BTreeMap<String, ClusterState>,
+    /// Whether the ADS stream is up.
+    pub(crate) connected: bool,
+    /// The last NACK sent, if any (type, reason).
+    pub(crate) last_nack: Option<String>,
+}
+
+impl Default for XdsState {
+    fn default() -> Self {
+        Self {
+            routes: Ok(None),
+            clusters: BTreeMap::new(),
+            connected: false,
+            last_nack: None,
+        }
+    }
+}
+
+/// A cluster as far as it resolved.
+#[derive(Clone, Debug, PartialEq)]
+pub(crate) enum ClusterState {
+    /// The cluster or its endpoints have not arrived yet.
+    Pending,
+    /// It cannot serve (does not exist, invalid without a last good value).
+    Failed(String),
+    /// Cluster and endpoints.
+    Ready(Arc<ClusterConfig>, Arc<EndpointsConfig>),
+}
+
+/// One cached resource.
+#[derive(Debug, Default)]
+struct Slot {
+    value: Option<Arc<Resource>>,
+    /// Reported missing (SotW deletion or the does-not-exist timer).
+    missing: bool,
+    /// Last validation error (a NACK), kept until a valid version arrives.
+    error: Option<String>,
+    /// Does-not-exist deadline while requested on a live stream.
+    timer: Option<Instant>,
+}
+
+/// The client's state: subscriptions, cache, versions and nonces per type.
+struct Client {
+    options: Options,
+    /// The listener name (the target's path).
+    target: String,
+    slots: [BTreeMap<String, Slot>; 4],
+    versions: [String; 4],
+    nonces: [String; 4],
+    out: watch::Sender<Arc<XdsState>>,
+    last_nack: Option<String>,
+}
+
+fn idx(t: ResourceType) -> usize {
+    t as usize
+}
+
+/// Starts the xDS client task for `target`; it stops when every receiver is dropped.
+pub(crate) fn spawn(
+    options: Options,
+    target: String,
+) -> (watch::Receiver<Arc<XdsState>>, tokio::task::JoinHandle<()>) {
+    let (out, rx) = watch::channel(Arc::new(XdsState {
+        routes: Ok(None),
+        ..XdsState::default()
+    }));
+    let mut client = Client {
+        options,
+        target,
+        slots: Default::default(),
+        versions: Default::default(),
+        nonces: Default::default(),
+        out,
+        last_nack: None,
+    };
+    client.slots[idx(ResourceType::Listener)].insert(client.target.clone(), Slot::default());
+    let task = tokio::spawn(async move { client.run().await });
+    (rx, task)
+}
+
+impl Client {
+    async fn run(&mut self) {
+        let mut delay = self.options.backoff.initial;
+        loop {
+            let out = self.out.clone();
+            let got_response = tokio::select! {
+                r = self.stream_once() => r,
+                _ = out.closed() => return,
+            };
+            self.stop_timers();
+            self.publish(false);
+            if got_response {
+                delay = self.options.backoff.initial;
+            }
+            let jitter = 0.8 + fastrand::f64() * 0.4;
+            let wait = delay.mul_f64(jitter);
+            tracing::info!(
+                retry_in_ms = wait.as_millis() as u64,
+                "xDS stream down; serving cached resources"
+            );
+            tokio::select! {
+                _ = tokio::time::sleep(wait) => {}
+                _ = self.out.closed() => return,
+            }
+            if !got_response {
+                delay = delay
+                    .mul_f64(self.options.backoff.multiplier)
+                    .min(self.options.backoff.max);
+            }
+        }
+    }
+
+    /// One ADS stream, until it fails. Returns whether any response arrived.
+    async fn stream_once(&mut self) -> bool {
+        let uri = self.options.bootstrap.endpoint_uri();
+        let endpoint = match tonic::transport::Endpoint::from_shared(uri.clone()) {
+            Ok(e) => e.connect_timeout(Duration::from_secs(5)),
+            Err(e) => {
+                tracing::error!(%uri, error = %e, "invalid xDS server URI");
+                return false;
+            }
+        };
+        let channel = match endpoint.connect().await {
+            Ok(c) => c,
+            Err(e) => {
+                tracing::warn!(%uri, error = %pickwise_error_chain(&e), "cannot reach the xDS server");
+                return false;
+            }
+        };
+        let (tx, rx) = mpsc::unbounded_channel::<DiscoveryRequest>();
+        let mut first = true;
+        for t in ResourceType::ALL {
+            if !self.slots[idx(t)].is_empty() {
+                let _ = tx.send(self.request(t, first));
+                first = false;
+            }
+        }
+        let mut client = AggregatedDiscoveryServiceClient::new(channel);
+        let mut stream = match client
+            .stream_aggregated_resources(tokio_stream::wrappers::UnboundedReceiverStream::new(rx))
+            .await
+        {
+            Ok(s) => s.into_inner(),
+            Err(e) => {
+                tracing::warn!(%uri, error = %e, "ADS stream refused");
+                return false;
+            }
+        };
+        tracing::info!(%uri, "ADS stream up");
+        self.start_timers();
+        self.publish(true);
+        let mut got_response = false;
+        loop {
+            let next_timer = self.next_timer();
+            tokio::select! {
+                msg = stream.message() => match msg {
+                    Ok(Some(resp)) => {
+                        got_response = true;
+                        self.on_response(resp, &tx);
+                    }
+                    Ok(None) => {
+                        tracing::warn!("ADS stream ended by the server");
+                        return got_response;
+                    }
+                    Err(e) => {
+                        tracing::warn!(error = %e, "ADS stream failed");
+                        return got_response;
+                    }
+                },
+                _ = sleep_until_opt(next_timer) => {
+                    self.expire_timers();
+                    let _ = self.resolve(&tx, true);
+                }
+            }
+        }
+    }
+
+    fn request(&self, t: ResourceType, with_node: bool) -> DiscoveryRequest {
+        DiscoveryRequest {
+            version_info: self.versions[idx(t)].clone(),
+            node: with_node.then(|| self.options.bootstrap.node.clone()),
+            resource_names: self.slots[idx(t)].keys().cloned().collect(),
+            type_url: t.type_url(),
+            response_nonce: self.nonces[idx(t)].clone(),
+            ..DiscoveryRequest::default()
+        }
+    }
+
+    fn on_response(&mut self, resp: DiscoveryResponse, tx: &mpsc::UnboundedSender<DiscoveryRequest>) {
+        let Some(t) = ResourceType::from_url(&resp.type_url) else {
+            tracing::warn!(type_url = %resp.type_url, "ignoring a response of an unknown type");
+            return;
+        };
+        let (errors, changed) = self.apply(t, &resp.resources);
+        self.nonces[idx(t)] = resp.nonce.clone();
+        let mut req = DiscoveryRequest {
+            type_url: t.type_url(),
+            response_nonce: resp.nonce,
+            resource_names: self.slots[idx(t)].keys().cloned().collect(),
+            ..DiscoveryRequest::default()
+        };
+        if errors.is_empty() {
+            self.versions[idx(t)] = resp.version_info.clone();
+            tracing::debug!(kind = t.short(), version = %resp.version_info, "ACK");
+        } else {
+            let message = errors.join("; ");
+            tracing::warn!(kind = t.short(), version = %resp.version_info, error = %message, "NACK");
+            self.last_nack = Some(format!("{}: {message}", t.short()));
+            req.error_detail = Some(envoy_types::pb::google::rpc::Status {
+                code: tonic::Code::InvalidArgument as i32,
+                message,
+                details: Vec::new(),
+            });
+        }
+        req.version_info = self.versions[idx(t)].clone();
+        let _ = tx.send(req);
+        if changed || !errors.is_empty() {
+            let _ = self.resolve(tx, true);
+        }
+    }
+
+    /// Applies a response's resources; returns the NACK reasons and whether anything changed.
+    fn apply(
+        &mut self,
+        t: ResourceType,
+        resources: &[envoy_types::pb::google::protobuf::Any],
+    ) -> (Vec<String>, bool) {
+        let mut errors = Vec::new();
+        let mut seen = BTreeSet::new();
+        let mut changed = false;
+        let slots = &mut self.slots[idx(t)];
+        for any in resources {
+            match resource::decode(t, any) {
+                Ok((name, value)) => {
+                    if !seen.insert(name.clone()) {
+                        errors.push(format!("resource {name:?} appears twice"));
+                        continue;
+                    }
+                    let Some(slot) = slots.get_mut(&name) else {
+                        continue; // not subscribed (any more)
+                    };
+                    if slot.value.as_deref() != Some(&value) || slot.missing || slot.error.is_some() {
+                        changed = true;
+                    }
+                    slot.value = Some(Arc::new(value));
+                    slot.missing = false;
+                    slot.error = None;
+                    slot.timer = None;
+                }
+                Err(e) => {
+                    errors.push(e.to_string());
+                    if let Some(name) = &e.name {
+                        seen.insert(name.clone());
+                        if let Some(slot) = slots.get_mut(name) {
+                            slot.error = Some(e.reason.clone());
+                            slot.timer = None;
+                            changed = true;
+                        }
+                    }
+                }
+            }
+        }
+        if t.absent_means_deleted() && !self.options.bootstrap.has_feature("ignore_resource_deletion") {
+            for (name, slot) in slots.iter_mut() {
+                if !seen.contains(name) && (slot.value.is_some() || slot.error.is_some()) && !slot.missing {
+                    tracing::warn!(kind = t.short(), %name, "resource removed by the control plane");
+                    slot.value = None;
+                    slot.error = None;
+                    slot.missing = true;
+                    changed = true;
+                }
+            }
+        }
+        (errors, changed)
+    }
+
+    /// Resolves the chain, publishes the state and updates subscriptions (sending requests for
+    /// the types whose names changed). Returns the state.
+    fn resolve(&mut self, tx: &mpsc::UnboundedSender<DiscoveryRequest>, connected: bool) -> Arc<XdsState> {
+        let (state, wanted) = self.compute();
+        for t in ResourceType::ALL {
+            let now: BTreeSet<&String> = self.slots[idx(t)].keys().collect();
+            let want: BTreeSet<&String> = wanted[idx(t)].iter().collect();
+            if now == want {
+                continue;
+            }
+            let slots = &mut self.slots[idx(t)];
+            slots.retain(|k, _| wanted[idx(t)].contains(k));
+            for name in &wanted[idx(t)] {
+                slots.entry(name.clone()).or_insert_with(|| Slot {
+                    timer: connected.then(|| Instant::now() + self.options.resource_timeout),
+                    ..Slot::default()
+                });
+            }
+            // An empty list would mean "everything" (wildcard) for LDS/CDS: never send it.
+            if !self.slots[idx(t)].is_empty() {
+                let _ = tx.send(self.request(t, false));
+            }
+        }
+        let state = Arc::new(XdsState {
+            connected,
+            last_nack: self.last_nack.clone(),
+            ..state
+        });
+        self.out.send_replace(state.clone());
+        state
+    }
+
+    fn publish(&mut self, connected: bool) {
+        let (state, _) = self.compute();
+        self.out.send_replace(Arc::new(XdsState {
+            connected,
+            last_nack: self.last_nack.clone(),
+            ..state
+        }));
+    }
+
+    /// The dependency chain from the cache, and the names each type should subscribe to.
+    fn compute(&self) -> (XdsState, [BTreeSet<String>; 4]) {
+        let mut wanted: [BTreeSet<String>; 4] = Default::default();
+        wanted[idx(ResourceType::Listener)].insert(self.target.clone());
+        let mut state = XdsState {
+            routes: Ok(None),
+            ..XdsState::default()
+        };
+        let listener = match self.get(ResourceType::Listener, &self.target, |r| match r {
+            Resource::Listener(l) => Some(l),
+            _ => None,
+        }) {
+            Ok(Some(l)) => l,
+            Ok(None) => return (state, wanted),
+            Err(e) => {
+                state.routes = Err(format!("xDS listener {:?}: {e}", self.target));
+                return (state, wanted);
+            }
+        };
+        let rc: &RouteConfig = match listener {
+            ListenerConfig::Inline(rc) => rc,
+            ListenerConfig::Rds(name) => {
+                wanted[idx(ResourceType::RouteConfiguration)].insert(name.clone());
+                match self.get(ResourceType::RouteConfiguration, name, |r| match r {
+                    Resource::RouteConfiguration(rc) => Some(rc),
+                    _ => None,
+                }) {
+                    Ok(Some(rc)) => rc,
+                    Ok(None) => return (state, wanted),
+                    Err(e) => {
+                        state.routes = Err(format!("xDS route configuration {name:?}: {e}"));
+                        return (state, wanted);
+                    }
+                }
+            }
+        };
+        let Some(vh) = crate::routing::virtual_host(&rc.virtual_hosts, &self.target) else {
+            state.routes = Err(format!("xDS: no virtual host matches {:?}", self.target));
+            return (state, wanted);
+        };
+        let mut clusters = BTreeSet::new();
+        for r in &vh.routes {
+            if let resource::RouteAction::Clusters(cs) = &r.action {
+                clusters.extend(cs.iter().map(|c| c.name.clone()));
+            }
+        }
+        state.routes = Ok(Some(Arc::new(vh.routes.clone())));
+        for name in clusters {
+            wanted[idx(ResourceType::Cluster)].insert(name.clone());
+            let cluster = self.get(ResourceType::Cluster, &name, |r| match r {
+                Resource::Cluster(c) => Some(c),
+                _ => None,
+            });
+            let cs = match cluster {
+                Ok(Some(c)) => {
+                    let eds = &c.eds_service_name;
+                    wanted[idx(ResourceType::ClusterLoadAssignment)].insert(eds.clone());
+                    match self.get(ResourceType::ClusterLoadAssignment, eds, |r| match r {
+                        Resource::ClusterLoadAssignment(e) => Some(e),
+                        _ => None,
+                    }) {
+                        Ok(Some(e)) => ClusterState::Ready(Arc::new(c.clone()), Arc::new(e.clone())),
+                        Ok(None) => ClusterState::Pending,
+                        Err(e) => ClusterState::Failed(format!("xDS endpoints {eds:?}: {e}")),
+                    }
+                }
+                Ok(None) => ClusterState::Pending,
+                Err(e) => ClusterState::Failed(format!("xDS cluster {name:?}: {e}")),
+            };
+            state.clusters.insert(name, cs);
+        }
+        (state, wanted)
+    }
+
+    /// A cached resource: `Ok(Some)` present, `Ok(None)` pending, `Err` missing or rejected.
+    fn get<'a, T>(
+        &'a self,
+        t: ResourceType,
+        name: &str,
+        project: impl Fn(&'a Resource) -> Option<&'a T>,
+    ) -> Result<Option<&'a T>, String> {
+        match self.slots[idx(t)].get(name) {
+            Some(Slot { value: Some(v), .. }) => {
+                project(v).map(Some).ok_or_else(|| "wrong resource type".into())
+            }
+            Some(Slot { missing: true, .. }) => Err("does not exist".into()),
+            Some(Slot { error: Some(e), .. }) => Err(format!("rejected: {e}")),
+            _ => Ok(None),
+        }
+    }
+
+    fn start_timers(&mut self) {
+        let at = Instant::now() + self.options.resource_timeout;
+        for slots in &mut self.slots {
+            for slot in slots.values_mut() {
+                if slot.value.is_none() && !slot.missing && slot.error.is_none() {
+                    slot.timer = Some(at);
+                }
+            }
+        }
+    }
+
+    fn stop_timers(&mut self) {
+        for slots in &mut self.slots {
+            for slot in slots.values_mut() {
+                slot.timer = None;
+            }
+        }
+    }
+
+    fn next_timer(&self) -> Option<Instant> {
+        self.slots
+            .iter()
+            .flat_map(|s| s.values())
+            .filter_map(|s| s.timer)
+            .min()
+    }
+
+    fn expire_timers(&mut self) {
+        let now = Instant::now();
+        for (i, slots) in self.slots.iter_mut().enumerate() {
+            for (name, slot) in slots.iter_mut() {
+                if slot.timer.is_some_and(|t| t <= now) {
+                    slot.timer = None;
+                    slot.missing = true;
+                    tracing::warn!(kind = ResourceType::ALL[i].short(), %name, "resource does not exist (timer)");
+                }
+            }
+        }
+    }
+}
+
+async fn sleep_until_opt(at: Option<Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
+    }
+}
+
+fn pickwise_error_chain(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut s = e.to_string();
+    let mut src = e.source();
+    while let Some(inner) = src {
+        s.push_str(": ");
+        s.push_str(&inner.to_string());
+        src = inner.source();
+    }
+    s
+}

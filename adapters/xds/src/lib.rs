@@ -1,0 +1,86 @@
+//! # pickwise-xds
+//!
+//! Proxyless gRPC load balancing driven by an xDS control plane (Istio, Traffic Director,
+//! go-control-plane, Envoy Gateway...), for tonic clients: what grpc-go and gRPC C-core do
+//! natively for `xds:///` targets (gRFC A27, A28, A42, A46, A50, A52, A53, A76), on
+//! [`pickwise_tonic`]'s balancer.
+//!
+//! ```no_run
+//! # async fn demo() -> Result<(), Box<dyn std::error::Error>> {
+//! // GRPC_XDS_BOOTSTRAP=/etc/grpc/bootstrap.json (the same file grpc-go and C-core read)
+//! let channel = pickwise_xds::XdsBuilder::new().build("xds:///greeter")?;
+//! let mut client = tonic_health::pb::health_client::HealthClient::new(channel);
+//! let reply = client.check(tonic_health::pb::HealthCheckRequest::default()).await?;
+//! let served_by = reply.extensions().get::<pickwise_tonic::Peer>();
+//! # Ok(()) }
+//! ```
+//!
+//! # What it follows
+//!
+//! - **Bootstrap** ([`bootstrap`]): `GRPC_XDS_BOOTSTRAP` / `GRPC_XDS_BOOTSTRAP_CONFIG`.
+//! - **ADS, state of the world**, one stream: LDS (API listener → `HttpConnectionManager`, inline
+//!   routes or RDS) → RDS (virtual host by authority, routes by path prefix/exact/regex, headers,
+//!   runtime fraction; cluster or weighted clusters; `hash_policy` on headers or the channel id)
+//!   → CDS (EDS clusters; `lb_policy` or `load_balancing_policy`: round robin, least request,
+//!   ring hash with ring sizes, Maglev; outlier detection; circuit breaker `max_requests`) → EDS
+//!   (localities with weights and priorities, endpoint weights, `health_status`, A76 `hash_key`,
+//!   `drop_overloads`). ACK/NACK, reconnect with backoff, cache kept while the control plane is
+//!   away, does-not-exist timer: see the `client` module's docs.
+//! - **Policies change at runtime**: a CDS update that changes the policy switches the
+//!   cluster's picker in place; connections and in-flight requests are kept.
+//! - **Priorities** as gRPC's priority policy: the highest priority with a ready endpoint serves;
+//!   failover when its endpoints fail, failback as soon as one is ready again. Connections are
+//!   kept to every priority, so both take one picker rebuild (grpc-go starts lower priorities
+//!   only on failover and waits up to 10 s for a new one to connect).
+//! - **Errors**: a missing or rejected resource fails requests with `UNAVAILABLE` and a message
+//!   naming it; requests wait (bounded by their deadline) while the first configuration is on
+//!   its way.
+//!
+//! Not supported yet (NACKed or documented): aggregate and logical-DNS clusters, TLS to the
+//! control plane or to endpoints from xDS (`channel_creds` other than `insecure`), federation
+//! (`xdstp://`), HTTP filters (fault injection, RBAC), retries and timeouts from routes,
+//! load reporting (LRS), `pick_first` and weighted round robin (skipped in a policy list).
+#![forbid(unsafe_code)]
+#![deny(missing_docs)]
+
+pub mod bootstrap;
+mod channel;
+mod client;
+mod cluster;
+pub mod control_plane;
+pub mod resource;
+mod routing;
+
+use std::fmt;
+
+pub use bootstrap::{Bootstrap, BootstrapError};
+pub use channel::{XdsBody, XdsBuilder, XdsChannel, XdsFuture, XdsStatus};
+pub use client::AdsBackoff;
+
+/// Why an xDS channel could not be built.
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum XdsError {
+    /// No usable bootstrap.
+    Bootstrap(BootstrapError),
+    /// The target is not `xds:///name`.
+    Target(String),
+}
+
+impl fmt::Display for XdsError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Bootstrap(e) => e.fmt(f),
+            Self::Target(e) => write!(f, "xDS target: {e}"),
+        }
+    }
+}
+
+impl std::error::Error for XdsError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            Self::Bootstrap(e) => Some(e),
+            Self::Target(_) => None,
+        }
+    }
+}

@@ -1,0 +1,369 @@
+//! RDS: virtual hosts, routes and their actions (gRFC A28), validated into matchers the request
+//! path runs without allocating.
+
+use envoy_types::pb::envoy::config::route::v3::{
+    header_matcher::HeaderMatchSpecifier, route::Action, route_action::hash_policy::PolicySpecifier,
+    route_action::ClusterSpecifier, route_match::PathSpecifier, RouteConfiguration,
+};
+use envoy_types::pb::envoy::r#type::matcher::v3::{
+    string_matcher::MatchPattern, RegexMatcher, StringMatcher,
+};
+use http::HeaderName;
+
+use super::Invalid;
+
+/// A validated route configuration.
+#[derive(Clone, Debug, PartialEq)]
+pub struct RouteConfig {
+    /// Virtual hosts, in order.
+    pub virtual_hosts: Vec<VirtualHost>,
+}
+
+/// A virtual host: the routes for the authorities its domains match.
+#[derive(Clone, Debug, PartialEq)]
+pub struct VirtualHost {
+    /// Domain patterns: exact, `*.suffix`, `prefix.*` or `*`.
+    pub domains: Vec<String>,
+    /// Routes, first match wins.
+    pub routes: Vec<Route>,
+}
+
+/// One route.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Route {
+    /// What it matches.
+    pub matcher: RouteMatch,
+    /// What a match does.
+    pub action: RouteAction,
+    /// How the request hash is computed (ring hash, Maglev).
+    pub hash_policies: Vec<HashPolicy>,
+}
+
+/// A route's match.
+#[derive(Clone, Debug)]
+pub struct RouteMatch {
+    /// The path condition.
+    pub path: PathMatch,
+    /// Header conditions (all must hold).
+    pub headers: Vec<HeaderMatcher>,
+    /// `runtime_fraction`: matches this many requests per million.
+    pub fraction_per_million: Option<u32>,
+}
+
+impl PartialEq for RouteMatch {
+    fn eq(&self, other: &Self) -> bool {
+        self.path == other.path
+            && self.headers == other.headers
+            && self.fraction_per_million == other.fraction_per_million
+    }
+}
+
+/// A path condition (`:path` is `/service/method`).
+#[derive(Clone, Debug)]
+pub enum PathMatch {
+    /// Starts with (the bool: case sensitive).
+    Prefix(String, bool),
+    /// Equals.
+    Exact(String, bool),
+    /// Matches the whole path.
+    Regex(regex::Regex),
+}
+
+impl PartialEq for PathMatch {
+    fn eq(&self, other: &Self) -> bool {
+        match (self, other) {
+            (Self::Prefix(a, x), Self::Prefix(b, y)) | (Self::Exact(a, x), Self::Exact(b, y)) => {
+                a == b && x == y
+            }
+            (Self::Regex(a), Self::Regex(b)) => a.as_str() == b.as_str(),
+            _ => false,
+        }
+    }
+}
+
+impl PathMatch {
+    /// Whether `path` matches.
+    pub fn matches(&self, path: &str) -> bool {
+        match self {
+            Self::Prefix(p, true) => path.starts_with(p.as_str()),
+            Self::Prefix(p, false) => path
+                .get(..p.len())
+                .is_some_and(|head| head.eq_ignore_ascii_case(p)),
+            Self::Exact(p, true) => path == p,
+            Self::Exact(p, false) => path.eq_ignore_ascii_case(p),
+            Self::Regex(r) => full_match(r, path),
+        }
+    }
+}
+
+fn full_match(r: &regex::Regex, s: &str) -> bool {
+    r.find(s).is_some_and(|m| m.start() == 0 && m.end() == s.len())
+}
+
+/// A header condition.
+#[derive(Clone, Debug)]
+pub struct HeaderMatcher {
+    /// The header (lower case).
+    pub name: String,
+    /// The condition on its value.
+    pub matcher: HeaderMatch,
+    /// Negates the result.
+    pub invert: bool,
+}
+
+impl PartialEq for HeaderMatcher {
+    fn eq(&self, other: &Self) -> bool {
+        self.name == other.name && self.invert == other.invert && self.matcher == other.matcher
+    }
+}
+
+impl PartialEq for HeaderMatch {
+    fn eq(&self, other: &Self) -> bool {
+        use HeaderMatch::*;
+        match (self, other) {
+            (Exact(a, x), Exact(b, y))
+            | (Prefix(a, x), Prefix(b, y))
+            | (Suffix(a, x), Suffix(b, y))
+            | (Contains(a, x), Contains(b, y)) => a == b && x == y,
+            (Regex(a), Regex(b)) => a.as_str() == b.as_str(),
+            (Range(a, b), Range(c, d)) => (a, b) == (c, d),
+            (Present(a), Present(b)) => a == b,
+            _ => false,
+        }
+    }
+}
+
+/// A condition on a header's value (all values joined with `,`, as gRPC does).
+#[derive(Clone, Debug)]
+pub enum HeaderMatch {
+    /// Equals (the bool: ignore case).
+    Exact(String, bool),
+    /// Starts with.
+    Prefix(String, bool),
+    /// Ends with.
+    Suffix(String, bool),
+    /// Contains.
+    Contains(String, bool),
+    /// Matches the whole value.
+    Regex(regex::Regex),
+    /// An integer in `[start, end)`.
+    Range(i64, i64),
+    /// Present (true) or absent (false).
+    Present(bool),
+}
+
+impl HeaderMatcher {
+    /// Whether a header with `value` (`None`: absent) satisfies this matcher.
+    pub fn matches(&self, value: Option<&str>) -> bool {
+        let hit = match (&self.matcher, value) {
+            (HeaderMatch::Present(want), v) => v.is_some() == *want,
+            (_, None) => return false, // absent never matches, inverted or not (Envoy)
+            (HeaderMatch::Exact(p, ic), Some(v)) => cmp(v, p, *ic, |v, p| v == p),
+            (HeaderMatch::Prefix(p, ic), Some(v)) => cmp(v, p, *ic, |v, p| v.starts_with(p)),
+            (HeaderMatch::Suffix(p, ic), Some(v)) => cmp(v, p, *ic, |v, p| v.ends_with(p)),
+            (HeaderMatch::Contains(p, ic), Some(v)) => cmp(v, p, *ic, |v, p| v.contains(p)),
+            (HeaderMatch::Regex(r), Some(v)) => full_match(r, v),
+            (HeaderMatch::Range(lo, hi), Some(v)) => v.parse::<i64>().is_ok_and(|n| *lo <= n && n < *hi),
+        };
+        hit != self.invert
+    }
+}
+
+fn cmp(v: &str, p: &str, ignore_case: bool, f: impl Fn(&str, &str) -> bool) -> bool {
+    if ignore_case {
+        f(&v.to_ascii_lowercase(), &p.to_ascii_lowercase())
+    } else {
+        f(v, p)
+    }
+}
+
+/// What a matched route does.
+#[derive(Clone, Debug, PartialEq)]
+pub enum RouteAction {
+    /// Send to one of these clusters, by weight (one entry for `cluster`).
+    Clusters(Vec<ClusterWeight>),
+    /// A route gRPC clients cannot follow (redirect, direct response, non-forwarding): matching
+    /// requests fail with `UNAVAILABLE`, as in grpc-go.
+    Unsupported(String),
+}
+
+/// A cluster and its weight in a route.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ClusterWeight {
+    /// The cluster name (CDS).
+    pub name: String,
+    /// Its weight.
+    pub weight: u32,
+}
+
+/// One `hash_policy` entry.
+#[derive(Clone, Debug, PartialEq)]
+pub struct HashPolicy {
+    /// Where the hash comes from.
+    pub source: HashSource,
+    /// Stop at this policy if it produced a hash.
+    pub terminal: bool,
+}
+
+/// Hash sources gRPC supports.
+#[derive(Clone, Debug, PartialEq)]
+pub enum HashSource {
+    /// XXH64 of a header's values joined with `,`.
+    Header(HeaderName),
+    /// `filter_state` `io.grpc.channel_id`: one hash per channel.
+    ChannelId,
+}
+
+pub(super) fn validate(rc: &RouteConfiguration) -> Result<RouteConfig, Invalid> {
+    let mut virtual_hosts = Vec::with_capacity(rc.virtual_hosts.len());
+    for vh in &rc.virtual_hosts {
+        let mut routes = Vec::new();
+        for r in &vh.routes {
+            if let Some(route) =
+                route(r).map_err(|e| format!("virtual host {:?}, route {:?}: {e}", vh.name, r.name))?
+            {
+                routes.push(route);
+            }
+        }
+        virtual_hosts.push(VirtualHost {
+            domains: vh.domains.iter().map(|d| d.to_ascii_lowercase()).collect(),
+            routes,
+        });
+    }
+    Ok(RouteConfig { virtual_hosts })
+}
+
+/// A route, `None` if gRPC ignores it (query parameter matchers, A28).
+// The deprecated header matchers are still what control planes send; gRPC honours them.
+#[allow(deprecated)]
+fn route(r: &envoy_types::pb::envoy::config::route::v3::Route) -> Result<Option<Route>, Invalid> {
+    let m = r.r#match.as_ref().ok_or("no match")?;
+    if !m.query_parameters.is_empty() {
+        return Ok(None);
+    }
+    let case_sensitive = m.case_sensitive.map_or(true, |b| b.value);
+    let path = match &m.path_specifier {
+        Some(PathSpecifier::Prefix(p)) => PathMatch::Prefix(p.clone(), case_sensitive),
+        Some(PathSpecifier::Path(p)) => PathMatch::Exact(p.clone(), case_sensitive),
+        Some(PathSpecifier::SafeRegex(re)) => PathMatch::Regex(regex(re, !case_sensitive)?),
+        Some(_) => return Err("unsupported path matcher".into()),
+        None => return Err("no path matcher".into()),
+    };
+    let mut headers = Vec::new();
+    for h in &m.headers {
+        let ic = false;
+        let matcher = match &h.header_match_specifier {
+            Some(HeaderMatchSpecifier::ExactMatch(s)) => HeaderMatch::Exact(s.clone(), ic),
+            Some(HeaderMatchSpecifier::PrefixMatch(s)) => HeaderMatch::Prefix(s.clone(), ic),
+            Some(HeaderMatchSpecifier::SuffixMatch(s)) => HeaderMatch::Suffix(s.clone(), ic),
+            Some(HeaderMatchSpecifier::ContainsMatch(s)) => HeaderMatch::Contains(s.clone(), ic),
+            Some(HeaderMatchSpecifier::SafeRegexMatch(re)) => HeaderMatch::Regex(regex(re, false)?),
+            Some(HeaderMatchSpecifier::RangeMatch(r)) => HeaderMatch::Range(r.start, r.end),
+            Some(HeaderMatchSpecifier::PresentMatch(p)) => HeaderMatch::Present(*p),
+            Some(HeaderMatchSpecifier::StringMatch(s)) => string_matcher(s)?,
+            None => return Err(format!("header matcher {:?} without a condition", h.name)),
+        };
+        headers.push(HeaderMatcher {
+            name: h.name.to_ascii_lowercase(),
+            matcher,
+            invert: h.invert_match,
+        });
+    }
+    let fraction_per_million = m
+        .runtime_fraction
+        .as_ref()
+        .and_then(|f| f.default_value.as_ref())
+        .map(super::per_million);
+    let mut hash_policies = Vec::new();
+    let action = match &r.action {
+        Some(Action::Route(ra)) => {
+            for hp in &ra.hash_policy {
+                let source = match &hp.policy_specifier {
+                    Some(PolicySpecifier::Header(h)) => {
+                        match HeaderName::from_bytes(h.header_name.to_ascii_lowercase().as_bytes()) {
+                            Ok(name) => HashSource::Header(name),
+                            Err(_) => {
+                                return Err(format!(
+                                    "hash_policy header {:?} is not a header name",
+                                    h.header_name
+                                ))
+                            }
+                        }
+                    }
+                    Some(PolicySpecifier::FilterState(f)) if f.key == "io.grpc.channel_id" => {
+                        HashSource::ChannelId
+                    }
+                    _ => continue, // gRPC ignores the other hash policies
+                };
+                hash_policies.push(HashPolicy {
+                    source,
+                    terminal: hp.terminal,
+                });
+            }
+            match &ra.cluster_specifier {
+                Some(ClusterSpecifier::Cluster(c)) if !c.is_empty() => {
+                    RouteAction::Clusters(vec![ClusterWeight {
+                        name: c.clone(),
+                        weight: 1,
+                    }])
+                }
+                Some(ClusterSpecifier::Cluster(_)) => return Err("empty cluster name".into()),
+                Some(ClusterSpecifier::WeightedClusters(w)) => {
+                    let mut out = Vec::new();
+                    let mut sum: u64 = 0;
+                    for c in &w.clusters {
+                        let weight = c.weight.map_or(0, |w| w.value);
+                        sum += u64::from(weight);
+                        if weight > 0 {
+                            out.push(ClusterWeight {
+                                name: c.name.clone(),
+                                weight,
+                            });
+                        }
+                    }
+                    if sum == 0 || sum > u64::from(u32::MAX) {
+                        return Err(format!("weighted_clusters weights sum to {sum}, need 1..=2^32-1"));
+                    }
+                    RouteAction::Clusters(out)
+                }
+                Some(ClusterSpecifier::ClusterHeader(_)) => return Ok(None), // A28: ignored
+                Some(_) => return Err("cluster specifier plugins are not supported".into()),
+                None => return Err("route action without a cluster".into()),
+            }
+        }
+        Some(Action::NonForwardingAction(_)) => RouteAction::Unsupported("non-forwarding action".into()),
+        Some(Action::Redirect(_)) => RouteAction::Unsupported("redirect action".into()),
+        Some(Action::DirectResponse(_)) => RouteAction::Unsupported("direct response action".into()),
+        Some(Action::FilterAction(_)) => RouteAction::Unsupported("filter action".into()),
+        None => return Err("no action".into()),
+    };
+    Ok(Some(Route {
+        matcher: RouteMatch {
+            path,
+            headers,
+            fraction_per_million,
+        },
+        action,
+        hash_policies,
+    }))
+}
+
+fn regex(re: &RegexMatcher, ignore_case: bool) -> Result<regex::Regex, Invalid> {
+    regex::RegexBuilder::new(&re.regex)
+        .case_insensitive(ignore_case)
+        .size_limit(1 << 20)
+        .build()
+        .map_err(|e| format!("regex {:?}: {e}", re.regex))
+}
+
+fn string_matcher(s: &StringMatcher) -> Result<HeaderMatch, Invalid> {
+    let ic = s.ignore_case;
+    Ok(match &s.match_pattern {
+        Some(MatchPattern::Exact(p)) => HeaderMatch::Exact(p.clone(), ic),
+        Some(MatchPattern::Prefix(p)) => HeaderMatch::Prefix(p.clone(), ic),
+        Some(MatchPattern::Suffix(p)) => HeaderMatch::Suffix(p.clone(), ic),
+        Some(MatchPattern::Contains(p)) => HeaderMatch::Contains(p.clone(), ic),
+        Some(MatchPattern::SafeRegex(re)) => HeaderMatch::Regex(regex(re, ic)?),
+        _ => return Err("unsupported string matcher".into()),
+    })
+}
