@@ -241,7 +241,7 @@ fn route(r: &envoy_types::pb::envoy::config::route::v3::Route) -> Result<Option<
     if !m.query_parameters.is_empty() {
         return Ok(None);
     }
-    let case_sensitive = m.case_sensitive.map_or(true, |b| b.value);
+    let case_sensitive = m.case_sensitive.is_none_or(|b| b.value);
     let path = match &m.path_specifier {
         Some(PathSpecifier::Prefix(p)) => PathMatch::Prefix(p.clone(), case_sensitive),
         Some(PathSpecifier::Path(p)) => PathMatch::Exact(p.clone(), case_sensitive),
