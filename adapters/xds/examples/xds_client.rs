@@ -9,7 +9,10 @@
 //! ```
 //!
 //! `--json` prints one object per second: `{"t", "policy", "requests", "errors", "per_backend"}`.
-//! `--demo` starts an in-process control plane and three backends first (no bootstrap needed).
+//! `--demo` starts an in-process control plane and three backends first (no bootstrap needed)
+//! and moves traffic mid-run, so each second's line shows the channel following it: at 1/4 of
+//! the run the localities are re-weighted 3:1 -> 1:3, at 1/2 one endpoint is drained, at 3/4 the
+//! cluster switches from round robin to least request.
 
 use std::collections::BTreeMap;
 use std::process::ExitCode;
@@ -60,7 +63,7 @@ fn main() -> ExitCode {
 
 async fn run(args: Args) -> ExitCode {
     let _demo = if args.demo {
-        Some(demo::start(&args.target).await)
+        Some(demo::start(&args.target, Duration::from_secs(args.duration)).await)
     } else {
         None
     };
@@ -213,11 +216,11 @@ mod demo {
     use pickwise_xds::control_plane::{resources, ControlPlane};
 
     pub(crate) struct Demo {
-        pub(crate) cp: ControlPlane,
+        pub(crate) cp: std::sync::Arc<ControlPlane>,
         _servers: Vec<tokio::task::JoinHandle<()>>,
     }
 
-    pub(crate) async fn start(target: &str) -> Demo {
+    pub(crate) async fn start(target: &str, run: std::time::Duration) -> Demo {
         let name = target
             .rsplit('/')
             .next()
@@ -246,16 +249,31 @@ mod demo {
         ));
         cp.set(resources::cluster("backends", resources::Policy::RoundRobin));
         let a: Vec<&str> = addrs.iter().map(String::as_str).collect();
-        cp.set(resources::endpoints(
-            "backends",
-            &[
-                resources::Locality::new(3, 0, &a[..2]),
-                resources::Locality::new(1, 0, &a[2..]),
-            ],
-        ));
+        cp.set(resources::endpoints("backends", &localities(&a, 3, 1)));
+        let cp = std::sync::Arc::new(cp);
+        // The scripted moves (re-weight, drain, policy switch).
+        let script_cp = cp.clone();
+        servers.push(tokio::spawn(async move {
+            let a: Vec<&str> = addrs.iter().map(String::as_str).collect();
+            tokio::time::sleep(run / 4).await;
+            script_cp.set(resources::endpoints("backends", &localities(&a, 1, 3)));
+            tokio::time::sleep(run / 4).await;
+            let mut drained = localities(&a, 1, 3);
+            drained[0].endpoints[0].2 = 3; // DRAINING
+            script_cp.set(resources::endpoints("backends", &drained));
+            tokio::time::sleep(run / 4).await;
+            script_cp.set(resources::cluster("backends", resources::Policy::LeastRequest));
+        }));
         Demo {
             cp,
             _servers: servers,
         }
+    }
+
+    fn localities(a: &[&str], w0: u32, w1: u32) -> [resources::Locality; 2] {
+        [
+            resources::Locality::new(w0, 0, &a[..2]),
+            resources::Locality::new(w1, 0, &a[2..]),
+        ]
     }
 }
