@@ -50,6 +50,11 @@ fn help_no_bootstrap_bad_arguments_and_json() {
             assert!(l.get(k).is_some(), "{k} missing in {l}");
         }
         assert_eq!(l["errors"], 0);
-        assert_eq!(l["per_backend"].as_object().unwrap().len(), 3);
+        // Three backends; the demo drains one halfway through the run.
+        assert!(
+            (2..=3).contains(&l["per_backend"].as_object().unwrap().len()),
+            "{l}"
+        );
     }
+    assert_eq!(lines[0]["per_backend"].as_object().unwrap().len(), 3);
 }
