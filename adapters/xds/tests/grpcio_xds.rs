@@ -88,6 +88,11 @@ async fn ring_hash_on_a_header_sends_every_key_where_c_core_does() {
     let theirs: HashMap<&str, &str> = out.lines().filter_map(|l| l.split_once(' ')).collect();
     assert_eq!(theirs.len(), keys.len(), "C-core answered {} keys", theirs.len());
     let ch = channel(&cp);
+    // Compare steady states: while an owner is still connecting, pickwise walks the ring to the
+    // next ready endpoint (Envoy's behaviour) where C-core queues the pick (gRFC A61).
+    call(&ch, Some(("x-user", "warm-up"))).await.unwrap();
+    let cluster = ch.cluster("backends").expect("cluster serving");
+    assert_eq!(cluster.wait_ready(4, Duration::from_secs(5)).await, 4);
     let mut agree = 0;
     let mut per_backend: HashMap<String, u32> = HashMap::new();
     for k in &keys {
