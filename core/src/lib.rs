@@ -70,7 +70,7 @@ pub use hashing::{HashPolicy, RingPicker};
 #[cfg(feature = "alloc")]
 pub use maglev::{Maglev, MaglevError};
 pub use p2c::{P2c, PickError};
-pub use picker::{LbPolicy, NoKey, Picker};
+pub use picker::{LbPolicy, NoKey, Picker, WeightedCycle};
 pub use pool::{OutlierConfig, Policy, Pool, PoolConfig};
 #[cfg(feature = "alloc")]
 pub use ring::Ring;

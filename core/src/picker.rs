@@ -152,8 +152,38 @@ pub struct Picker<'a, E> {
     pool: &'a Pool,
     total_weight: u64,
     cursor: Option<&'a AtomicU32>,
-    /// Sum of the candidates' weights when round robin is weighted; 0: plain round robin.
-    rr_weight: u64,
+    /// Weighted round robin's cycle; `None`: plain round robin.
+    rr_cycle: Option<WeightedCycle>,
+}
+
+/// The cycle of weighted round robin over candidates whose weights sum to `total`: each cycle
+/// of `total` picks visits every candidate exactly its weight's times, interleaved. The cursor
+/// walks the weight line by a stride coprime with `total` (the integer nearest
+/// `total / golden ratio`, moved up to the next coprime), so consecutive picks spread out. Build
+/// it once per snapshot; a pick then costs one O(n) scan.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct WeightedCycle {
+    total: u64,
+    stride: u64,
+}
+
+impl WeightedCycle {
+    /// The cycle for candidates whose weights sum to `total`; `None` for 0.
+    pub fn new(total: u64) -> Option<Self> {
+        if total == 0 {
+            return None;
+        }
+        let mut stride = ((total as f64) * 0.618_033_988_749_895) as u64 | 1;
+        while gcd(stride, total) != 1 {
+            stride += 1;
+        }
+        Some(Self { total, stride })
+    }
+
+    /// The weight-line point of pick number `cursor`.
+    fn point(self, cursor: u32) -> u64 {
+        ((u128::from(cursor) * u128::from(self.stride)) % u128::from(self.total)) as u64
+    }
 }
 
 impl<E> Clone for Picker<'_, E> {
@@ -178,7 +208,7 @@ impl<'a, E: Borrow<EndpointState>> Picker<'a, E> {
             // put a scan of every endpoint on each pick).
             total_weight: 0,
             cursor: None,
-            rr_weight: 0,
+            rr_cycle: None,
         }
     }
 
@@ -202,12 +232,10 @@ impl<'a, E: Borrow<EndpointState>> Picker<'a, E> {
         self
     }
 
-    /// Weighted round robin: `candidates_weight` is the sum of the candidates' weights (0 keeps
-    /// plain round robin). Each cycle of that many picks visits every candidate exactly its
-    /// weight's times, interleaved (the cursor walks the weight line by a prime stride), with
-    /// an O(n) scan per pick. For xDS locality weights (`wrr_locality`).
-    pub fn with_weighted_round_robin(mut self, candidates_weight: u64) -> Self {
-        self.rr_weight = candidates_weight;
+    /// Weighted round robin over the candidates ([`WeightedCycle`] built from the sum of their
+    /// weights). For xDS locality weights (`wrr_locality`).
+    pub fn with_weighted_round_robin(mut self, cycle: WeightedCycle) -> Self {
+        self.rr_cycle = Some(cycle);
         self
     }
 
@@ -307,10 +335,9 @@ impl<'a, E: Borrow<EndpointState>> Picker<'a, E> {
             return Err(PickError::NoEndpoints);
         }
         let cursor = self.cursor.map_or(0, |c| c.fetch_add(1, Relaxed));
-        let start = if self.rr_weight > 0 {
-            self.weighted_start(cursor)
-        } else {
-            cursor as usize
+        let start = match self.rr_cycle {
+            Some(cycle) => self.weighted_start(cycle, cursor),
+            None => cursor as usize,
         };
         (0..n)
             .map(|k| (start + k) % n)
@@ -318,16 +345,9 @@ impl<'a, E: Borrow<EndpointState>> Picker<'a, E> {
             .ok_or(PickError::NoneAvailable)
     }
 
-    /// The candidate owning point `cursor · stride mod W` of the weight line. The stride is the
-    /// integer nearest `W / golden ratio` that is coprime with W, so it permutes the line (a
-    /// cycle of W picks gives each candidate exactly its weight) and spreads consecutive picks.
-    fn weighted_start(&self, cursor: u32) -> usize {
-        let w = self.rr_weight;
-        let mut stride = ((w as f64) * 0.618_033_988_749_895) as u64 | 1;
-        while gcd(stride, w) != 1 {
-            stride += 1;
-        }
-        let mut x = ((u128::from(cursor) * u128::from(stride)) % u128::from(w)) as u64;
+    /// The candidate owning pick `cursor`'s point of the weight line.
+    fn weighted_start(&self, cycle: WeightedCycle, cursor: u32) -> usize {
+        let mut x = cycle.point(cursor);
         for (i, c) in self.candidates.iter().enumerate() {
             let cw = u64::from(c.borrow().weight());
             if x < cw {

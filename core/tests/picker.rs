@@ -5,7 +5,7 @@ use std::sync::atomic::AtomicU32;
 
 use pickwise::{
     hash, EndpointState, HashPolicy, InFlight, LbPolicy, NoKey, Outcome, OutlierConfig, PickError, Picker,
-    Policy, Pool, PoolConfig, Ring, RingConfig, SplitMix64,
+    Policy, Pool, PoolConfig, Ring, RingConfig, SplitMix64, WeightedCycle,
 };
 
 fn setup(n: usize) -> (Vec<EndpointState>, Ring, Pool) {
@@ -216,7 +216,7 @@ fn weighted_round_robin_is_exact_per_cycle_and_interleaved() {
     let policy = LbPolicy::RoundRobin;
     let picker = Picker::new(&policy, &es, &pool)
         .with_cursor(&cursor)
-        .with_weighted_round_robin(10);
+        .with_weighted_round_robin(WeightedCycle::new(10).unwrap());
     let mut rng = SplitMix64::new(3);
     let order: Vec<usize> = (0..30)
         .map(|_| index_of(&es, picker.pick(0, None, &mut rng).unwrap()))

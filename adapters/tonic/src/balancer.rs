@@ -84,8 +84,8 @@ pub(crate) struct Snapshot {
     pub(crate) ring: Option<Arc<Ring>>,
     /// The policy this picker runs.
     pub(crate) policy: LbPolicy,
-    /// Round robin over unequal weights (xDS localities): the ready endpoints' weight sum.
-    pub(crate) rr_weight: u64,
+    /// Round robin over unequal weights (xDS localities): the cycle over the ready endpoints.
+    pub(crate) rr_cycle: Option<pickwise::WeightedCycle>,
     /// The Maglev table (Maglev policy); owners index `members`.
     pub(crate) maglev: Option<Arc<pickwise::Maglev>>,
     /// Weight of the ready endpoints: the base of bounded-load shares (Envoy normalises over the
@@ -199,7 +199,11 @@ impl Shared {
 struct Entry {
     sub: Arc<Subchannel>,
     task: JoinHandle<()>,
-    /// Discovery's priority (0 = highest) and ring key for this endpoint.
+}
+
+/// Discovery's priority (0 = highest) and ring key for an endpoint.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+struct Attrs {
     priority: u32,
     hash_key: Option<Arc<str>>,
 }
@@ -224,8 +228,8 @@ struct Balancer {
     subset_dirty: bool,
     /// The policy in force (the builder's, until [`Control::SetPolicy`]).
     policy: LbPolicy,
-    /// Priority and ring key by address, as discovery last said (kept for subset members too).
-    attrs: HashMap<String, (u32, Option<Arc<str>>)>,
+    /// Priority and ring key by address, as discovery last said (subset members included).
+    attrs: HashMap<String, Attrs>,
     /// The priority the last picker served (`None`: every endpoint, nothing usable).
     active_priority: Option<u32>,
 }
@@ -382,14 +386,13 @@ impl Balancer {
         self.discovery_error = None;
         let change = match change {
             Change::Insert(addr, e) => {
-                let attrs = (e.priority, e.hash_key);
-                if let Some(entry) = self.entries.get_mut(&addr) {
-                    if (entry.priority, &entry.hash_key) != (attrs.0, &attrs.1) {
-                        (entry.priority, entry.hash_key) = attrs.clone();
-                        self.ring_dirty = true;
-                    }
-                }
-                self.attrs.insert(addr.clone(), attrs);
+                let attrs = Attrs {
+                    priority: e.priority,
+                    hash_key: e.hash_key,
+                };
+                let old = self.attrs.insert(addr.clone(), attrs.clone());
+                // A connected endpoint that moved priority or ring key changes the picker.
+                self.ring_dirty |= self.entries.contains_key(&addr) && old.as_ref() != Some(&attrs);
                 Change::Insert(addr, e.weight)
             }
             Change::Remove(addr) => {
@@ -426,16 +429,7 @@ impl Balancer {
         let id = self.next_id;
         self.next_id += 1;
         let task = tokio::spawn(subchannel::run(sub.clone(), id, self.events.clone()));
-        let (priority, hash_key) = self.attrs.get(&addr).cloned().unwrap_or_default();
-        self.entries.insert(
-            addr.clone(),
-            Entry {
-                sub,
-                task,
-                priority,
-                hash_key,
-            },
-        );
+        self.entries.insert(addr.clone(), Entry { sub, task });
         self.order.push(addr);
         self.ring_dirty = true;
     }
@@ -528,17 +522,20 @@ impl Balancer {
     /// it rather than fail over at once; a connect failure or the connect timeout moves on).
     /// `None` when none qualifies: every endpoint of every priority is failing.
     fn active_priority(&self) -> Option<u32> {
-        let mut usable: Option<u32> = None;
-        for e in self.entries.values() {
-            let state = e.sub.state();
-            let ok = state == ConnectivityState::Ready
-                || (matches!(state, ConnectivityState::Connecting | ConnectivityState::Idle)
-                    && !e.sub.is_failing());
-            if ok && usable.is_none_or(|p| e.priority < p) {
-                usable = Some(e.priority);
-            }
-        }
-        usable
+        self.entries
+            .iter()
+            .filter(|(_, e)| {
+                let state = e.sub.state();
+                state == ConnectivityState::Ready
+                    || (matches!(state, ConnectivityState::Connecting | ConnectivityState::Idle)
+                        && !e.sub.is_failing())
+            })
+            .map(|(addr, _)| self.priority(addr))
+            .min()
+    }
+
+    fn priority(&self, addr: &str) -> u32 {
+        self.attrs.get(addr).map_or(0, |a| a.priority)
     }
 
     fn publish(&mut self) {
@@ -552,8 +549,8 @@ impl Balancer {
         let members: Vec<Member> = self
             .order
             .iter()
+            .filter(|a| active.is_none_or(|p| self.priority(a) == p))
             .filter_map(|a| self.entries.get(a))
-            .filter(|e| active.is_none_or(|p| e.priority == p))
             .map(|e| Member {
                 generation: e.sub.generation(),
                 channel: e.sub.channel(),
@@ -567,7 +564,7 @@ impl Balancer {
             let list: Vec<(&str, u32)> = members
                 .iter()
                 .map(|m| {
-                    let key = self.entries.get(&m.sub.addr).and_then(|e| e.hash_key.as_deref());
+                    let key = self.attrs.get(&m.sub.addr).and_then(|a| a.hash_key.as_deref());
                     (key.unwrap_or(m.sub.addr.as_str()), m.sub.core.weight())
                 })
                 .collect();
@@ -623,13 +620,13 @@ impl Balancer {
             && ready
                 .windows(2)
                 .any(|w| w[0].sub.core.weight() != w[1].sub.core.weight());
-        let rr_weight = if weighted {
-            ready.iter().map(|m| u64::from(m.sub.core.weight())).sum()
+        let rr_cycle = if weighted {
+            pickwise::WeightedCycle::new(ready.iter().map(|m| u64::from(m.sub.core.weight())).sum())
         } else {
-            0
+            None
         };
         let snapshot = Snapshot {
-            rr_weight,
+            rr_cycle,
             total_weight: hashing::available_weight(&ready, self.shared.common.now()),
             ring: self.ring.clone(),
             policy: self.policy,

@@ -436,14 +436,12 @@ impl Builder {
         S: Stream<Item = Result<Change<String, u32>, E>> + Send + 'static,
         E: Into<BoxError>,
     {
-        let discovery = tokio_stream::StreamExt::map(discovery, |item| {
+        self.build_endpoints(tokio_stream::StreamExt::map(discovery, |item| {
             item.map(|change| match change {
-                Change::Insert(addr, weight) => Change::Insert(addr, weight.into()),
+                Change::Insert(addr, weight) => Change::Insert(addr, crate::discover::Endpoint::from(weight)),
                 Change::Remove(addr) => Change::Remove(addr),
             })
-            .map_err(Into::into)
-        });
-        crate::balancer::spawn(self.config, Box::pin(discovery), self.peers)
+        }))
     }
 
     /// [`build`](Self::build) over a stream of [`Endpoint`](crate::discover::Endpoint)s: weights

@@ -61,8 +61,10 @@ pub(crate) fn try_pick(shared: &Shared, snap: &Snapshot, req: &Request) -> Resul
     let now = common.now();
     let mut picker = Picker::new(&snap.policy, &snap.members, &common.pool)
         .with_candidates(&snap.ready)
-        .with_cursor(&common.cursor)
-        .with_weighted_round_robin(snap.rr_weight);
+        .with_cursor(&common.cursor);
+    if let Some(cycle) = snap.rr_cycle {
+        picker = picker.with_weighted_round_robin(cycle);
+    }
     if let Some(ring) = &snap.ring {
         picker = picker.with_ring(ring.view(), snap.total_weight);
     }

@@ -239,7 +239,7 @@ impl Client {
                 },
                 _ = sleep_until_opt(next_timer) => {
                     self.expire_timers();
-                    let _ = self.resolve(&tx, true);
+                    self.resolve(&tx, true);
                 }
             }
         }
@@ -262,30 +262,28 @@ impl Client {
             return;
         };
         let (errors, changed) = self.apply(t, &resp.resources);
-        self.nonces[idx(t)] = resp.nonce.clone();
-        let mut req = DiscoveryRequest {
-            type_url: t.type_url(),
-            response_nonce: resp.nonce,
-            resource_names: self.slots[idx(t)].keys().cloned().collect(),
-            ..DiscoveryRequest::default()
-        };
-        if errors.is_empty() {
-            self.versions[idx(t)] = resp.version_info.clone();
+        self.nonces[idx(t)] = resp.nonce;
+        // ACK with the response's version; a NACK carries the last accepted one (A46).
+        let error_detail = if errors.is_empty() {
             tracing::debug!(kind = t.short(), version = %resp.version_info, "ACK");
+            self.versions[idx(t)] = resp.version_info;
+            None
         } else {
             let message = errors.join("; ");
             tracing::warn!(kind = t.short(), version = %resp.version_info, error = %message, "NACK");
             self.last_nack = Some(format!("{}: {message}", t.short()));
-            req.error_detail = Some(envoy_types::pb::google::rpc::Status {
+            Some(envoy_types::pb::google::rpc::Status {
                 code: tonic::Code::InvalidArgument as i32,
                 message,
                 details: Vec::new(),
-            });
-        }
-        req.version_info = self.versions[idx(t)].clone();
-        let _ = tx.send(req);
+            })
+        };
+        let _ = tx.send(DiscoveryRequest {
+            error_detail,
+            ..self.request(t, false)
+        });
         if changed || !errors.is_empty() {
-            let _ = self.resolve(tx, true);
+            self.resolve(tx, true);
         }
     }
 
@@ -345,8 +343,8 @@ impl Client {
     }
 
     /// Resolves the chain, publishes the state and updates subscriptions (sending requests for
-    /// the types whose names changed). Returns the state.
-    fn resolve(&mut self, tx: &mpsc::UnboundedSender<DiscoveryRequest>, connected: bool) -> Arc<XdsState> {
+    /// the types whose names changed).
+    fn resolve(&mut self, tx: &mpsc::UnboundedSender<DiscoveryRequest>, connected: bool) {
         let (state, wanted) = self.compute();
         for t in ResourceType::ALL {
             let now: BTreeSet<&String> = self.slots[idx(t)].keys().collect();
@@ -367,17 +365,16 @@ impl Client {
                 let _ = tx.send(self.request(t, false));
             }
         }
-        let state = Arc::new(XdsState {
-            connected,
-            last_nack: self.last_nack.clone(),
-            ..state
-        });
-        self.out.send_replace(state.clone());
-        state
+        self.send(state, connected);
     }
 
+    /// Publishes the chain as it resolves now, without touching subscriptions.
     fn publish(&mut self, connected: bool) {
         let (state, _) = self.compute();
+        self.send(state, connected);
+    }
+
+    fn send(&self, state: XdsState, connected: bool) {
         self.out.send_replace(Arc::new(XdsState {
             connected,
             last_nack: self.last_nack.clone(),

@@ -10,7 +10,6 @@ use std::process::Command;
 use std::time::Duration;
 
 use pickwise_xds::control_plane::resources::{self, Locality, Policy};
-use support::backend::Backend;
 use support::*;
 
 const SCRIPT: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/support/xds_client.py");
@@ -46,8 +45,7 @@ async fn c_core(bootstrap: String, args: Vec<String>) -> Option<String> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ring_hash_on_a_header_sends_every_key_where_c_core_does() {
     let _s = serial().await;
-    let b: Vec<Backend> = (0..4).map(|_| Backend::start()).collect();
-    let addrs: Vec<String> = b.iter().map(|b| b.addr.to_string()).collect();
+    let (_b, addrs) = backends(4);
     // Endpoint weights 1, 2, 1, 3 in one locality of weight 2: the ring's weights are products (A42).
     let mut locality = Locality::new(2, 0, &addrs.iter().map(String::as_str).collect::<Vec<_>>());
     for (e, w) in locality.endpoints.iter_mut().zip([1, 2, 1, 3]) {
@@ -113,8 +111,8 @@ async fn ring_hash_on_a_header_sends_every_key_where_c_core_does() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn locality_weights_split_traffic_as_c_core_does() {
     let _s = serial().await;
-    let b: Vec<Backend> = (0..2).map(|_| Backend::start()).collect();
-    let (a0, a1) = (b[0].addr.to_string(), b[1].addr.to_string());
+    let (_b, a) = backends(2);
+    let (a0, a1) = (a[0].clone(), a[1].clone());
     let cp = control_plane(
         Policy::RoundRobin,
         &[Locality::new(3, 0, &[&a0]), Locality::new(1, 0, &[&a1])],

@@ -23,8 +23,7 @@ async fn settle() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn follows_lds_rds_cds_eds_and_acks_each() {
     let _s = serial().await;
-    let b: Vec<Backend> = (0..3).map(|_| Backend::start()).collect();
-    let addrs: Vec<String> = b.iter().map(addr).collect();
+    let (_backends, addrs) = backends(3);
     let a: Vec<&str> = addrs.iter().map(String::as_str).collect();
     let cp = control_plane(Policy::RoundRobin, &[Locality::new(1, 0, &a)]).await;
     let ch = channel(&cp);
@@ -54,8 +53,8 @@ async fn follows_lds_rds_cds_eds_and_acks_each() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn endpoints_added_drained_and_reweighted_under_load() {
     let _s = serial().await;
-    let b: Vec<Backend> = (0..3).map(|_| Backend::start()).collect();
-    let (a0, a1, a2) = (addr(&b[0]), addr(&b[1]), addr(&b[2]));
+    let (_backends, a) = backends(3);
+    let (a0, a1, a2) = (a[0].clone(), a[1].clone(), a[2].clone());
     let cp = control_plane(Policy::RoundRobin, &[Locality::new(1, 0, &[&a0, &a1])]).await;
     let ch = channel(&cp);
     call(&ch, None).await.unwrap();
@@ -101,8 +100,7 @@ async fn endpoints_added_drained_and_reweighted_under_load() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn policy_switch_keeps_connections_and_requests() {
     let _s = serial().await;
-    let b: Vec<Backend> = (0..3).map(|_| Backend::start()).collect();
-    let addrs: Vec<String> = b.iter().map(addr).collect();
+    let (b, addrs) = backends(3);
     let a: Vec<&str> = addrs.iter().map(String::as_str).collect();
     let cp = control_plane(Policy::LeastRequest, &[Locality::new(1, 0, &a)]).await;
     let ch = channel(&cp);
@@ -135,8 +133,8 @@ async fn policy_switch_keeps_connections_and_requests() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn priority_failover_and_failback() {
     let _s = serial().await;
-    let mut b: Vec<Backend> = (0..2).map(|_| Backend::start()).collect();
-    let (a0, a1) = (addr(&b[0]), addr(&b[1]));
+    let (mut b, a) = backends(2);
+    let (a0, a1) = (a[0].clone(), a[1].clone());
     let cp = control_plane(
         Policy::RoundRobin,
         &[Locality::new(1, 0, &[&a0]), Locality::new(1, 1, &[&a1])],
@@ -169,8 +167,8 @@ async fn priority_failover_and_failback() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_locality_going_away_moves_its_traffic() {
     let _s = serial().await;
-    let b: Vec<Backend> = (0..3).map(|_| Backend::start()).collect();
-    let (a0, a1, a2) = (addr(&b[0]), addr(&b[1]), addr(&b[2]));
+    let (_backends, a) = backends(3);
+    let (a0, a1, a2) = (a[0].clone(), a[1].clone(), a[2].clone());
     let cp = control_plane(
         Policy::RoundRobin,
         &[Locality::new(1, 0, &[&a0]), Locality::new(1, 0, &[&a1, &a2])],
@@ -243,8 +241,8 @@ async fn an_invalid_resource_is_nacked_and_the_last_good_one_kept() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn control_plane_restart_keeps_serving_and_resubscribes() {
     let _s = serial().await;
-    let b: Vec<Backend> = (0..2).map(|_| Backend::start()).collect();
-    let (a0, a1) = (addr(&b[0]), addr(&b[1]));
+    let (_backends, a) = backends(2);
+    let (a0, a1) = (a[0].clone(), a[1].clone());
     let mut cp = control_plane(Policy::RoundRobin, &[Locality::new(1, 0, &[&a0])]).await;
     let ch = channel(&cp);
     call(&ch, None).await.unwrap();
@@ -387,8 +385,8 @@ async fn drop_overloads_and_the_circuit_breaker() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn eds_change_reaches_the_picker_in_milliseconds() {
     let _s = serial().await;
-    let b: Vec<Backend> = (0..2).map(|_| Backend::start()).collect();
-    let (a0, a1) = (addr(&b[0]), addr(&b[1]));
+    let (_backends, a) = backends(2);
+    let (a0, a1) = (a[0].clone(), a[1].clone());
     let cp = control_plane(
         Policy::RingHash { min: 1024, max: 4096 },
         &[Locality::new(1, 0, &[&a0, &a1])],

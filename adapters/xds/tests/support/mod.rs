@@ -22,6 +22,13 @@ pub async fn serial() -> tokio::sync::MutexGuard<'static, ()> {
     GATE.lock().await
 }
 
+/// `n` tonic backends on loopback, and their addresses.
+pub fn backends(n: usize) -> (Vec<backend::Backend>, Vec<String>) {
+    let b: Vec<backend::Backend> = (0..n).map(|_| backend::Backend::start()).collect();
+    let addrs = b.iter().map(|b| b.addr.to_string()).collect();
+    (b, addrs)
+}
+
 /// A control plane serving listener `greeter` → routes → cluster `backends` (policy) → `eps`.
 pub async fn control_plane(policy: resources::Policy, localities: &[resources::Locality]) -> ControlPlane {
     let cp = ControlPlane::start().await.expect("control plane");
