@@ -220,7 +220,7 @@ async fn manage(shared: Arc<Shared>, mut state: watch::Receiver<Arc<XdsState>>, 
             let entry = match cs {
                 ClusterState::Pending => match balancers.get(name) {
                     // Keep serving what we had (a cluster re-requested after a blip).
-                    Some(b) => ready_entry(b, None),
+                    Some(b) => ready_entry(b),
                     None => ClusterEntry::Pending,
                 },
                 ClusterState::Failed(e) => {
@@ -232,7 +232,7 @@ async fn manage(shared: Arc<Shared>, mut state: watch::Receiver<Arc<XdsState>>, 
                         .entry(name.clone())
                         .or_insert_with(|| ClusterBalancer::new(template(), cluster));
                     b.update(cluster, eds);
-                    ready_entry(b, Some((cluster.max_requests, &eds.drops)))
+                    ready_entry(b)
                 }
             };
             clusters.insert(name.clone(), entry);
@@ -252,13 +252,12 @@ async fn manage(shared: Arc<Shared>, mut state: watch::Receiver<Arc<XdsState>>, 
     }
 }
 
-fn ready_entry(b: &ClusterBalancer, limits: Option<(u32, &Vec<(String, u32)>)>) -> ClusterEntry {
-    let (max_requests, drops) = limits.map_or((u32::MAX, Vec::new()), |(m, d)| (m, d.clone()));
+fn ready_entry(b: &ClusterBalancer) -> ClusterEntry {
     ClusterEntry::Ready {
         channel: b.channel.clone(),
-        drops: Arc::new(drops),
+        drops: b.drops.clone(),
         in_flight: b.in_flight.clone(),
-        max_requests,
+        max_requests: b.max_requests,
     }
 }
 

@@ -32,6 +32,9 @@ pub(crate) struct ClusterBalancer {
     policy: LbPolicy,
     /// Requests in flight through this cluster (the circuit breaker's count).
     pub(crate) in_flight: Arc<AtomicU32>,
+    /// The last circuit-breaker limit and drop policy (kept while the cluster re-resolves).
+    pub(crate) max_requests: u32,
+    pub(crate) drops: Arc<Vec<(String, u32)>>,
 }
 
 impl std::fmt::Debug for ClusterBalancer {
@@ -58,12 +61,18 @@ impl ClusterBalancer {
             endpoints: HashMap::new(),
             policy: cluster.lb.policy,
             in_flight: Arc::new(AtomicU32::new(0)),
+            max_requests: cluster.max_requests,
+            drops: Arc::default(),
         }
     }
 
     /// Applies a new cluster and endpoint set: the policy switches in place, endpoints are
     /// diffed (inserts for new or changed, removes for gone).
     pub(crate) fn update(&mut self, cluster: &ClusterConfig, eds: &EndpointsConfig) {
+        self.max_requests = cluster.max_requests;
+        if *self.drops != eds.drops {
+            self.drops = Arc::new(eds.drops.clone());
+        }
         if cluster.lb.policy != self.policy {
             self.policy = cluster.lb.policy;
             self.channel.set_policy(self.policy);
