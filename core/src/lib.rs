@@ -20,6 +20,12 @@
 //! - [`picker`]: [`Picker`], the one "which endpoint" decision every adapter calls, built from
 //!   an [`LbPolicy`] named as gRPC service config names it (P2C, round robin, ring hash; panic
 //!   routing when everything ready is ejected).
+//! - [`balancer`]: [`Balancer`](balancer::Balancer), the balancer's life as a sans-IO state
+//!   machine (membership, readiness, priorities and localities as gRPC's tree, timers) that
+//!   publishes [`Prepared`](balancer::Prepared) pickers; every adapter drives one (feature `alloc`).
+//! - [`schedule`]: weighted round robin by grpc-go's static stride scheduler (O(1) amortised).
+//! - [`outcome`]: what a response or error means for its endpoint (HTTP status, gRPC status
+//!   with Envoy's mapping, connect failure, local/downstream error), classified once.
 //! - [`subset`]: subsetting for large fleets: gRFC A68 random subsetting, the SRE book's
 //!   deterministic subsetting and Finagle's deterministic aperture.
 //!
@@ -49,6 +55,8 @@ extern crate alloc;
 #[cfg(any(test, feature = "std"))]
 extern crate std;
 
+#[cfg(feature = "alloc")]
+pub mod balancer;
 mod endpoint;
 mod error;
 pub mod hash;
@@ -56,11 +64,13 @@ pub mod hashing;
 #[cfg(feature = "alloc")]
 pub mod maglev;
 mod math;
+pub mod outcome;
 pub mod p2c;
 pub mod picker;
 pub mod pool;
 pub mod ring;
 mod rng;
+pub mod schedule;
 pub mod subset;
 mod sync;
 
@@ -69,8 +79,9 @@ pub use error::RingError;
 pub use hashing::{HashPolicy, RingPicker};
 #[cfg(feature = "alloc")]
 pub use maglev::{Maglev, MaglevError};
+pub use outcome::Observed;
 pub use p2c::{P2c, PickError};
-pub use picker::{LbPolicy, NoKey, Picker, WeightedCycle};
+pub use picker::{LbPolicy, NoKey, Picker};
 pub use pool::{OutlierConfig, Policy, Pool, PoolConfig};
 #[cfg(feature = "alloc")]
 pub use ring::Ring;

@@ -39,6 +39,7 @@ use crate::p2c::{P2c, PickError};
 use crate::pool::{Policy, Pool};
 use crate::ring::{RingConfig, RingView};
 use crate::rng::Rng;
+use crate::schedule::Stride;
 use crate::sync::{AtomicU32, Ordering::Relaxed};
 
 /// What a ring-hash policy does with a request that carries no hash key.
@@ -152,38 +153,8 @@ pub struct Picker<'a, E> {
     pool: &'a Pool,
     total_weight: u64,
     cursor: Option<&'a AtomicU32>,
-    /// Weighted round robin's cycle; `None`: plain round robin.
-    rr_cycle: Option<WeightedCycle>,
-}
-
-/// The cycle of weighted round robin over candidates whose weights sum to `total`: each cycle
-/// of `total` picks visits every candidate exactly its weight's times, interleaved. The cursor
-/// walks the weight line by a stride coprime with `total` (the integer nearest
-/// `total / golden ratio`, moved up to the next coprime), so consecutive picks spread out. Build
-/// it once per snapshot; a pick then costs one O(n) scan.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct WeightedCycle {
-    total: u64,
-    stride: u64,
-}
-
-impl WeightedCycle {
-    /// The cycle for candidates whose weights sum to `total`; `None` for 0.
-    pub fn new(total: u64) -> Option<Self> {
-        if total == 0 {
-            return None;
-        }
-        let mut stride = ((total as f64) * 0.618_033_988_749_895) as u64 | 1;
-        while gcd(stride, total) != 1 {
-            stride += 1;
-        }
-        Some(Self { total, stride })
-    }
-
-    /// The weight-line point of pick number `cursor`.
-    fn point(self, cursor: u32) -> u64 {
-        ((u128::from(cursor) * u128::from(self.stride)) % u128::from(self.total)) as u64
-    }
+    /// Weighted round robin's scaled weights (one per candidate); `None`: plain round robin.
+    rr_weights: Option<&'a [u16]>,
 }
 
 impl<E> Clone for Picker<'_, E> {
@@ -208,7 +179,7 @@ impl<'a, E: Borrow<EndpointState>> Picker<'a, E> {
             // put a scan of every endpoint on each pick).
             total_weight: 0,
             cursor: None,
-            rr_cycle: None,
+            rr_weights: None,
         }
     }
 
@@ -232,10 +203,12 @@ impl<'a, E: Borrow<EndpointState>> Picker<'a, E> {
         self
     }
 
-    /// Weighted round robin over the candidates ([`WeightedCycle`] built from the sum of their
-    /// weights). For xDS locality weights (`wrr_locality`).
-    pub fn with_weighted_round_robin(mut self, cycle: WeightedCycle) -> Self {
-        self.rr_cycle = Some(cycle);
+    /// Weighted round robin over the candidates: `weights` are theirs, scaled by
+    /// [`schedule::scale`](crate::schedule::scale) (one per candidate, same order), scheduled by
+    /// the static stride scheduler ([`Stride`](crate::schedule::Stride), O(1) amortised) on the
+    /// shared cursor. Ignored when the lengths differ.
+    pub fn with_weights(mut self, weights: &'a [u16]) -> Self {
+        self.rr_weights = Some(weights);
         self
     }
 
@@ -302,7 +275,7 @@ impl<'a, E: Borrow<EndpointState>> Picker<'a, E> {
             }
         }
         let picked = match self.policy {
-            LbPolicy::RoundRobin => self.round_robin(now),
+            LbPolicy::RoundRobin => self.round_robin(now, rng),
             _ => P2c::new(self.candidates, self.pool).pick(now, rng),
         };
         match picked {
@@ -328,34 +301,45 @@ impl<'a, E: Borrow<EndpointState>> Picker<'a, E> {
             .ok_or(PickError::NoneAvailable)
     }
 
-    /// The next available candidate after the shared cursor.
-    fn round_robin(&self, now: u64) -> Result<usize, PickError> {
+    /// The candidate whose turn it is (weighted by the stride scheduler when weights are set);
+    /// a turn that lands on an unavailable candidate is redrawn at random, so its share spreads
+    /// over the others instead of falling to its neighbour.
+    fn round_robin(&self, now: u64, rng: &mut impl Rng) -> Result<usize, PickError> {
         let n = self.candidates.len();
         if n == 0 {
             return Err(PickError::NoEndpoints);
         }
-        let cursor = self.cursor.map_or(0, |c| c.fetch_add(1, Relaxed));
-        let start = match self.rr_cycle {
-            Some(cycle) => self.weighted_start(cycle, cursor),
-            None => cursor as usize,
+        let avail = |i: usize| self.pool.available(self.candidates[i].borrow(), now);
+        let picked = match (self.rr_weights, self.cursor) {
+            (Some(w), Some(cursor)) if w.len() == n => Stride::new(w, cursor).next(rng, avail),
+            _ => {
+                let first = self.cursor.map_or(0, |c| c.fetch_add(1, Relaxed)) as usize % n;
+                if avail(first) {
+                    Some(first)
+                } else {
+                    (0..2 * n)
+                        .map(|_| (((rng.next_u64() >> 32) * n as u64) >> 32) as usize)
+                        .find(|&i| avail(i))
+                }
+            }
         };
-        (0..n)
-            .map(|k| (start + k) % n)
-            .find(|&i| self.pool.available(self.candidates[i].borrow(), now))
-            .ok_or(PickError::NoneAvailable)
+        match picked {
+            Some(i) => Ok(i),
+            None => self.random_available(now, rng).ok_or(PickError::NoneAvailable),
+        }
     }
 
-    /// The candidate owning pick `cursor`'s point of the weight line.
-    fn weighted_start(&self, cycle: WeightedCycle, cursor: u32) -> usize {
-        let mut x = cycle.point(cursor);
-        for (i, c) in self.candidates.iter().enumerate() {
-            let cw = u64::from(c.borrow().weight());
-            if x < cw {
-                return i;
-            }
-            x -= cw;
+    /// An available candidate at random (two passes, no allocation): the fallback when turns
+    /// keep landing on unavailable candidates.
+    #[cold]
+    fn random_available(&self, now: u64, rng: &mut impl Rng) -> Option<usize> {
+        let avail = |i: &usize| self.pool.available(self.candidates[*i].borrow(), now);
+        let k = (0..self.candidates.len()).filter(avail).count();
+        if k == 0 {
+            return None;
         }
-        cursor as usize // weights changed since the caller summed them
+        let nth = (((rng.next_u64() >> 32) * k as u64) >> 32) as usize;
+        (0..self.candidates.len()).filter(avail).nth(nth)
     }
 
     /// A ready candidate at random, ejected or not (two passes, no allocation).
@@ -368,11 +352,4 @@ impl<'a, E: Borrow<EndpointState>> Picker<'a, E> {
         }
         ready().nth((((rng.next_u64() >> 32) * k as u64) >> 32) as usize)
     }
-}
-
-fn gcd(mut a: u64, mut b: u64) -> u64 {
-    while b != 0 {
-        (a, b) = (b, a % b);
-    }
-    a
 }

@@ -5,7 +5,7 @@ use std::sync::atomic::AtomicU32;
 
 use pickwise::{
     hash, EndpointState, HashPolicy, InFlight, LbPolicy, NoKey, Outcome, OutlierConfig, PickError, Picker,
-    Policy, Pool, PoolConfig, Ring, RingConfig, SplitMix64, WeightedCycle,
+    Policy, Pool, PoolConfig, Ring, RingConfig, SplitMix64,
 };
 
 fn setup(n: usize) -> (Vec<EndpointState>, Ring, Pool) {
@@ -113,10 +113,18 @@ fn round_robin_rotates_over_available_candidates() {
     let policy = LbPolicy::RoundRobin;
     let picker = Picker::new(&policy, &es, &pool).with_cursor(&cursor);
     let mut rng = SplitMix64::new(3);
-    let order: Vec<usize> = (0..8)
+    let order: Vec<usize> = (0..30_000)
         .map(|_| index_of(&es, picker.pick(0, None, &mut rng).unwrap()))
         .collect();
-    assert_eq!(order, [0, 1, 3, 3, 0, 1, 3, 3]);
+    // Turns rotate: 0, 1, then 2's turn is redrawn at random, 3, ...
+    assert_eq!(order[..2], [0, 1]);
+    // The unavailable endpoint's turns spread over the others (this used to give its neighbour
+    // 3 twice the share: [0, 1, 3, 3, ...]).
+    let count = |i| order.iter().filter(|&&x| x == i).count();
+    assert_eq!(count(2), 0);
+    for i in [0, 1, 3] {
+        assert!(count(i).abs_diff(10_000) < 300, "{}", count(i));
+    }
 }
 
 #[test]
@@ -204,8 +212,8 @@ fn keyed_picks_read_the_clock_only_when_an_ejection_exists() {
     assert_eq!(pool.ejected(), 0);
 }
 
-/// Weighted round robin (xDS locality weights): each cycle of W picks gives every candidate
-/// exactly its weight, interleaved rather than in blocks.
+/// Weighted round robin (grpc-go's static stride scheduler): every 65,535 generations give each
+/// candidate exactly its scaled weight; picks interleave rather than come in blocks.
 #[test]
 fn weighted_round_robin_is_exact_per_cycle_and_interleaved() {
     let (es, _, pool) = setup(3);
@@ -214,17 +222,23 @@ fn weighted_round_robin_is_exact_per_cycle_and_interleaved() {
     }
     let cursor = AtomicU32::new(0);
     let policy = LbPolicy::RoundRobin;
+    let weights = pickwise::schedule::scaled(&[3, 1, 6]);
     let picker = Picker::new(&policy, &es, &pool)
         .with_cursor(&cursor)
-        .with_weighted_round_robin(WeightedCycle::new(10).unwrap());
+        .with_weights(&weights);
     let mut rng = SplitMix64::new(3);
-    let order: Vec<usize> = (0..30)
+    let order: Vec<usize> = (0..30_000)
         .map(|_| index_of(&es, picker.pick(0, None, &mut rng).unwrap()))
         .collect();
-    for cycle in order.chunks(10) {
-        let count = |i| cycle.iter().filter(|&&x| x == i).count();
-        assert_eq!((count(0), count(1), count(2)), (3, 1, 6), "{order:?}");
-    }
+    let count = |i| order.iter().filter(|&&x| x == i).count();
+    // Scaled weights 32,768 / 10,923 / 65,535: shares within 0.1% of 3:1:6.
+    let share = |i| count(i) as f64 / order.len() as f64;
+    assert!(
+        (share(0) - 0.3).abs() < 0.001 && (share(1) - 0.1).abs() < 0.001,
+        "{}, {}",
+        share(0),
+        share(1)
+    );
     // Interleaved: the heaviest never takes more than 3 picks in a row.
     assert!(order.windows(4).all(|w| !w.iter().all(|&x| x == 2)), "{order:?}");
 }

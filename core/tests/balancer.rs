@@ -1,0 +1,385 @@
+//! The core balancer's life: grpc-go's priority rules (`balancer/priority` tests), weighted_target
+//! over READY localities, gRFC A61 ring hash while the owner connects, timers through
+//! `handle_timeout`, and a property test over random event sequences.
+
+use std::sync::Arc;
+
+use pickwise::balancer::{
+    Balancer, BalancerConfig, Connectivity, EndpointSpec, Event, OwnerConnecting, Unpicked,
+};
+use pickwise::{hash, EndpointState, InFlight, LbPolicy, Outcome, Pool, PoolConfig, SplitMix64};
+use proptest::prelude::*;
+
+const S: u64 = 1_000_000_000;
+type B = Balancer<String, Arc<EndpointState>>;
+
+fn balancer(policy: LbPolicy) -> B {
+    Balancer::new(
+        BalancerConfig::new(policy),
+        Arc::new(Pool::new(PoolConfig::default())),
+    )
+}
+
+fn spec(priority: u32, locality: u32) -> EndpointSpec {
+    EndpointSpec {
+        priority,
+        locality,
+        ..EndpointSpec::default()
+    }
+}
+
+fn add(b: &mut B, now: u64, addr: &str, spec: EndpointSpec) {
+    b.insert(now, addr.to_string(), spec, Arc::new(EndpointState::new(1)));
+}
+
+fn events(b: &mut B) -> Vec<Event<String>> {
+    std::iter::from_fn(|| b.poll_event()).collect()
+}
+
+fn connects(b: &mut B) -> Vec<String> {
+    events(b)
+        .into_iter()
+        .filter_map(|e| match e {
+            Event::Connect(k) => Some(k),
+            Event::Disconnect(_) => None,
+        })
+        .collect()
+}
+
+fn set(b: &mut B, now: u64, addr: &str, state: Connectivity) {
+    b.handle_connectivity(now, &addr.to_string(), state);
+}
+
+/// Shares of picks per address over `n` picks.
+fn shares(b: &mut B, now: u64, n: usize) -> std::collections::BTreeMap<String, f64> {
+    let picker = b.picker(now, 1);
+    let mut rng = SplitMix64::new(9);
+    let mut out = std::collections::BTreeMap::new();
+    for _ in 0..n {
+        let e = picker.pick(now, None, &mut rng).expect("a pick");
+        let addr = b.iter().find(|(_, t)| Arc::ptr_eq(t, e)).unwrap().0.clone();
+        *out.entry(addr).or_insert(0.0) += 1.0 / n as f64;
+    }
+    out
+}
+
+#[test]
+fn lower_priorities_connect_only_when_needed() {
+    let mut b = balancer(LbPolicy::RoundRobin);
+    add(&mut b, 0, "p0:1", spec(0, 0));
+    add(&mut b, 0, "p1:1", spec(1, 0));
+    assert_eq!(connects(&mut b), ["p0:1"]);
+    assert_eq!(b.priority_in_use(), Some(0));
+    // p0 fails: p1 starts and serves.
+    set(&mut b, S, "p0:1", Connectivity::TransientFailure);
+    assert_eq!(connects(&mut b), ["p1:1"]);
+    assert_eq!(b.priority_in_use(), Some(1));
+    set(&mut b, S, "p1:1", Connectivity::Ready);
+    assert!(b.picker(S, 0).pick(S, None, &mut SplitMix64::new(1)).is_ok());
+}
+
+/// grpc-go `TestPriority_HighPriorityNoEndpoints`-style failover and `_SwitchToLowerPriorityAndThenBack`:
+/// p0 reconnecting after a failure does not pull traffic back; READY does; p1 is closed 15 s later.
+#[test]
+fn failover_is_sticky_until_ready_then_fails_back() {
+    let mut b = balancer(LbPolicy::RoundRobin);
+    add(&mut b, 0, "p0:1", spec(0, 0));
+    add(&mut b, 0, "p1:1", spec(1, 0));
+    set(&mut b, 1, "p0:1", Connectivity::TransientFailure);
+    set(&mut b, 2, "p1:1", Connectivity::Ready);
+    set(&mut b, 3, "p0:1", Connectivity::Connecting);
+    assert_eq!(
+        b.priority_in_use(),
+        Some(1),
+        "CONNECTING after TRANSIENT_FAILURE keeps p1"
+    );
+    set(&mut b, 4 * S, "p0:1", Connectivity::Ready);
+    assert_eq!(b.priority_in_use(), Some(0));
+    let _ = events(&mut b);
+    // p1's connections are kept for the retention period, then closed.
+    b.handle_timeout(4 * S + 14 * S);
+    assert!(events(&mut b).is_empty());
+    b.handle_timeout(4 * S + 15 * S);
+    assert_eq!(events(&mut b), [Event::Disconnect("p1:1".to_string())]);
+    assert!(!b.wants_connection(&"p1:1".to_string()));
+}
+
+/// Issue scenario: priority 0 failed, priority 1 serving; EDS adds to priority 0 an address that
+/// accepts TCP and never answers (CONNECTING forever). C-core keeps serving from priority 1.
+#[test]
+fn an_endpoint_added_to_a_failed_priority_pulls_no_traffic() {
+    let mut b = balancer(LbPolicy::RoundRobin);
+    add(&mut b, 0, "p0:1", spec(0, 0));
+    add(&mut b, 0, "p1:1", spec(1, 0));
+    set(&mut b, 1, "p0:1", Connectivity::TransientFailure);
+    set(&mut b, 2, "p1:1", Connectivity::Ready);
+    add(&mut b, 3, "silent:1", spec(0, 0));
+    assert_eq!(connects(&mut b), ["p0:1", "p1:1", "silent:1"]);
+    set(&mut b, 4, "silent:1", Connectivity::Connecting);
+    assert_eq!(b.priority_in_use(), Some(1));
+    let picker = b.picker(5, 0);
+    assert_eq!(picker.priority(), Some(1));
+    assert!(picker.pick(5, None, &mut SplitMix64::new(1)).is_ok());
+}
+
+/// The 10 s failover timer: a priority that never connects gives way to the next.
+#[test]
+fn a_priority_that_never_connects_fails_over_after_ten_seconds() {
+    let mut b = balancer(LbPolicy::RoundRobin);
+    add(&mut b, 0, "p0:1", spec(0, 0));
+    add(&mut b, 0, "p1:1", spec(1, 0));
+    set(&mut b, 0, "p0:1", Connectivity::Connecting);
+    b.handle_timeout(0);
+    assert_eq!(b.poll_timeout(), Some(S), "the sweep comes first");
+    b.handle_timeout(9 * S);
+    assert_eq!(b.priority_in_use(), Some(0));
+    let due = b.poll_timeout().unwrap();
+    assert!(due <= 10 * S);
+    b.handle_timeout(10 * S);
+    assert_eq!(b.priority_in_use(), Some(1));
+    assert_eq!(connects(&mut b), ["p0:1", "p1:1"]);
+    // p0 connects late: it serves again.
+    set(&mut b, 11 * S, "p0:1", Connectivity::Ready);
+    assert_eq!(b.priority_in_use(), Some(0));
+}
+
+/// Issue scenario: two localities weighted 1:1, one with a single live endpoint and three that
+/// refuse connections, the other with four live ones. weighted_target picks among READY
+/// localities: the survivor takes half (C-core 0.50; the flattened weights gave it 0.20).
+#[test]
+fn localities_share_by_weight_among_ready_ones() {
+    let mut b = balancer(LbPolicy::RoundRobin);
+    for (addr, loc) in [
+        ("a0:1", 0),
+        ("a1:1", 0),
+        ("a2:1", 0),
+        ("a3:1", 0),
+        ("b0:1", 1),
+        ("b1:1", 1),
+        ("b2:1", 1),
+        ("b3:1", 1),
+    ] {
+        add(&mut b, 0, addr, spec(0, loc));
+    }
+    for addr in ["a0:1", "b0:1", "b1:1", "b2:1", "b3:1"] {
+        set(&mut b, 1, addr, Connectivity::Ready);
+    }
+    for addr in ["a1:1", "a2:1", "a3:1"] {
+        set(&mut b, 1, addr, Connectivity::TransientFailure);
+    }
+    let got = shares(&mut b, 2, 40_000);
+    assert!((got["a0:1"] - 0.5).abs() < 0.01, "{got:?}");
+    for addr in ["b0:1", "b1:1", "b2:1", "b3:1"] {
+        assert!((got[addr] - 0.125).abs() < 0.01, "{got:?}");
+    }
+}
+
+#[test]
+fn locality_weights_split_traffic() {
+    let mut b = balancer(LbPolicy::P2c(pickwise::Policy::LeastRequest));
+    b.insert(
+        0,
+        "a:1".into(),
+        EndpointSpec {
+            locality_weight: 3,
+            ..spec(0, 0)
+        },
+        Arc::new(EndpointState::new(1)),
+    );
+    for addr in ["b:1", "c:1"] {
+        b.insert(
+            0,
+            addr.into(),
+            EndpointSpec {
+                locality_weight: 1,
+                ..spec(0, 1)
+            },
+            Arc::new(EndpointState::new(1)),
+        );
+    }
+    for addr in ["a:1", "b:1", "c:1"] {
+        set(&mut b, 1, addr, Connectivity::Ready);
+    }
+    let got = shares(&mut b, 2, 40_000);
+    assert!((got["a:1"] - 0.75).abs() < 0.01, "{got:?}");
+}
+
+fn ring_balancer(owner: OwnerConnecting) -> B {
+    let mut config = BalancerConfig::new(LbPolicy::from_name("ring_hash_experimental").unwrap());
+    config.owner_connecting = owner;
+    Balancer::new(config, Arc::new(Pool::new(PoolConfig::default())))
+}
+
+/// gRFC A61: while the key's owner connects the pick waits (gRPC); Envoy walks to the next ready
+/// endpoint. An owner in TRANSIENT_FAILURE is walked past in both.
+#[test]
+fn ring_hash_waits_for_a_connecting_owner_as_grpc_does() {
+    for owner in [OwnerConnecting::Queue, OwnerConnecting::Walk] {
+        let mut b = ring_balancer(owner);
+        for addr in ["a:1", "b:1", "c:1"] {
+            add(&mut b, 0, addr, spec(0, 0));
+        }
+        // The owner of key "a:1_0" is a:1 (its first ring point).
+        let key = Some(hash::xxh64(b"a:1_0"));
+        set(&mut b, 1, "b:1", Connectivity::Ready);
+        set(&mut b, 1, "c:1", Connectivity::Ready);
+        let picker = b.picker(2, 0);
+        let got = picker.pick(2, key, &mut SplitMix64::new(1));
+        match owner {
+            OwnerConnecting::Queue => assert_eq!(got.err(), Some(Unpicked::Wait)),
+            OwnerConnecting::Walk => assert!(got.is_ok()),
+        }
+        set(&mut b, 3, "a:1", Connectivity::TransientFailure);
+        let picker = b.picker(3, 0);
+        let got = picker.pick(3, key, &mut SplitMix64::new(1)).unwrap();
+        assert!(!Arc::ptr_eq(got, b.get(&"a:1".into()).unwrap()));
+        set(&mut b, 4, "a:1", Connectivity::Ready);
+        let picker = b.picker(4, 0);
+        let got = picker.pick(4, key, &mut SplitMix64::new(1)).unwrap();
+        assert!(Arc::ptr_eq(got, b.get(&"a:1".into()).unwrap()));
+    }
+}
+
+/// Nothing can forget the sweep: `handle_timeout` returns expired ejections and decays the
+/// multiplier (Envoy's interval timer).
+#[test]
+fn timeouts_expire_ejections_and_decay_the_multiplier() {
+    let pool = Arc::new(Pool::new(PoolConfig::default()));
+    let mut b: B = Balancer::new(BalancerConfig::new(LbPolicy::RoundRobin), pool.clone());
+    for addr in ["a:1", "b:1"] {
+        add(&mut b, 0, addr, spec(0, 0));
+        set(&mut b, 0, addr, Connectivity::Ready);
+    }
+    let a = b.get(&"a:1".into()).unwrap().clone();
+    for _ in 0..5 {
+        let _ = InFlight::start(&*a, &*pool, 0).complete(1, Outcome::Failure);
+    }
+    assert_eq!(pool.ejected(), 1);
+    let mut now = 0;
+    while now < 80 * S {
+        now = b.poll_timeout().unwrap_or(now).max(now + 1);
+        b.handle_timeout(now);
+    }
+    assert_eq!(pool.ejected(), 0);
+    assert_eq!(a.ejections(), 0, "the multiplier decayed while healthy");
+}
+
+/// An ejected endpoint's round-robin turns spread over the others, not onto its neighbour.
+#[test]
+fn round_robin_spreads_an_ejected_endpoints_share() {
+    let pool = Arc::new(Pool::new(PoolConfig::default()));
+    let mut b: B = Balancer::new(BalancerConfig::new(LbPolicy::RoundRobin), pool.clone());
+    for addr in ["a:1", "b:1", "c:1", "d:1", "e:1"] {
+        add(&mut b, 0, addr, spec(0, 0));
+        set(&mut b, 0, addr, Connectivity::Ready);
+    }
+    let a = b.get(&"a:1".into()).unwrap().clone();
+    for _ in 0..5 {
+        let _ = InFlight::start(&*a, &*pool, 0).complete(1, Outcome::Failure);
+    }
+    let got = shares(&mut b, 2, 40_000);
+    assert!(!got.contains_key("a:1"));
+    for v in got.values() {
+        assert!((v - 0.25).abs() < 0.01, "{got:?}");
+    }
+}
+
+#[test]
+fn weighted_round_robin_follows_endpoint_weights() {
+    let mut b = balancer(LbPolicy::RoundRobin);
+    for (addr, w) in [("a:1", 1), ("b:1", 3)] {
+        b.insert(
+            0,
+            addr.into(),
+            EndpointSpec::weighted(w),
+            Arc::new(EndpointState::new(1)),
+        );
+        set(&mut b, 0, addr, Connectivity::Ready);
+    }
+    let got = shares(&mut b, 1, 40_000);
+    assert!((got["b:1"] - 0.75).abs() < 0.01, "{got:?}");
+}
+
+#[test]
+fn removal_frees_the_ejection_slot_and_empty_fails() {
+    let pool = Arc::new(Pool::new(PoolConfig::default()));
+    let mut b: B = Balancer::new(BalancerConfig::new(LbPolicy::RoundRobin), pool.clone());
+    for addr in ["a:1", "b:1"] {
+        add(&mut b, 0, addr, spec(0, 0));
+        set(&mut b, 0, addr, Connectivity::Ready);
+    }
+    let a = b.get(&"a:1".into()).unwrap().clone();
+    for _ in 0..5 {
+        let _ = InFlight::start(&*a, &*pool, 0).complete(1, Outcome::Failure);
+    }
+    assert_eq!(pool.ejected(), 1);
+    b.remove(1, &"a:1".into());
+    b.remove(1, &"b:1".into());
+    assert_eq!(pool.ejected(), 0);
+    assert_eq!(b.priority_in_use(), None);
+    let picker = b.picker(2, 0);
+    assert_eq!(
+        picker.pick(2, None, &mut SplitMix64::new(1)).err(),
+        Some(Unpicked::Fail)
+    );
+}
+
+#[derive(Clone, Debug)]
+enum Op {
+    Insert(u8, u8, u8),
+    Remove(u8),
+    State(u8, u8),
+    Advance(u16),
+    Pick(Option<u64>),
+}
+
+fn op() -> impl Strategy<Value = Op> {
+    prop_oneof![
+        (0u8..12, 0u8..3, 0u8..3).prop_map(|(a, p, l)| Op::Insert(a, p, l)),
+        (0u8..12).prop_map(Op::Remove),
+        (0u8..12, 0u8..4).prop_map(|(a, s)| Op::State(a, s)),
+        any::<u16>().prop_map(Op::Advance),
+        proptest::option::of(any::<u64>()).prop_map(Op::Pick),
+    ]
+}
+
+proptest! {
+    /// Whatever the events: picks return a READY endpoint of the serving priority or say why not;
+    /// the serving priority is the first that serves by grpc-go's rules; only endpoints of started
+    /// priorities are asked to connect; timers are never in the past after handling them.
+    #[test]
+    fn invariants_hold_under_random_events(ops in proptest::collection::vec(op(), 1..120), ring in any::<bool>()) {
+        let policy = if ring { LbPolicy::from_name("ring_hash_experimental").unwrap() } else { LbPolicy::RoundRobin };
+        let mut b = balancer(policy);
+        let mut now = 0u64;
+        let mut rng = SplitMix64::new(5);
+        for op in ops {
+            match op {
+                Op::Insert(a, p, l) => add(&mut b, now, &format!("10.0.0.{a}:80"), spec(u32::from(p), u32::from(l))),
+                Op::Remove(a) => b.remove(now, &format!("10.0.0.{a}:80")),
+                Op::State(a, s) => {
+                    let s = [Connectivity::Idle, Connectivity::Connecting, Connectivity::Ready, Connectivity::TransientFailure][s as usize];
+                    set(&mut b, now, &format!("10.0.0.{a}:80"), s);
+                }
+                Op::Advance(ms) => {
+                    now += u64::from(ms) * 1_000_000;
+                    b.handle_timeout(now);
+                    if let Some(t) = b.poll_timeout() { prop_assert!(t > now); }
+                }
+                Op::Pick(key) => {
+                    let picker = b.picker(now, 3);
+                    if let Ok(e) = picker.pick(now, key, &mut rng) {
+                        let (addr, _) = b.iter().find(|(_, t)| Arc::ptr_eq(t, e)).expect("a member");
+                        prop_assert_eq!(b.connectivity(addr), Some(Connectivity::Ready));
+                        prop_assert_eq!(Some(b.spec(addr).unwrap().priority), b.priority_in_use());
+                    }
+                }
+            }
+            while let Some(ev) = b.poll_event() {
+                if let Event::Connect(k) = ev {
+                    prop_assert!(b.wants_connection(&k));
+                }
+            }
+        }
+    }
+}
