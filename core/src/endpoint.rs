@@ -70,15 +70,18 @@ pub(crate) enum Availability {
     EjectionOver(u32),
 }
 
-/// How a request ended, as the caller classifies it (the tonic adapter maps gRPC codes).
+/// How a request ended, as the caller classifies it ([`outcome`](crate::outcome) maps HTTP
+/// statuses, gRPC codes and errors to it).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Outcome {
     /// Success: resets the consecutive-failure count; its latency updates the estimate.
     Success,
-    /// Failure: counts toward ejection; its latency can only raise the estimate, never lower it
-    /// (a refused connection is fast, and a failure must never look cheap).
+    /// Failure: counts toward ejection and raises the estimate by the failure penalty
+    /// ([`PoolConfig::failure_penalty`](crate::PoolConfig::failure_penalty)): a refused
+    /// connection or a fast 5xx must never look cheap.
     Failure,
-    /// Neither (e.g. a client-side error): only releases the in-flight slot and records latency.
+    /// Neither (a local or downstream error: the client went away, sent a malformed request,
+    /// cancelled): only releases the in-flight slot; no latency sample, no failure count.
     Neutral,
 }
 
@@ -455,7 +458,8 @@ pub struct InFlight<E: Borrow<EndpointState>, P: Borrow<Pool>> {
     pool: P,
     start: u64,
     counted_total: bool,
-    sampled: bool,
+    /// The latency sampled at response headers, if [`responded`](Self::responded) was called.
+    sampled: Option<u64>,
 }
 
 /// What [`InFlight::complete`] recorded.
@@ -478,7 +482,7 @@ impl<E: Borrow<EndpointState>, P: Borrow<Pool>> InFlight<E, P> {
             pool,
             start: now,
             counted_total,
-            sampled: false,
+            sampled: None,
         }
     }
 
@@ -497,13 +501,15 @@ impl<E: Borrow<EndpointState>, P: Borrow<Pool>> InFlight<E, P> {
         self.start
     }
 
-    /// The response has begun at `now` (headers arrived): records the latency sample now, as a
-    /// success sample. The slot stays held; [`complete`](Self::complete) then records only the
-    /// outcome. Later calls do nothing.
+    /// The response has begun at `now` (headers arrived) and looks successful so far: records
+    /// the latency sample now, as a success sample (call it only for a success: not for an
+    /// informational 1xx, not for a 5xx). The slot stays held; [`complete`](Self::complete) then
+    /// records only the outcome, and a failure there (a `grpc-status` in trailers) the failure
+    /// penalty on this header latency. Later calls do nothing.
     pub fn responded(&mut self, now: u64) {
-        if !self.sampled {
-            self.sampled = true;
+        if self.sampled.is_none() {
             let latency_ns = now.saturating_sub(self.start);
+            self.sampled = Some(latency_ns);
             self.pool
                 .borrow()
                 .record_latency(self.endpoint.borrow(), now, latency_ns, false);
@@ -514,12 +520,17 @@ impl<E: Borrow<EndpointState>, P: Borrow<Pool>> InFlight<E, P> {
     #[inline]
     pub fn complete(self, now: u64, outcome: Outcome) -> Completion {
         let latency_ns = now.saturating_sub(self.start);
-        let ejected = self.pool.borrow().record(
-            self.endpoint.borrow(),
-            now,
-            (!self.sampled).then_some(latency_ns),
-            outcome,
-        );
+        let sample = match (self.sampled, outcome) {
+            (None, _) => Some(latency_ns),
+            // Sampled as a success at headers, failed after: the penalty, on the header latency
+            // (a long stream's duration is no latency).
+            (Some(at_headers), Outcome::Failure) => Some(at_headers),
+            (Some(_), _) => None,
+        };
+        let ejected = self
+            .pool
+            .borrow()
+            .record(self.endpoint.borrow(), now, sample, outcome);
         Completion { latency_ns, ejected }
         // Drop releases the slot.
     }

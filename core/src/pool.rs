@@ -26,7 +26,20 @@
 //! (`throttleSuccess`) is replaced by outlier ejection below.
 //!
 //! Least-request keeps no latency estimate (its cost ignores latency, and skipping it makes its
-//! pick and completion the cheapest). Failures never lower an estimate.
+//! pick and completion the cheapest).
+//!
+//! **Outcomes** ([`outcome`](crate::outcome) classifies them): only a success is a latency
+//! sample. A failure is a *penalty* sample, `max(shown, rtt, penalty * min(rtt, shown))` with
+//! `shown` the estimate picks saw and `penalty` [`PoolConfig::failure_penalty`]: it replaces the
+//! estimate like any peak, so a backend answering fast errors (a 503 in microseconds) costs
+//! `penalty` times its real latency and is avoided until the estimate decays back (time constant
+//! `decay_ns`); failures that come faster than that keep it avoided, so a partly failing backend
+//! loses traffic according to how often it fails. The penalty is a multiple of the request's own
+//! latency (capped by the estimate), not of the estimate alone, so failures in a row do not
+//! compound: an endpoint whose every request fails settles at `penalty` times its latency, and
+//! when every endpoint fails alike (a bad request type) their order is unchanged. A slow failure
+//! (a timeout) is its own peak. Linkerd's balancer penalises failures the same way; go-zero blends
+//! the penalty sample into its lag. A neutral outcome (the client's doing) is no sample at all.
 //!
 //! # Outlier detection
 //!
@@ -142,6 +155,10 @@ pub struct PoolConfig {
     /// Keep a pool-wide in-flight total (needed by bounded-load hashing; one more shared atomic per
     /// request, so off unless used).
     pub track_total: bool,
+    /// A failed request's latency sample is this multiple of its latency (at most of the
+    /// estimate), so fast errors never look cheap (see the [module docs](self)). Values below 1
+    /// (and NaN) count as 1: a failure then only never lowers the estimate.
+    pub failure_penalty: f32,
 }
 
 impl Default for PoolConfig {
@@ -152,6 +169,7 @@ impl Default for PoolConfig {
             decay_ns: 10e9,
             outlier: OutlierConfig::default(),
             track_total: false,
+            failure_penalty: DEFAULT_FAILURE_PENALTY,
         }
     }
 }
@@ -165,6 +183,9 @@ impl PoolConfig {
         }
     }
 }
+
+/// [`PoolConfig::failure_penalty`]'s default.
+pub const DEFAULT_FAILURE_PENALTY: f32 = 10.0;
 
 /// Keeps the pool-wide counters off the configuration's cache line.
 #[derive(Debug, Default)]
@@ -337,8 +358,9 @@ impl Pool {
         exp_neg(elapsed_ms as f32 * 1e6 / self.config.decay_ns)
     }
 
-    /// Records a finished request: latency (unless already sampled at response headers), outcome,
-    /// ejection. Returns whether it ejected.
+    /// Records a finished request: latency (a success's sample unless already taken at response
+    /// headers; a failure's penalty; nothing for a neutral outcome), outcome, ejection. Returns
+    /// whether it ejected.
     pub(crate) fn record(
         &self,
         e: &EndpointState,
@@ -347,7 +369,11 @@ impl Pool {
         outcome: Outcome,
     ) -> bool {
         if let Some(latency) = latency_ns {
-            self.record_latency(e, now, latency, outcome == Outcome::Failure);
+            match outcome {
+                Outcome::Success => self.record_latency(e, now, latency, false),
+                Outcome::Failure => self.record_latency(e, now, latency, true),
+                Outcome::Neutral => {}
+            }
         }
         match outcome {
             Outcome::Success => {
@@ -363,26 +389,36 @@ impl Pool {
         }
     }
 
-    /// Folds one latency sample into the estimate (peak-EWMA or go-zero's EWMA). Least-request
-    /// costs ignore latency: nothing to do (the pick path's fastest policy).
+    /// Folds one latency sample into the estimate (peak-EWMA or go-zero's EWMA); a `failed`
+    /// request's sample is the failure penalty. Least-request costs ignore latency: nothing to do
+    /// (the pick path's fastest policy).
     pub(crate) fn record_latency(&self, e: &EndpointState, now: u64, latency_ns: u64, failed: bool) {
         if self.policy() == Policy::LeastRequest {
             return;
         }
         let now_ms = millis(now);
         let rtt = latency_ns as f32;
-        let default_rtt = self.config.default_rtt_ns;
         let (_, stamp) = e.latency_raw();
         let w = self.decay(elapsed_ms(now_ms, stamp));
         // The estimate as picks saw it just before, this request not counted.
         let shown = self.estimate_with(e, now, e.in_flight().saturating_sub(1));
+        // The failure penalty: a multiple of this request's latency, at most of the estimate, so
+        // failures in a row do not compound (see the module docs). Never below `shown` or `rtt`.
+        let penalty = if failed {
+            let k = self.config.failure_penalty;
+            let k = if k >= 1.0 { k } else { 1.0 };
+            shown.max(rtt).max(k * rtt.min(shown))
+        } else {
+            0.0
+        };
         match self.policy() {
             Policy::GoZero => e.update_latency(now_ms, |bits| {
+                let sample = if failed { penalty } else { rtt };
                 // go-zero: the first sample is taken as is (`if olag == 0 { w = 0 }`).
                 let blended = if bits == 0 {
-                    rtt
+                    sample
                 } else {
-                    shown * w + rtt * (1.0 - w)
+                    shown * w + sample * (1.0 - w)
                 };
                 if failed {
                     blended.max(shown) // a failure never lowers the lag
@@ -391,12 +427,16 @@ impl Pool {
                 }
             }),
             _ => e.update_latency(now_ms, |bits| {
-                if bits == 0 {
-                    // First sample. A fast failure must not make a fresh endpoint look cheap.
-                    return if failed { rtt.max(default_rtt) } else { rtt };
+                if failed {
+                    // Before the first sample `shown` is the default RTT: a fast failure must not
+                    // make a fresh endpoint look cheap either.
+                    return penalty;
                 }
-                if failed || rtt > shown {
-                    shown.max(rtt) // a peak replaces at once; a failure never lowers
+                if bits == 0 {
+                    return rtt; // first sample
+                }
+                if rtt > shown {
+                    rtt // a peak replaces at once
                 } else {
                     shown * w + rtt * (1.0 - w) // <= shown: a faster sample never raises the cost
                 }
