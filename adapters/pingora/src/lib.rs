@@ -10,13 +10,21 @@
 //!   scratch on every discovery or health change; load, latency and ejection live in a
 //!   [`Shared`] passed as the selection config, keyed by backend address.
 //! - **Completion feedback.** `select` returns a `Backend` and has no completion callback; the
-//!   group finds the backend's state without a lock, a [`Lease`] holds the in-flight slot, and [`Tracker`] records
-//!   the outcome from the `ProxyHttp` hooks (connect failures, proxy errors, HTTP 5xx,
-//!   `grpc-status`, latency at response headers) and releases the slot when the request ends or
-//!   is retried elsewhere.
+//!   group finds the backend's state without a lock, a [`Lease`] holds the in-flight slot, and
+//!   [`Tracker`] records the outcome from the `ProxyHttp` hooks, classified by the core's
+//!   [`outcome`](pickwise::outcome) rules (connect failures and upstream errors fail, client
+//!   errors are neutral, HTTP 5xx fail, 1xx is ignored, `grpc-status` by Envoy's mapping; latency
+//!   at response headers, successes only) and releases the slot when the request ends or is
+//!   retried elsewhere.
+//! - **Retries** go elsewhere: [`Tracker::select`] never returns a backend an earlier attempt of
+//!   the request used while another healthy one exists (Envoy's `previous_hosts` predicate).
+//! - **Health.** Pingora's health checks report to the picker through
+//!   [`Shared::health_observer`] ([`tcp_health_check`] installs it), so a backend they mark down
+//!   is not picked at all (rather than picked, refused and replaced by its neighbour).
+//! - **Timers.** The pool's upkeep (ejection-multiplier decay, stamp re-basing) runs from lease
+//!   starts and completions when due ([`Shared::handle_timeout`]); nothing to schedule.
 //! - **Discovery**: Pingora's `discovery::Static`, or [`StreamDiscovery`] from any stream of
-//!   endpoint changes. Pingora's health checks keep working: a backend they mark down is skipped
-//!   by `select`, and passive ejection works alongside.
+//!   endpoint changes.
 //!
 //! ```no_run
 //! use pickwise::{LbPolicy, Policy, PoolConfig};
@@ -25,20 +33,23 @@
 //!
 //! let shared = Shared::new(LbPolicy::P2c(Policy::PeakEwma), PoolConfig::default());
 //! let discovery = discovery::Static::try_from_iter(["127.0.0.1:8001", "127.0.0.1:8002"]).unwrap();
-//! let lb: LoadBalancer<Selector> =
-//!     LoadBalancer::from_backends_with_config(Backends::new(discovery), Some(shared));
-//! // In ProxyHttp::upstream_peer: let backend = lb.select(b"", 8); ctx.tracker.start(&backend) ...
+//! let mut lb: LoadBalancer<Selector> =
+//!     LoadBalancer::from_backends_with_config(Backends::new(discovery), Some(shared.clone()));
+//! lb.set_health_check(pickwise_pingora::tcp_health_check(&shared));
+//! // In ProxyHttp::upstream_peer (CTX = Tracker::new(shared)): ctx.select(&lb, key, 8) ...
 //! ```
 #![forbid(unsafe_code)]
 #![deny(missing_docs)]
 
 mod discovery;
+mod health;
 mod lease;
 mod selection;
 mod state;
 
 pub use discovery::{Change, StreamDiscovery};
-pub use lease::{lease, select_lease, Lease, PoolRef, Tracker};
+pub use health::{tcp_health_check, HealthObserver};
+pub use lease::{lease, observed, select_lease, Lease, PoolRef, Tracker};
 pub use pickwise;
 pub use selection::{Selector, SelectorIter};
 pub use state::Shared;

@@ -1,6 +1,7 @@
 //! A real HTTP/1.1 server (hyper) on loopback in its own thread and runtime, like a separate
 //! process: answers every request with 200 and an `x-backend` header naming it, after an
-//! optional delay; can fail (503), be killed (every socket closes) and restarted on its port.
+//! optional delay; can fail (503) always or for a share of requests, be killed (every socket
+//! closes) and restarted on its port.
 
 #![allow(dead_code, unreachable_pub)]
 
@@ -22,6 +23,8 @@ pub struct Knobs {
     pub hits: Arc<AtomicU64>,
     pub delay_ms: Arc<AtomicU64>,
     pub fail: Arc<AtomicBool>,
+    /// Percent of requests answered 503 at once (drawn at random per request).
+    pub fail_percent: Arc<AtomicU64>,
 }
 
 pub struct HttpBackend {
@@ -56,11 +59,14 @@ impl HttpBackend {
                         let (k, name) = (k.clone(), name.clone());
                         async move {
                             k.hits.fetch_add(1, Ordering::Relaxed);
+                            let pct = k.fail_percent.load(Ordering::Relaxed);
+                            let fail =
+                                k.fail.load(Ordering::Relaxed) || (pct > 0 && fastrand::u64(..100) < pct);
                             let delay = k.delay_ms.load(Ordering::Relaxed);
-                            if delay > 0 {
+                            if delay > 0 && !fail {
                                 tokio::time::sleep(Duration::from_millis(delay)).await;
                             }
-                            let status = if k.fail.load(Ordering::Relaxed) { 503 } else { 200 };
+                            let status = if fail { 503 } else { 200 };
                             Ok::<_, Infallible>(
                                 Response::builder()
                                     .status(status)
@@ -106,6 +112,11 @@ impl HttpBackend {
 
     pub fn set_delay(&self, ms: u64) {
         self.knobs.delay_ms.store(ms, Ordering::Relaxed);
+    }
+
+    /// Answer `pct` percent of requests with a fast 503.
+    pub fn set_fail_percent(&self, pct: u64) {
+        self.knobs.fail_percent.store(pct, Ordering::Relaxed);
     }
 }
 

@@ -1,5 +1,6 @@
 //! An HTTP/1.1 load generator (hyper, keep-alive) against the proxy: requests/s, latency
-//! percentiles, errors and the share per backend (from the `x-backend` response header).
+//! percentiles, errors and the share per backend (from the `x-upstream` header the proxy adds
+//! naming the backend it chose, else the `x-backend` header the embedded backends send).
 
 #![allow(dead_code, unreachable_pub)]
 
@@ -53,12 +54,7 @@ pub async fn get(client: &HttpClient, proxy: SocketAddr, key: Option<&str>) -> R
         .await
         .map_err(|e| e.to_string())?;
     let status = resp.status();
-    let backend = resp
-        .headers()
-        .get("x-backend")
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or_default()
-        .to_string();
+    let backend = served_by(resp.headers());
     let _ = resp.into_body().collect().await.map_err(|e| e.to_string())?;
     if status.is_success() {
         Ok(backend)
@@ -181,12 +177,16 @@ pub async fn check(
             .insert("x-key", k.parse().map_err(|_| "bad key".to_string())?);
     }
     let resp = client.check(req).await.map_err(|s| s.to_string())?;
-    Ok(resp
-        .metadata()
-        .get("x-backend")
-        .and_then(|v| v.to_str().ok())
+    Ok(served_by(&resp.metadata().clone().into_headers()))
+}
+
+/// The backend that served a response: the proxy's `x-upstream`, else the backend's `x-backend`.
+pub fn served_by(headers: &hyper::HeaderMap) -> String {
+    ["x-upstream", "x-backend"]
+        .iter()
+        .find_map(|h| headers.get(*h).and_then(|v| v.to_str().ok()))
         .unwrap_or_default()
-        .to_string())
+        .to_string()
 }
 
 /// [`run_keyed`] with gRPC calls over h2c (one HTTP/2 connection per 8 workers).

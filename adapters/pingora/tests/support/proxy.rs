@@ -1,6 +1,9 @@
 //! A real Pingora proxy in front of the backends, in its own thread, stopped by a shutdown
 //! signal (never `run_forever`, which exits the process). The `ProxyHttp` implementation shows
-//! the whole integration: `select`, then `Tracker` in every hook.
+//! the whole integration: `Tracker::select` (retries exclude backends already tried), `Tracker`
+//! in every hook, Pingora's TCP health checks reporting to the picker. Each response carries an
+//! `x-upstream` header naming the backend the proxy chose, so shares can be counted for any
+//! backend.
 
 #![allow(dead_code, unreachable_pub)]
 
@@ -9,7 +12,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use pickwise_pingora::{Selector, Shared, Tracker};
+use pickwise_pingora::{tcp_health_check, Selector, Shared, Tracker};
 use pingora::lb::selection::{BackendIter, BackendSelection, Consistent, RoundRobin};
 use pingora::lb::{discovery, health_check, Backend, Backends, LoadBalancer};
 use pingora::prelude::*;
@@ -32,11 +35,45 @@ pub enum Balancer {
 }
 
 impl Balancer {
-    fn select(&self, key: &[u8]) -> Option<Backend> {
+    /// The backend for this attempt: pickwise's never repeats one the request already tried
+    /// (while another is healthy); Pingora's own selections are used as they come.
+    fn select(&self, key: &[u8], ctx: &mut Tracker) -> Option<Backend> {
         match self {
-            Self::Pickwise(lb) => lb.select(key, 8),
-            Self::RoundRobin(lb) => lb.select(key, 8),
-            Self::Ketama(lb) => lb.select(key, 8),
+            Self::Pickwise(lb) => ctx.select(lb, key, 8),
+            Self::RoundRobin(lb) => {
+                let b = lb.select(key, 8)?;
+                ctx.start(&b);
+                Some(b)
+            }
+            Self::Ketama(lb) => {
+                let b = lb.select(key, 8)?;
+                ctx.start(&b);
+                Some(b)
+            }
+        }
+    }
+}
+
+/// The response header naming the backend the proxy chose.
+pub const UPSTREAM_HEADER: &str = "x-upstream";
+
+/// How a test proxy runs.
+#[derive(Clone, Copy, Debug)]
+pub struct Options {
+    /// Hash requests on this request header (ring hash, Maglev, Ketama).
+    pub hash_header: Option<&'static str>,
+    /// gRPC over h2c on both sides.
+    pub h2c: bool,
+    /// Pingora's TCP health checks at this period (`None`: no health checks).
+    pub health_check: Option<Duration>,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Self {
+            hash_header: None,
+            h2c: false,
+            health_check: Some(Duration::from_millis(200)),
         }
     }
 }
@@ -66,9 +103,8 @@ impl ProxyHttp for Proxy {
             .unwrap_or_default();
         let backend = self
             .lb
-            .select(&key)
+            .select(&key, ctx)
             .ok_or_else(|| Error::explain(HTTPStatus(503), "no backend"))?;
-        ctx.start(&backend);
         let mut peer = HttpPeer::new(backend.addr.to_string().as_str(), false, String::new());
         if self.h2c {
             peer.options.set_http_version(2, 2); // h2 prior knowledge: gRPC over cleartext
@@ -96,10 +132,15 @@ impl ProxyHttp for Proxy {
         ctx: &mut Tracker,
         client_reused: bool,
     ) -> Box<Error> {
-        ctx.proxy_failed();
+        ctx.proxy_failed(&e);
+        // Pingora's default rule: never retry a non-idempotent request or one whose body no
+        // longer fits the retry buffer; otherwise retry errors on reused connections.
         let mut e = e.more_context(format!("Peer: {peer}"));
-        e.retry.decide_reuse(client_reused);
-        let _ = session;
+        if !session.req_header().method.is_idempotent() || session.as_ref().retry_buffer_truncated() {
+            e.set_retry(false);
+        } else {
+            e.retry.decide_reuse(client_reused);
+        }
         e
     }
 
@@ -110,6 +151,9 @@ impl ProxyHttp for Proxy {
         ctx: &mut Tracker,
     ) -> Result<()> {
         ctx.response(upstream_response);
+        if let Some(addr) = ctx.current() {
+            upstream_response.insert_header(UPSTREAM_HEADER, addr.to_string())?;
+        }
         Ok(())
     }
 
@@ -124,7 +168,7 @@ impl ProxyHttp for Proxy {
     }
 
     async fn logging(&self, _session: &mut Session, e: Option<&Error>, ctx: &mut Tracker) {
-        ctx.finish(e.is_some());
+        ctx.finish(e);
     }
 }
 
@@ -156,15 +200,22 @@ impl Drop for RunningProxy {
     }
 }
 
-fn balancer<S>(targets: &[String], config: Option<S::Config>) -> LoadBalancer<S>
+fn balancer<S>(
+    targets: &[String],
+    config: Option<S::Config>,
+    check: Option<Box<health_check::TcpHealthCheck>>,
+    every: Option<Duration>,
+) -> LoadBalancer<S>
 where
     S: BackendSelection + Send + Sync + 'static,
     S::Iter: BackendIter,
 {
     let discovery = discovery::Static::try_from_iter(targets.iter().map(String::as_str)).expect("addresses");
     let mut lb = LoadBalancer::from_backends_with_config(Backends::new(discovery), config);
-    lb.set_health_check(health_check::TcpHealthCheck::new());
-    lb.health_check_frequency = Some(Duration::from_millis(200));
+    if let (Some(check), Some(every)) = (check, every) {
+        lb.set_health_check(check);
+        lb.health_check_frequency = Some(every);
+    }
     lb
 }
 
@@ -180,6 +231,24 @@ pub fn start_with(
     hash_header: Option<&'static str>,
     h2c: bool,
 ) -> RunningProxy {
+    start_opts(
+        selection,
+        targets,
+        Options {
+            hash_header,
+            h2c,
+            ..Options::default()
+        },
+    )
+}
+
+/// [`start`] with every option.
+pub fn start_opts(selection: Selection, targets: &[String], options: Options) -> RunningProxy {
+    let Options {
+        hash_header,
+        h2c,
+        health_check: every,
+    } = options;
     let port = std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
         .local_addr()
@@ -198,15 +267,22 @@ pub fn start_with(
         };
         let (lb, bg): (Balancer, Box<dyn pingora::services::ServiceWithDependents>) = match selection {
             Selection::Pickwise(shared) => {
-                let bg = background_service("lb", balancer::<Selector>(&targets, Some(shared)));
+                // Pingora's health results reach the picker.
+                let check = tcp_health_check(&shared);
+                let lb = balancer::<Selector>(&targets, Some(shared), Some(check), every);
+                let bg = background_service("lb", lb);
                 (Balancer::Pickwise(bg.task()), Box::new(bg))
             }
             Selection::RoundRobin => {
-                let bg = background_service("lb", balancer::<RoundRobin>(&targets, None));
+                let check = health_check::TcpHealthCheck::new();
+                let lb = balancer::<RoundRobin>(&targets, None, Some(check), every);
+                let bg = background_service("lb", lb);
                 (Balancer::RoundRobin(bg.task()), Box::new(bg))
             }
             Selection::Ketama => {
-                let bg = background_service("lb", balancer::<Consistent>(&targets, None));
+                let check = health_check::TcpHealthCheck::new();
+                let lb = balancer::<Consistent>(&targets, None, Some(check), every);
+                let bg = background_service("lb", lb);
                 (Balancer::Ketama(bg.task()), Box::new(bg))
             }
         };
