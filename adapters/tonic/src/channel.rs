@@ -3,6 +3,12 @@
 //! ([`picker`](crate::picker)), and carries an in-flight guard until its response body ends;
 //! the outcome (`grpc-status` from headers or trailers, transport errors, the deadline) feeds the
 //! endpoint's load and health.
+//!
+//! An attempt the server certainly never processed (refused stream, GOAWAY, a connection that
+//! closed before the request went out) is retried transparently on a new pick
+//! (the [`retry`] module), within the RPC's deadline; it counts for nothing against the
+//! endpoint. A request that finds no endpoint fails fast in TRANSIENT_FAILURE unless it is
+//! wait-for-ready ([`WaitForReady`], or `waitForReady` in the service config's `methodConfig`).
 
 use std::future::Future;
 use std::pin::Pin;
@@ -21,8 +27,42 @@ use tower_service::Service;
 
 use crate::balancer::{EndpointStats, Shared, Unpicked};
 use crate::deadline;
+use crate::error::NoEndpoint;
 use crate::picker::{try_pick, wait_for_pick, Guard, Picked, Request, WaitFuture};
+use crate::retry::{self, Replay, Unprocessed};
 use crate::BoxError;
+
+/// Wait-for-ready for one request (grpc-go's `grpc.WaitForReady` call option), as a request
+/// extension; it overrides the service config's `methodConfig.waitForReady`.
+///
+/// A fail-fast request (the default, `WaitForReady(false)`) fails at once with `UNAVAILABLE` when
+/// every endpoint is in TRANSIENT_FAILURE (or there is none); a wait-for-ready request waits for
+/// an endpoint until its deadline (`DEADLINE_EXCEEDED`), or, without a deadline, for the
+/// channel's [`Builder::wait_for_ready`](crate::Builder::wait_for_ready) bound (`UNAVAILABLE`),
+/// so it never hangs. Both wait while endpoints are connecting for the first time, as in gRPC.
+///
+/// ```
+/// use pickwise_tonic::WaitForReady;
+/// let mut req = tonic::Request::new(());
+/// req.extensions_mut().insert(WaitForReady(true));
+/// req.set_timeout(std::time::Duration::from_secs(2));
+/// ```
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct WaitForReady(pub bool);
+
+/// Whether `req` waits through TRANSIENT_FAILURE: its [`WaitForReady`] extension, else its
+/// method's service config, else no (fail fast).
+fn wait_for_ready(shared: &Shared, req: &Request) -> bool {
+    if let Some(w) = req.extensions().get::<WaitForReady>() {
+        return w.0;
+    }
+    shared
+        .common
+        .config
+        .methods
+        .wait_for_ready(req.uri().path())
+        .unwrap_or(false)
+}
 
 /// A load-balanced gRPC channel: a cloneable `tower::Service<http::Request<tonic::body::Body>>`,
 /// used in place of tonic's `Channel` (e.g. `GreeterClient::new(channel)`). Built by
@@ -99,26 +139,43 @@ impl Service<Request> for BalancedChannel {
 
     fn call(&mut self, req: Request) -> Self::Future {
         let snap = self.shared.snapshot.load();
-        let state = match try_pick(&self.shared, &snap, &req) {
-            Ok(picked) => State::Ready {
-                picked: Some(picked),
-                req: Some(req),
-                deadline: None,
-                timer: None,
-            },
-            Err(Unpicked::Fail(e)) => State::Fail {
-                status: Some(e.into()),
-            },
-            Err(Unpicked::Wait) => {
+        let (state, retry) = match try_pick(&self.shared, &snap, &req) {
+            Ok(picked) => {
+                let (replay, req) = Replay::new(req);
+                let state = State::Ready {
+                    picked: Some(picked),
+                    req: Some(req),
+                    deadline: None,
+                    timer: None,
+                };
+                (state, Some(Retry::new(replay, self.shared.clone(), None)))
+            }
+            Err(Unpicked::Fail(e))
+                if matches!(e, NoEndpoint::Shutdown) || !wait_for_ready(&self.shared, &req) =>
+            {
+                (
+                    State::Fail {
+                        status: Some(e.into()),
+                    },
+                    None,
+                )
+            }
+            Err(_) => {
                 // Only requests that wait read the clock for their deadline.
                 let deadline = deadline::of(req.headers());
-                State::Wait {
-                    fut: Box::pin(wait_for_pick(self.shared.clone(), req, deadline)),
+                let ready = wait_for_ready(&self.shared, &req);
+                let (replay, req) = Replay::new(req);
+                let state = State::Wait {
+                    fut: Box::pin(wait_for_pick(self.shared.clone(), req, deadline, ready, None)),
                     deadline,
-                }
+                };
+                (
+                    state,
+                    Some(Retry::new(replay, self.shared.clone(), Some(deadline))),
+                )
             }
         };
-        ResponseFuture { state }
+        ResponseFuture { state, retry }
     }
 }
 
@@ -127,6 +184,79 @@ pin_project! {
     pub struct ResponseFuture {
         #[pin]
         state: State,
+        // What a transparent retry needs (`None` for a request that failed at the pick).
+        retry: Option<Retry>,
+    }
+}
+
+/// A request's transparent-retry state.
+struct Retry {
+    replay: Replay,
+    shared: Arc<Shared>,
+    /// The RPC's absolute deadline once known (`Some(None)`: it has none). Read from the clock
+    /// only by requests that wait or retry.
+    deadline: Option<Option<Instant>>,
+}
+
+impl Retry {
+    fn new(replay: Replay, shared: Arc<Shared>, deadline: Option<Option<Instant>>) -> Self {
+        Self {
+            replay,
+            shared,
+            deadline,
+        }
+    }
+
+    /// After attempt `generation` (holding `guard`, sent with `budget` left) failed with `e`
+    /// before any response: the next state, a new pick for the same request, if the server
+    /// certainly did not process it and the RPC can still be retried; else the caller's error.
+    fn next(
+        &mut self,
+        guard: Option<Guard>,
+        generation: u64,
+        budget: Option<Duration>,
+        e: BoxError,
+    ) -> Result<State, BoxError> {
+        let (Some(why), Some(g)) = (retry::unprocessed(&*e), guard.as_ref()) else {
+            return Err(fail_call(guard, generation, e));
+        };
+        if self.replay.attempts > retry::MAX_RETRIES || !self.replay.replayable() {
+            tracing::debug!(error = %crate::subchannel::error_chain(&*e), attempts = self.replay.attempts, "unprocessed, not retried");
+            return Err(fail_call(guard, generation, e));
+        }
+        let common = &g.endpoint().0.common;
+        let deadline = *self.deadline.get_or_insert_with(|| {
+            // The first attempt was sent with the whole budget at `started_at`.
+            budget.map(|b| {
+                let spent = Duration::from_nanos(common.now().saturating_sub(g.started_at()));
+                Instant::now() + b.saturating_sub(spent)
+            })
+        });
+        let sub = g.endpoint().0.clone();
+        if why == Unprocessed::ConnectionGone {
+            sub.mark_draining(generation);
+        }
+        // Not the endpoint's failure: release the slot without an outcome.
+        drop(guard);
+        if deadline.is_some_and(|d| d <= Instant::now()) {
+            return Ok(State::Fail {
+                status: Some(Status::deadline_exceeded(
+                    "pickwise: deadline exceeded before a transparent retry",
+                )),
+            });
+        }
+        let Some(req) = self.replay.request() else {
+            return Err(e);
+        };
+        tracing::debug!(endpoint = %sub.addr, reason = ?why, attempt = self.replay.attempts, "transparent retry");
+        let ready = wait_for_ready(&self.shared, &req);
+        // A connection that is going away must not take the retry: wait for the picker that
+        // drops it. A refused stream's connection is fine.
+        let avoid = (why == Unprocessed::ConnectionGone).then_some((Arc::as_ptr(&sub) as usize, generation));
+        Ok(State::Wait {
+            fut: Box::pin(wait_for_pick(self.shared.clone(), req, deadline, ready, avoid)),
+            deadline,
+        })
     }
 }
 
@@ -156,9 +286,15 @@ impl std::fmt::Debug for ResponseFuture {
 /// broken; a deadline or a stream-level error is the request's own (grpc-go: per-RPC errors never
 /// change connectivity). Returns the error for the caller.
 fn fail_call(guard: Option<Guard>, generation: u64, e: BoxError) -> BoxError {
-    let kind = classify(&*e);
     let Some(g) = guard else { return e };
-    match kind {
+    if let Some(why) = retry::unprocessed(&*e) {
+        // The server never processed it (a retry was not possible): not the endpoint's failure.
+        if why == Unprocessed::ConnectionGone {
+            g.endpoint().0.mark_draining(generation);
+        }
+        return e;
+    }
+    match classify(&*e) {
         CallError::Deadline => {
             finish(g, Some(Code::DeadlineExceeded), None);
             // tonic reports its client-side timeout as CANCELLED; gRPC says DEADLINE_EXCEEDED.
@@ -251,7 +387,9 @@ impl Future for ResponseFuture {
 
     fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         loop {
-            match self.as_mut().project().state.project() {
+            let this = self.as_mut().project();
+            let retry = this.retry;
+            let next = match this.state.project() {
                 StateProj::Fail { status } => {
                     let status = status
                         .take()
@@ -259,15 +397,12 @@ impl Future for ResponseFuture {
                     return Poll::Ready(Err(Box::new(status)));
                 }
                 StateProj::Wait { fut, deadline } => match ready!(fut.as_mut().poll(cx)) {
-                    Ok((picked, req)) => {
-                        let next = State::Ready {
-                            picked: Some(picked),
-                            req: Some(req),
-                            deadline: *deadline,
-                            timer: None,
-                        };
-                        self.as_mut().project().state.set(next);
-                    }
+                    Ok((picked, req)) => State::Ready {
+                        picked: Some(picked),
+                        req: Some(req),
+                        deadline: *deadline,
+                        timer: None,
+                    },
                     Err(status) => return Poll::Ready(Err(Box::new(status))),
                 },
                 StateProj::Ready {
@@ -310,26 +445,31 @@ impl Future for ResponseFuture {
                     };
                     if let Err(e) = ready {
                         let generation = p.generation;
-                        return Poll::Ready(Err(fail_call(
-                            picked.take().map(|p| p.guard),
-                            generation,
-                            e.into(),
-                        )));
+                        let guard = picked.take().map(|p| p.guard);
+                        let budget = req.as_ref().and_then(|r| deadline::timeout(r.headers()));
+                        match retry.as_mut() {
+                            Some(r) => match r.next(guard, generation, budget, e.into()) {
+                                Ok(next) => next,
+                                Err(e) => return Poll::Ready(Err(e)),
+                            },
+                            None => return Poll::Ready(Err(fail_call(guard, generation, e.into()))),
+                        }
+                    } else {
+                        let (Some(mut p), Some(req)) = (picked.take(), req.take()) else {
+                            return Poll::Ready(Err(Box::new(Status::unavailable(
+                                "pickwise: polled after completion",
+                            ))));
+                        };
+                        let budget = deadline::timeout(req.headers());
+                        let fut = Service::call(&mut p.channel, req);
+                        State::Call {
+                            fut,
+                            guard: Some(p.guard),
+                            generation: p.generation,
+                            budget,
+                            timer: None,
+                        }
                     }
-                    let (Some(mut p), Some(req)) = (picked.take(), req.take()) else {
-                        return Poll::Ready(Err(Box::new(Status::unavailable(
-                            "pickwise: polled after completion",
-                        ))));
-                    };
-                    let budget = deadline::timeout(req.headers());
-                    let fut = Service::call(&mut p.channel, req);
-                    self.as_mut().project().state.set(State::Call {
-                        fut,
-                        guard: Some(p.guard),
-                        generation: p.generation,
-                        budget,
-                        timer: None,
-                    });
                 }
                 StateProj::Call {
                     fut,
@@ -340,9 +480,16 @@ impl Future for ResponseFuture {
                 } => {
                     let resp = match fut.poll(cx) {
                         Poll::Ready(Ok(resp)) => resp,
-                        Poll::Ready(Err(e)) => {
-                            return Poll::Ready(Err(fail_call(guard.take(), *generation, e.into())))
-                        }
+                        Poll::Ready(Err(e)) => match retry.as_mut() {
+                            Some(r) => match r.next(guard.take(), *generation, *budget, e.into()) {
+                                Ok(next) => {
+                                    self.as_mut().project().state.set(next);
+                                    continue;
+                                }
+                                Err(e) => return Poll::Ready(Err(e)),
+                            },
+                            None => return Poll::Ready(Err(fail_call(guard.take(), *generation, e.into()))),
+                        },
                         Poll::Pending => {
                             let (Some(b), Some(g)) = (*budget, guard.as_ref()) else {
                                 return Poll::Pending;
@@ -368,6 +515,8 @@ impl Future for ResponseFuture {
                             continue;
                         }
                     };
+                    // A response started: the RPC is committed, never retried (the replay
+                    // buffer goes with the future).
                     let guard = guard.take();
                     let (mut parts, body) = resp.into_parts();
                     if let Some(g) = guard
@@ -404,7 +553,8 @@ impl Future for ResponseFuture {
                     };
                     return Poll::Ready(Ok(http::Response::from_parts(parts, body)));
                 }
-            }
+            };
+            self.as_mut().project().state.set(next);
         }
     }
 }

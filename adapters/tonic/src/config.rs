@@ -66,6 +66,8 @@ pub(crate) struct Config {
     pub(crate) tls: Option<crate::transport::Tls>,
     pub(crate) subset: Option<crate::subsetting::SubsetConfig>,
     pub(crate) report_peer: bool,
+    /// The service config's `methodConfig` (per-method `waitForReady`).
+    pub(crate) methods: crate::service_config::MethodTable,
 }
 
 impl fmt::Debug for Config {
@@ -146,6 +148,7 @@ impl Builder {
                 tls: None,
                 subset: None,
                 report_peer: false,
+                methods: crate::service_config::MethodTable::default(),
             },
             peers: None,
         }
@@ -187,11 +190,17 @@ impl Builder {
         self
     }
 
-    /// Settings from a gRPC service config's `loadBalancingConfig` (see
-    /// [`service_config`](crate::service_config)): the policy, ring-hash header, outlier
-    /// detection and `random_subsetting` (with a random per-client salt, as gRFC A68 says).
+    /// Settings from a gRPC service config (see [`service_config`](crate::service_config)):
+    /// from `loadBalancingConfig` the policy, ring-hash header, outlier detection and
+    /// `random_subsetting` (with a random per-client salt, as gRFC A68 says); from
+    /// `methodConfig` each method's `waitForReady` (see [`WaitForReady`](crate::WaitForReady)).
+    /// Without a `loadBalancingConfig` the builder's policy stays.
     pub fn service_config(mut self, json: &str) -> Result<Self, crate::service_config::ServiceConfigError> {
         let c = crate::service_config::parse(json)?;
+        self.config.methods = crate::service_config::MethodTable::new(&c.methods);
+        if !c.load_balancing {
+            return Ok(self);
+        }
         self = self.policy(c.policy);
         if let Some(h) = c.hash_header {
             self.config.hash_header = Some(h);
@@ -406,7 +415,10 @@ impl Builder {
 
     /// How long a request waits for a ready endpoint while some are connecting (default 10 s); a
     /// request's own deadline (`grpc-timeout`) ends the wait earlier with `DEADLINE_EXCEEDED`.
-    /// When all endpoints are failing, or the set is empty, requests fail at once with `UNAVAILABLE`.
+    /// When all endpoints are failing, or the set is empty, requests fail at once with
+    /// `UNAVAILABLE`, unless they are wait-for-ready ([`WaitForReady`](crate::WaitForReady) or
+    /// the service config's `waitForReady`): those wait to their own deadline, or for this
+    /// bound when they have none.
     pub fn wait_for_ready(mut self, deadline: Duration) -> Self {
         self.config.wait_for_ready = deadline;
         self

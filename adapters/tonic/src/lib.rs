@@ -43,6 +43,16 @@
 //!   `picker_wrapper.go`) and by [`Builder::wait_for_ready`]. The server is sent what remains of
 //!   the deadline. When all endpoints are failing, or the set is empty, it fails at once with
 //!   `UNAVAILABLE` and a message saying which ([`NoEndpoint`]). It never hangs.
+//! - **Wait-for-ready per call** (grpc-go's `WaitForReady`): a request with
+//!   [`WaitForReady(true)`](WaitForReady), or whose method has `waitForReady` in the
+//!   [service config](Builder::service_config), waits through TRANSIENT_FAILURE to its own
+//!   deadline instead of failing fast.
+//! - **Transparent retry** (gRFC A6): a request the server certainly never processed (refused
+//!   stream, GOAWAY above its stream, a connection closed before it went out) is sent again on a
+//!   new pick, within its deadline, at most [`MAX_RETRIES`] times, if its body fit the
+//!   [`RETRY_BUFFER`] (256 KiB, kept as it is sent). It does not count against the endpoint. A
+//!   connection the server drains (GOAWAY, e.g. `max_connection_age`) is replaced at once,
+//!   without counting as a failure, while it finishes its streams.
 //! - **Sticky failure** (grpc-go `balancer/base`): an endpoint that failed to connect counts as
 //!   failing while it retries, so when every endpoint has failed, requests fail fast even while
 //!   reconnect attempts are in flight.
@@ -97,18 +107,20 @@ pub mod deadline;
 pub mod discover;
 mod error;
 mod picker;
+mod retry;
 pub mod service_config;
 mod subchannel;
 mod subsetting;
 mod transport;
 
 pub use balancer::EndpointStats;
-pub use channel::{BalancedChannel, ResponseBody, ResponseFuture};
+pub use channel::{BalancedChannel, ResponseBody, ResponseFuture, WaitForReady};
 pub use config::{Backoff, Builder, HealthCheck, GO_ZERO_FAILURE_CODES};
 pub use error::NoEndpoint;
 pub use picker::RequestHash;
 pub use pickwise::subset::{Client as SubsetClient, Subsetting};
 pub use pickwise::{self, HashPolicy, LbPolicy, Mode, NoKey, OutlierConfig, Policy, PoolConfig, RingConfig};
+pub use retry::{MAX_RETRIES, RETRY_BUFFER};
 pub use subchannel::ConnectivityState;
 /// The rustls version [`Builder::tls`] takes (feature `tls`).
 #[cfg(feature = "tls")]

@@ -91,23 +91,42 @@ pub(crate) fn try_pick(shared: &Shared, snap: &Snapshot, req: &Request) -> Resul
 
 pub(crate) type WaitFuture = Pin<Box<dyn Future<Output = Result<(Picked, Request), Status>> + Send>>;
 
-/// Slow path: no endpoint ready yet but some connecting. Waits for new pickers until the
-/// wait-for-ready bound or the request's own deadline, whichever comes first (grpc-go
-/// `picker_wrapper.go`: a queued pick ends with `DEADLINE_EXCEEDED` at the RPC's deadline); then
-/// sends the server what remains of the deadline (`http2_client.go`).
+/// Slow path: no endpoint ready yet but some connecting (or, for a wait-for-ready request, all
+/// failing). Waits for new pickers until the request's own deadline or the channel's
+/// wait-for-ready bound, whichever comes first (grpc-go `picker_wrapper.go`: a queued pick ends
+/// with `DEADLINE_EXCEEDED` at the RPC's deadline); then sends the server what remains of the
+/// deadline (`http2_client.go`).
+///
+/// `wait_for_ready` (grpc-go's `WaitForReady` call option): the request also waits through
+/// TRANSIENT_FAILURE and an empty endpoint set, to its own deadline; only without a deadline
+/// does the channel's bound apply, so it never hangs. A fail-fast request fails at once there.
+///
+/// `avoid` (a subchannel's address and a connection generation): a transparent retry after that
+/// connection refused new requests; a pick of it waits for the next picker (which drops it) once.
 pub(crate) async fn wait_for_pick(
     shared: Arc<Shared>,
     mut req: Request,
     deadline: Option<Instant>,
+    wait_for_ready: bool,
+    mut avoid: Option<(usize, u64)>,
 ) -> Result<(Picked, Request), Status> {
     let start = Instant::now();
     let wait = shared.common.config.wait_for_ready;
     let bound = start + wait;
-    let until = deadline.map_or(bound, |d| d.min(bound));
+    let until = match deadline {
+        Some(d) if wait_for_ready => d,
+        Some(d) => d.min(bound),
+        None => bound,
+    };
     let mut rx = shared.version.subscribe();
+    let mut failing = None;
     loop {
         let snap = shared.snapshot.load_full();
         match try_pick(&shared, &snap, &req) {
+            Ok(p)
+                if avoid.is_some_and(|(sub, generation)| {
+                    Arc::as_ptr(&p.guard.endpoint().0) as usize == sub && p.generation == generation
+                }) => {} // dropping the guard releases its slot, with no outcome
             Ok(p) => {
                 if let Some(d) = deadline {
                     if !deadline::set_remaining(req.headers_mut(), d) {
@@ -116,14 +135,19 @@ pub(crate) async fn wait_for_pick(
                 }
                 return Ok((p, req));
             }
-            Err(Unpicked::Fail(e)) => return Err(e.into()),
-            Err(Unpicked::Wait) => {}
+            Err(Unpicked::Fail(NoEndpoint::Shutdown)) => return Err(NoEndpoint::Shutdown.into()),
+            Err(Unpicked::Fail(e)) if !wait_for_ready => return Err(e.into()),
+            Err(Unpicked::Fail(e)) => failing = Some(e),
+            Err(Unpicked::Wait) => failing = None,
         }
         match tokio::time::timeout_at(until, rx.changed()).await {
-            Ok(Ok(())) => {}
+            Ok(Ok(())) => avoid = None,
             Ok(Err(_)) => return Err(NoEndpoint::Shutdown.into()),
-            Err(_) if deadline.is_some_and(|d| d <= bound) => return Err(deadline_exceeded(start, &snap)),
+            Err(_) if deadline.is_some_and(|d| d <= until) => return Err(deadline_exceeded(start, &snap)),
             Err(_) => {
+                if let Some(e) = failing {
+                    return Err(e.into());
+                }
                 let state = snap.describe();
                 return Err(NoEndpoint::Timeout {
                     waited_ms: wait.as_millis() as u64,

@@ -5,12 +5,17 @@
 //! `pickwise_go_zero` and `maglev`. As in gRPC, the first policy of the list that is supported
 //! wins; unknown ones (`pick_first`, `weighted_round_robin`...) are skipped.
 //!
+//! From `methodConfig`, pickwise applies `waitForReady` per method (looked up as grpc-go does:
+//! the exact `/service/method`, then `/service/`, then the default entry); other method
+//! settings (`timeout`, `retryPolicy`, message sizes) are parsed over, not applied.
+//!
 //! Deviations, each because pickwise has no such mechanism yet: `least_request_experimental`'s
 //! `choiceCount` above 2 is accepted and runs with 2; `outlier_detection_experimental` keeps its
 //! interval, ejection times and percentage, and when it enables success-rate or
 //! failure-percentage ejection pickwise ejects on consecutive failures (Envoy's
 //! `consecutive_5xx`, 5 in a row) instead; with neither it is a no-op, as in A50.
 
+use std::collections::HashMap;
 use std::fmt;
 use std::time::Duration;
 
@@ -30,6 +35,82 @@ pub struct ServiceConfig {
     pub outlier: Option<OutlierConfig>,
     /// `random_subsetting`'s subset size (gRFC A68).
     pub subset: Option<Subsetting>,
+    /// Whether the config had a `loadBalancingConfig`; without one, `policy` is the default and
+    /// [`Builder::service_config`](crate::Builder::service_config) keeps the builder's policy.
+    pub load_balancing: bool,
+    /// `methodConfig`: per-method settings (pickwise reads `name` and `waitForReady`).
+    pub methods: Vec<MethodConfig>,
+}
+
+/// One `methodConfig` entry of a service config.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct MethodConfig {
+    /// The methods it applies to.
+    pub names: Vec<MethodName>,
+    /// `waitForReady` (grpc-go's `WaitForReady` for these methods); `None` when unset. A
+    /// [`WaitForReady`](crate::WaitForReady) request extension overrides it.
+    pub wait_for_ready: Option<bool>,
+}
+
+/// A `methodConfig` name (`{"service": ..., "method": ...}`): an empty `method` names every
+/// method of `service`; an empty `service` (and method) is the default for every method.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Hash)]
+pub struct MethodName {
+    /// The fully qualified service, e.g. `grpc.health.v1.Health`.
+    pub service: String,
+    /// The method, e.g. `Check`.
+    pub method: String,
+}
+
+impl MethodName {
+    /// grpc-go's key for the name (`jsonName.generatePath`): `/service/method`, `/service/`,
+    /// or `""` for the default.
+    fn path(&self) -> Result<String, ServiceConfigError> {
+        match (self.service.is_empty(), self.method.is_empty()) {
+            (true, true) => Ok(String::new()),
+            (true, false) => Err(invalid(
+                "methodConfig",
+                "a name with a method must have a service",
+            )),
+            (false, _) => Ok(format!("/{}/{}", self.service, self.method)),
+        }
+    }
+}
+
+/// The per-method settings a channel looks requests up in, by the request's path (grpc-go
+/// `getMethodConfig`: the exact method, then its service, then the default). Looked up only
+/// when a request cannot be picked at once; no allocation.
+#[derive(Clone, Debug, Default)]
+pub(crate) struct MethodTable {
+    wait_for_ready: HashMap<String, Option<bool>>,
+}
+
+impl MethodTable {
+    pub(crate) fn new(methods: &[MethodConfig]) -> Self {
+        let mut wait_for_ready = HashMap::new();
+        for m in methods {
+            for n in &m.names {
+                if let Ok(path) = n.path() {
+                    wait_for_ready.insert(path, m.wait_for_ready);
+                }
+            }
+        }
+        Self { wait_for_ready }
+    }
+
+    /// `waitForReady` of the method at `path` (`/package.Service/Method`), if configured.
+    pub(crate) fn wait_for_ready(&self, path: &str) -> Option<bool> {
+        if self.wait_for_ready.is_empty() {
+            return None;
+        }
+        let service = path.rfind('/').map_or("", |i| &path[..=i]);
+        self.wait_for_ready
+            .get(path)
+            .or_else(|| self.wait_for_ready.get(service))
+            .or_else(|| self.wait_for_ready.get(""))
+            .copied()
+            .flatten()
+    }
 }
 
 /// Why a service config was rejected (gRPC NACKs or fails the channel on these).
@@ -74,24 +155,76 @@ fn invalid(policy: &str, reason: impl Into<String>) -> ServiceConfigError {
     }
 }
 
-/// Parses a service config (`{"loadBalancingConfig": [...]}`) or a bare `loadBalancingConfig`
-/// list.
+/// Parses a service config (`{"loadBalancingConfig": [...], "methodConfig": [...]}`, either
+/// part optional) or a bare `loadBalancingConfig` list.
 pub fn parse(json: &str) -> Result<ServiceConfig, ServiceConfigError> {
     let v: Value = serde_json::from_str(json).map_err(|e| ServiceConfigError::Json(e.to_string()))?;
-    let list = match &v {
-        Value::Array(_) => &v,
-        Value::Object(o) => o
-            .get("loadBalancingConfig")
-            .ok_or_else(|| ServiceConfigError::Json("no loadBalancingConfig".into()))?,
-        _ => return Err(ServiceConfigError::Json("expected an object or a list".into())),
-    };
     let mut out = ServiceConfig {
         policy: LbPolicy::P2c(Policy::PeakEwma),
         hash_header: None,
         outlier: None,
         subset: None,
+        load_balancing: false,
+        methods: Vec::new(),
     };
-    choose(list, &mut out)?;
+    let (list, methods) = match &v {
+        Value::Array(_) => (Some(&v), None),
+        Value::Object(o) => (o.get("loadBalancingConfig"), o.get("methodConfig")),
+        _ => return Err(ServiceConfigError::Json("expected an object or a list".into())),
+    };
+    if let Some(list) = list {
+        choose(list, &mut out)?;
+        out.load_balancing = true;
+    }
+    if let Some(methods) = methods {
+        out.methods = method_configs(methods)?;
+    }
+    Ok(out)
+}
+
+/// `methodConfig`, validated as grpc-go's `parseServiceConfig` does: a name with a method needs
+/// a service, and no name appears twice; `waitForReady` must be a boolean.
+fn method_configs(v: &Value) -> Result<Vec<MethodConfig>, ServiceConfigError> {
+    let bad = |reason: &str| invalid("methodConfig", reason);
+    let Value::Array(entries) = v else {
+        return Err(bad("must be a list"));
+    };
+    let mut seen = std::collections::HashSet::new();
+    let mut out = Vec::with_capacity(entries.len());
+    for entry in entries {
+        let entry = entry
+            .as_object()
+            .ok_or_else(|| bad("each entry must be an object"))?;
+        let mut mc = MethodConfig::default();
+        match entry.get("name") {
+            None | Some(Value::Null) => {}
+            Some(Value::Array(names)) => {
+                for n in names {
+                    let n = n.as_object().ok_or_else(|| bad("each name must be an object"))?;
+                    let field = |key: &str| match n.get(key) {
+                        None | Some(Value::Null) => Ok(String::new()),
+                        Some(Value::String(s)) => Ok(s.clone()),
+                        Some(_) => Err(bad("service and method must be strings")),
+                    };
+                    let name = MethodName {
+                        service: field("service")?,
+                        method: field("method")?,
+                    };
+                    if !seen.insert(name.path()?) {
+                        return Err(bad("duplicate name"));
+                    }
+                    mc.names.push(name);
+                }
+            }
+            Some(_) => return Err(bad("name must be a list")),
+        }
+        mc.wait_for_ready = match entry.get("waitForReady") {
+            None | Some(Value::Null) => None,
+            Some(Value::Bool(b)) => Some(*b),
+            Some(_) => return Err(bad("waitForReady must be a boolean")),
+        };
+        out.push(mc);
+    }
     Ok(out)
 }
 
@@ -314,5 +447,43 @@ mod tests {
             parse(r#"[{"outlier_detection_experimental":{"childPolicy":[{"round_robin":{}}]}}]"#).unwrap();
         assert_eq!(c.outlier.unwrap().consecutive_failures, 0);
         assert!(parse(r#"[{"outlier_detection_experimental":{"interval":"ten"}}]"#).is_err());
+    }
+
+    /// grpc-go `service_config_test.go` facts: lookup by exact method, then service, then the
+    /// default; a method without a service and a duplicate name are errors; no
+    /// `loadBalancingConfig` is fine.
+    #[test]
+    fn method_config_wait_for_ready() {
+        let c = parse(
+            r#"{"methodConfig":[
+                {"name":[{"service":"a.S","method":"M"}],"waitForReady":false},
+                {"name":[{"service":"a.S"},{"service":"b.T","method":"N"}],"waitForReady":true},
+                {"name":[{}],"timeout":"1s"},
+                {"name":[{"service":"c.U"}]}]}"#,
+        )
+        .unwrap();
+        assert!(!c.load_balancing);
+        assert_eq!(c.methods.len(), 4);
+        let t = MethodTable::new(&c.methods);
+        assert_eq!(t.wait_for_ready("/a.S/M"), Some(false));
+        assert_eq!(t.wait_for_ready("/a.S/Other"), Some(true));
+        assert_eq!(t.wait_for_ready("/b.T/N"), Some(true));
+        // The default entry matches and leaves it unset; so does a service entry without it.
+        assert_eq!(t.wait_for_ready("/b.T/Other"), None);
+        assert_eq!(t.wait_for_ready("/c.U/X"), None);
+        assert_eq!(MethodTable::default().wait_for_ready("/a.S/M"), None);
+        for bad in [
+            r#"{"methodConfig":[{"name":[{"method":"M"}]}]}"#,
+            r#"{"methodConfig":[{"name":[{"service":"a.S"}]},{"name":[{"service":"a.S"}]}]}"#,
+            r#"{"methodConfig":[{"name":[{"service":"a.S"}],"waitForReady":"yes"}]}"#,
+            r#"{"methodConfig":{}}"#,
+        ] {
+            assert!(
+                matches!(parse(bad), Err(ServiceConfigError::Invalid { .. })),
+                "{bad}"
+            );
+        }
+        let c = parse(r#"{"loadBalancingConfig":[{"round_robin":{}}]}"#).unwrap();
+        assert!(c.load_balancing && c.methods.is_empty());
     }
 }

@@ -64,6 +64,9 @@ pub(crate) struct Subchannel {
     last_error: Mutex<Option<String>>,
     /// The request path saw a connection-level error on the current connection: reconnect.
     broken: Notify,
+    /// The request path saw the current connection refuse new requests (GOAWAY, closed before
+    /// the request went out): replace it without counting a failure.
+    drain: Notify,
     pub(crate) common: Arc<Common>,
 }
 
@@ -81,6 +84,7 @@ impl Subchannel {
             channel: Mutex::new(None),
             last_error: Mutex::new(None),
             broken: Notify::new(),
+            drain: Notify::new(),
             common,
         }
     }
@@ -125,12 +129,35 @@ impl Subchannel {
         self.state.store(state as u8, Ordering::Release);
     }
 
+    /// A draining connection leaves: CONNECTING, without its channel, while the replacement
+    /// connects. The core's ready flag stays up until the replacement's outcome, so a pick from
+    /// a picker published before this (which still lists the old connection) is not refused
+    /// as if the endpoint had failed: it goes to the old connection, which refuses it, and the
+    /// request is retried transparently on the next picker.
+    fn set_draining(&self) {
+        if let Ok(mut c) = self.channel.lock() {
+            *c = None;
+        }
+        self.state
+            .store(ConnectivityState::Connecting as u8, Ordering::Release);
+    }
+
     /// Called from the request path on a connection-level error (reset, refused, closed) seen by
     /// a request sent on connection `generation`: leave the picker now and reconnect, unless that
     /// connection has already been replaced (grpc-go compares the transport the same way).
     pub(crate) fn mark_broken(&self, generation: u64) {
         if generation == self.generation() {
             self.broken.notify_waiters();
+        }
+    }
+
+    /// Called from the request path when connection `generation` takes no new requests (the
+    /// server sent GOAWAY, or it closed before a request went out) but did nothing wrong: a
+    /// replacement connects at once, and the endpoint is CONNECTING, not failing, meanwhile
+    /// (grpc-go moves a subchannel whose transport got GOAWAY to IDLE and reconnects).
+    pub(crate) fn mark_draining(&self, generation: u64) {
+        if generation == self.generation() {
+            self.drain.notify_waiters();
         }
     }
 }
@@ -159,8 +186,14 @@ pub(crate) async fn run(sub: Arc<Subchannel>, id: u64, events: mpsc::UnboundedSe
         let _ = events.send(id);
     };
     let mut backoff = BackoffState::new(config.backoff);
+    let mut draining = false;
     loop {
-        publish(ConnectivityState::Connecting, None, None);
+        if std::mem::take(&mut draining) {
+            sub.set_draining();
+            let _ = events.send(id);
+        } else {
+            publish(ConnectivityState::Connecting, None, None);
+        }
         let watch = Arc::new(ConnWatch::default());
         let attempt = async {
             let endpoint: Endpoint = (config.endpoint)(&sub.addr)?;
@@ -220,7 +253,10 @@ pub(crate) async fn run(sub: Arc<Subchannel>, id: u64, events: mpsc::UnboundedSe
             ),
         }
         tracing::debug!(endpoint = %sub.addr, "connected");
-        let reason = loop {
+        // `graceful`: the server is draining the connection (GOAWAY, e.g. gRPC's
+        // `max_connection_age`). The old connection finishes its streams on its own; the
+        // replacement starts connecting now, before the server closes the old one.
+        let (reason, graceful) = loop {
             let health_tick = async {
                 match &config.health {
                     Some(h) => tokio::time::sleep(h.interval).await,
@@ -228,8 +264,12 @@ pub(crate) async fn run(sub: Arc<Subchannel>, id: u64, events: mpsc::UnboundedSe
                 }
             };
             tokio::select! {
-                _ = watch.closed() => break "connection closed",
-                _ = sub.broken.notified() => break "transport error on a request",
+                // Closed after a GOAWAY: the server finished draining it (or closed an idle
+                // one), not a failure.
+                _ = watch.closed() => break ("connection closed", watch.went_away()),
+                _ = sub.broken.notified() => break ("transport error on a request", false),
+                _ = watch.going_away() => break ("the server sent GOAWAY", true),
+                _ = sub.drain.notified() => break ("the connection refused a request (GOAWAY or closed)", true),
                 _ = health_tick => {
                     let h = config.health.as_ref().expect("health tick only with health checks");
                     let now_serving = check_health(&channel, &h.service, h.timeout).await;
@@ -245,9 +285,16 @@ pub(crate) async fn run(sub: Arc<Subchannel>, id: u64, events: mpsc::UnboundedSe
                 }
             }
         };
-        tracing::info!(endpoint = %sub.addr, reason, "endpoint disconnected; reconnecting");
         // A connection that worked resets the backoff; the first reconnect is immediate.
         backoff = BackoffState::new(config.backoff);
+        if graceful {
+            // Not a failure: CONNECTING (not sticky TRANSIENT_FAILURE), so requests wait for
+            // the replacement instead of failing fast.
+            tracing::debug!(endpoint = %sub.addr, reason, "connection draining; replacing it");
+            draining = true;
+            continue;
+        }
+        tracing::info!(endpoint = %sub.addr, reason, "endpoint disconnected; reconnecting");
         publish(
             ConnectivityState::TransientFailure,
             None,

@@ -1,7 +1,9 @@
 //! The connection under a subchannel: a TCP connector (optionally doing TLS itself) whose
-//! socket reports the moment the connection closes (EOF, error or drop) and the moment the
-//! server's HTTP/2 preface arrives, so a dead backend leaves the picker at once and READY means
-//! the server really speaks HTTP/2.
+//! socket reports the moment the connection closes (EOF, error or drop), the moment the
+//! server's HTTP/2 preface arrives, and the moment the server sends GOAWAY, so a dead backend
+//! leaves the picker at once, READY means the server really speaks HTTP/2, and a draining
+//! connection (a server recycling it: gRPC's `max_connection_age`) is replaced at once while it
+//! finishes its streams.
 
 use std::io;
 use std::pin::Pin;
@@ -25,6 +27,9 @@ pub(crate) struct ConnWatch {
     /// The server's HTTP/2 preface (a SETTINGS frame) arrived: the connection really works.
     heard: AtomicBool,
     heard_notify: Notify,
+    /// The server sent GOAWAY: the connection takes no new streams (it finishes the others).
+    away: AtomicBool,
+    away_notify: Notify,
 }
 
 impl ConnWatch {
@@ -45,6 +50,28 @@ impl ConnWatch {
         if !self.heard.swap(true, Ordering::AcqRel) {
             self.heard_notify.notify_one();
         }
+    }
+
+    fn go_away(&self) {
+        if !self.away.swap(true, Ordering::AcqRel) {
+            self.away_notify.notify_one();
+        }
+    }
+
+    /// Whether the server has sent GOAWAY.
+    pub(crate) fn went_away(&self) -> bool {
+        self.away.load(Ordering::Acquire)
+    }
+
+    /// Completes when the server has sent GOAWAY (a draining connection). Only seen on
+    /// plain-text HTTP/2 or TLS done by the balancer's connector, not through TLS configured on
+    /// the endpoint template (the bytes are encrypted there); a request then meets the GOAWAY
+    /// instead.
+    pub(crate) async fn going_away(&self) {
+        if self.away.load(Ordering::Acquire) {
+            return;
+        }
+        self.away_notify.notified().await;
     }
 
     /// Waits for the server's first bytes; fails if the connection closes first.
@@ -130,6 +157,7 @@ impl tower_service::Service<Uri> for WatchConnector {
                 stream,
                 watch,
                 preface: Preface::default(),
+                frames: Some(Frames::default()),
             }))
         })
     }
@@ -141,6 +169,9 @@ pub(crate) struct WatchedIo {
     stream: Io,
     watch: Arc<ConnWatch>,
     preface: Preface,
+    /// Frame boundaries of what the server sends, to see its GOAWAY; `None` when the bytes are
+    /// not plain HTTP/2 (TLS on the endpoint template, or not HTTP/2 at all).
+    frames: Option<Frames>,
 }
 
 /// The socket: plain TCP, or TLS done by the connector.
@@ -244,6 +275,43 @@ impl Preface {
     }
 }
 
+/// Follows the frames of the server's side of an HTTP/2 connection (RFC 9113 §4.1: a 9-byte
+/// header with a 24-bit length and a type, then the payload) to notice GOAWAY (type 0x7) without
+/// decoding anything else. Costs a few comparisons per frame.
+#[derive(Debug, Default)]
+struct Frames {
+    head: [u8; 9],
+    len: usize,
+    /// Payload bytes of the current frame still to pass over.
+    skip: usize,
+}
+
+impl Frames {
+    /// Feeds bytes read from the server; true if a GOAWAY frame header was among them.
+    fn feed(&mut self, mut bytes: &[u8]) -> bool {
+        let mut away = false;
+        while !bytes.is_empty() {
+            if self.skip > 0 {
+                let n = self.skip.min(bytes.len());
+                self.skip -= n;
+                bytes = &bytes[n..];
+                continue;
+            }
+            let take = (9 - self.len).min(bytes.len());
+            self.head[self.len..self.len + take].copy_from_slice(&bytes[..take]);
+            self.len += take;
+            bytes = &bytes[take..];
+            if self.len == 9 {
+                let h = self.head;
+                self.len = 0;
+                self.skip = u32::from_be_bytes([0, h[0], h[1], h[2]]) as usize;
+                away |= h[3] == 0x7;
+            }
+        }
+        away
+    }
+}
+
 impl Drop for WatchedIo {
     fn drop(&mut self) {
         self.watch.close();
@@ -263,10 +331,21 @@ impl AsyncRead for WatchedIo {
             Poll::Ready(Ok(())) if buf.filled().len() == before && buf.remaining() > 0 => self.watch.close(),
             Poll::Ready(Ok(())) if buf.filled().len() > before => {
                 let this = &mut *self;
-                match this.preface.feed(&buf.filled()[before..]) {
-                    PrefaceSeen::Settings | PrefaceSeen::Tls => this.watch.hear(),
-                    PrefaceSeen::Garbage => this.watch.close(),
+                let read = &buf.filled()[before..];
+                match this.preface.feed(read) {
+                    PrefaceSeen::Settings => this.watch.hear(),
+                    PrefaceSeen::Tls => {
+                        this.frames = None;
+                        this.watch.hear();
+                    }
+                    PrefaceSeen::Garbage => {
+                        this.frames = None;
+                        this.watch.close();
+                    }
                     PrefaceSeen::Pending => {}
+                }
+                if this.frames.as_mut().is_some_and(|f| f.feed(read)) {
+                    this.watch.go_away();
                 }
             }
             _ => {}
@@ -334,5 +413,26 @@ mod tests {
         );
         // A TLS handshake record.
         assert_eq!(Preface::default().feed(&[0x16, 3, 3, 0, 90]), PrefaceSeen::Tls);
+    }
+
+    #[test]
+    fn frames_find_a_goaway_across_reads() {
+        let settings = [0, 0, 6, 0x4, 0, 0, 0, 0, 0, 0, 3, 0, 0, 0, 100];
+        // A DATA frame whose payload holds a byte 0x7 where a type would be.
+        let data = [0, 0, 4, 0x0, 0, 0, 0, 0, 1, 0, 0, 0, 0x7];
+        let goaway = [0, 0, 8, 0x7, 0, 0, 0, 0, 0, 0x7f, 0xff, 0xff, 0xff, 0, 0, 0, 0];
+        let mut f = Frames::default();
+        assert!(!f.feed(&settings));
+        assert!(!f.feed(&data));
+        let stream: Vec<u8> = [&settings[..], &data[..], &goaway[..]].concat();
+        let mut f = Frames::default();
+        let mut seen = false;
+        for chunk in stream.chunks(5) {
+            seen |= f.feed(chunk);
+        }
+        assert!(seen);
+        let mut f = Frames::default();
+        assert!(!f.feed(&stream[..settings.len() + data.len()]));
+        assert!(f.feed(&goaway));
     }
 }
