@@ -8,7 +8,11 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use arc_swap::ArcSwap;
-use pickwise::{hashing, EndpointState, Pool, Ring};
+use pickwise::balancer::{
+    Balancer as CoreBalancer, BalancerConfig, Connectivity, EndpointSpec, Event as CoreEvent, Prepared,
+    Unpicked as CoreUnpicked,
+};
+use pickwise::{EndpointState, Pool};
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
@@ -44,11 +48,9 @@ pub(crate) enum Control {
 /// (a refcount every core would write on every request).
 #[derive(Debug)]
 pub(crate) struct Common {
-    pub(crate) pool: Pool,
+    pub(crate) pool: Arc<Pool>,
     pub(crate) config: Arc<Config>,
-    epoch: Instant,
-    /// Round robin's position, shared by every snapshot.
-    pub(crate) cursor: std::sync::atomic::AtomicU32,
+    pub(crate) epoch: Instant,
 }
 
 impl Common {
@@ -74,27 +76,16 @@ impl Borrow<EndpointState> for Member {
     }
 }
 
-/// An immutable picker: what requests read, swapped atomically.
+/// An immutable picker: what requests read, swapped atomically. The decision is the core's
+/// [`Prepared`] picker; this adds what only the channel knows (discovery, shutdown, errors).
 #[derive(Debug, Default)]
 pub(crate) struct Snapshot {
-    /// All endpoints; ring owners index this.
-    pub(crate) members: Vec<Member>,
-    /// Endpoints in `Ready` with a channel, for P2C.
-    pub(crate) ready: Vec<Member>,
-    pub(crate) ring: Option<Arc<Ring>>,
+    /// The core's picker (`None` before the first one and after shutdown).
+    pub(crate) picker: Option<Prepared<Member>>,
     /// The policy this picker runs.
     pub(crate) policy: LbPolicy,
-    /// Round robin over unequal weights (xDS localities): the cycle over the ready endpoints.
-    pub(crate) rr_cycle: Option<pickwise::WeightedCycle>,
-    /// The Maglev table (Maglev policy); owners index `members`.
-    pub(crate) maglev: Option<Arc<pickwise::Maglev>>,
-    /// Weight of the ready endpoints: the base of bounded-load shares (Envoy normalises over the
-    /// healthy hosts).
-    pub(crate) total_weight: u64,
     /// Discovery has produced at least one update.
     pub(crate) resolved: bool,
-    pub(crate) connecting: usize,
-    pub(crate) failing: usize,
     pub(crate) last_error: Option<String>,
     pub(crate) discovery_error: Option<String>,
     /// The balancer has stopped: waiting requests fail with [`NoEndpoint::Shutdown`].
@@ -112,7 +103,7 @@ pub(crate) enum Unpicked {
 impl Snapshot {
     /// Classifies a failed pick (grpc's rules: queue while connecting, fail fast otherwise). Only
     /// reached with no ready endpoint: when every ready one is ejected, picks use panic routing.
-    pub(crate) fn unpicked(&self) -> Unpicked {
+    pub(crate) fn unpicked(&self, core: CoreUnpicked) -> Unpicked {
         if self.shutdown {
             return Unpicked::Fail(NoEndpoint::Shutdown);
         }
@@ -122,27 +113,39 @@ impl Snapshot {
                 None => Unpicked::Wait,
             };
         }
-        if self.members.is_empty() {
+        let members = self.picker.as_ref().map_or(0, |p| p.all().len());
+        if members == 0 {
             return Unpicked::Fail(NoEndpoint::EmptySet);
         }
         // Sticky TRANSIENT_FAILURE: endpoints reconnecting after a failure count as failing, so
         // when all have failed, fail-fast requests fail now rather than wait for the retries.
-        if self.connecting > 0 {
-            return Unpicked::Wait;
+        match core {
+            CoreUnpicked::Wait => Unpicked::Wait,
+            CoreUnpicked::Fail => Unpicked::Fail(NoEndpoint::AllFailing {
+                endpoints: members,
+                last_error: self.last_error.clone(),
+            }),
         }
-        Unpicked::Fail(NoEndpoint::AllFailing {
-            endpoints: self.members.len(),
-            last_error: self.last_error.clone(),
-        })
+    }
+
+    /// READY endpoints the picker serves from.
+    pub(crate) fn ready_count(&self) -> usize {
+        self.picker.as_ref().map_or(0, |p| p.ready().len())
     }
 
     pub(crate) fn describe(&self) -> String {
+        let Some(p) = &self.picker else {
+            return "no endpoints yet".into();
+        };
+        let (connecting, failing) = p.counts();
+        let priority = match p.priority() {
+            Some(n) if p.all().len() != p.members().len() => format!(" (priority {n})"),
+            _ => String::new(),
+        };
         format!(
-            "{} endpoints: {} ready, {} connecting, {} failing",
-            self.members.len(),
-            self.ready.len(),
-            self.connecting,
-            self.failing
+            "{} endpoints{priority}: {} ready, {connecting} connecting, {failing} failing",
+            p.members().len(),
+            p.ready().len(),
         )
     }
 }
@@ -154,8 +157,12 @@ pub struct EndpointStats {
     pub address: String,
     /// Connectivity state.
     pub state: ConnectivityState,
-    /// Weight.
+    /// Weight (within its locality).
     pub weight: u32,
+    /// Its priority (0 the highest).
+    pub priority: u32,
+    /// Its locality's weight (1 without localities).
+    pub locality_weight: u32,
     /// Requests in flight.
     pub in_flight: u32,
     /// Latency estimate (the cost policy's EWMA), decayed to now; `None` before the first sample
@@ -173,7 +180,8 @@ impl Shared {
     pub(crate) fn stats(&self) -> Vec<EndpointStats> {
         let now = self.common.now();
         let snap = self.snapshot.load();
-        snap.members
+        let members: &[Member] = snap.picker.as_ref().map_or(&[], |p| p.all());
+        members
             .iter()
             .map(|m| {
                 let e = &m.sub.core;
@@ -181,6 +189,8 @@ impl Shared {
                     address: m.sub.addr.clone(),
                     state: m.sub.state(),
                     weight: e.weight(),
+                    priority: m.sub.priority.load(std::sync::atomic::Ordering::Relaxed),
+                    locality_weight: m.sub.locality_weight.load(std::sync::atomic::Ordering::Relaxed),
                     in_flight: e.in_flight(),
                     latency: e
                         .latency_ns()
@@ -196,41 +206,36 @@ impl Shared {
     }
 }
 
+/// What the task last told the core about an endpoint (to report only changes).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct Seen {
+    state: Connectivity,
+    generation: u64,
+    channel: bool,
+}
+
+/// One endpoint: its subchannel and, once the core asked it to connect, its connection task.
 struct Entry {
     sub: Arc<Subchannel>,
-    task: JoinHandle<()>,
+    task: Option<JoinHandle<()>>,
+    seen: Option<Seen>,
 }
 
-/// Discovery's priority (0 = highest) and ring key for an endpoint.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
-struct Attrs {
-    priority: u32,
-    hash_key: Option<Arc<str>>,
-}
-
-/// The task's own state.
+/// The task's own state: the core [`CoreBalancer`] decides; this only translates.
 struct Balancer {
     shared: Arc<Shared>,
-    /// Insertion order = ring order for Envoy mode.
-    order: Vec<String>,
+    core: CoreBalancer<String, Member>,
     entries: HashMap<String, Entry>,
-    ring: Option<Arc<Ring>>,
-    maglev: Option<Arc<pickwise::Maglev>>,
-    ring_dirty: bool,
     resolved: bool,
     discovery_error: Option<String>,
     events: mpsc::UnboundedSender<u64>,
     next_id: u64,
-    /// With subsetting: everything discovery reported (address -> weight), the peer ids, and
+    /// With subsetting: everything discovery reported (address -> endpoint), the peer ids, and
     /// whether the subset must be recomputed.
-    discovered: BTreeMap<String, u32>,
+    discovered: BTreeMap<String, Endpoint>,
     peers: BTreeSet<String>,
     subset_dirty: bool,
-    /// The policy in force (the builder's, until [`Control::SetPolicy`]).
-    policy: LbPolicy,
-    /// Priority and ring key by address, as discovery last said (subset members included).
-    attrs: HashMap<String, Attrs>,
-    /// The priority the last picker served (`None`: every endpoint, nothing usable).
+    /// The priority the last picker served.
     active_priority: Option<u32>,
 }
 
@@ -242,10 +247,9 @@ pub(crate) fn spawn(
 ) -> BalancedChannel {
     let (version, _) = watch::channel(0u64);
     let common = Arc::new(Common {
-        pool: Pool::new(config.pool),
+        pool: Arc::new(Pool::new(config.pool)),
         config: Arc::new(config),
         epoch: Instant::now(),
-        cursor: std::sync::atomic::AtomicU32::new(0),
     });
     let (control_tx, control_rx) = mpsc::unbounded_channel();
     let policy = common.config.policy;
@@ -255,18 +259,18 @@ pub(crate) fn spawn(
             ..Snapshot::default()
         }),
         version,
-        common,
+        common: common.clone(),
         control: control_tx,
     });
     let (events_tx, events_rx) = mpsc::unbounded_channel();
     let (shutdown_tx, shutdown_rx) = oneshot::channel();
+    let mut core_config = BalancerConfig::new(policy);
+    core_config.sweep_ns = common.config.sweep_interval.as_nanos().min(u128::from(u64::MAX)) as u64;
+    core_config.owner_connecting = common.config.owner_connecting;
     let balancer = Balancer {
         shared: shared.clone(),
-        order: Vec::new(),
+        core: CoreBalancer::new(core_config, common.pool.clone()),
         entries: HashMap::new(),
-        ring: None,
-        maglev: None,
-        ring_dirty: false,
         resolved: false,
         discovery_error: None,
         events: events_tx,
@@ -274,8 +278,6 @@ pub(crate) fn spawn(
         discovered: BTreeMap::new(),
         peers: BTreeSet::new(),
         subset_dirty: false,
-        policy,
-        attrs: HashMap::new(),
         active_priority: None,
     };
     tokio::spawn(balancer.run(discovery, peers, events_rx, control_rx, shutdown_rx));
@@ -283,6 +285,10 @@ pub(crate) fn spawn(
 }
 
 impl Balancer {
+    fn now(&self) -> u64 {
+        self.shared.common.now()
+    }
+
     async fn run(
         mut self,
         mut discovery: BoxEndpointDiscover,
@@ -294,9 +300,19 @@ impl Balancer {
         let mut discovery_open = true;
         let mut peers_open = peers.is_some();
         let mut peers = peers.unwrap_or_else(|| Box::pin(tokio_stream::empty()));
-        let mut sweep = tokio::time::interval(self.shared.common.config.sweep_interval);
-        sweep.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        self.core.handle_timeout(self.now());
         loop {
+            // The one timer: whatever the core says is due next (sweep, failover, retention).
+            let due = self
+                .core
+                .poll_timeout()
+                .map(|t| self.shared.common.epoch + Duration::from_nanos(t));
+            let timer = async {
+                match due {
+                    Some(at) => tokio::time::sleep_until(at).await,
+                    None => std::future::pending().await,
+                }
+            };
             tokio::select! {
                 biased;
                 _ = &mut shutdown => break,
@@ -321,26 +337,29 @@ impl Balancer {
                     }
                 }
                 Some(Control::SetPolicy(policy)) = control.recv() => {
-                    self.set_policy(policy);
+                    tracing::info!(from = self.core.config().policy.name(), to = policy.name(), "policy change");
+                    self.core.set_policy(policy);
                 }
                 Some(_) = events.recv() => {
                     while events.try_recv().is_ok() {}
                     // Connectivity changed: a subset may need to grow past failing endpoints.
                     self.subset_dirty |= self.shared.common.config.subset.is_some();
                 }
-                _ = sweep.tick() => {
-                    let snap = self.shared.snapshot.load();
-                    self.shared.common.pool.sweep(self.shared.common.now(), snap.members.iter().map(|m| &m.sub.core));
-                    continue;
+                _ = timer => {
+                    self.core.handle_timeout(self.now());
                 }
             }
             if std::mem::take(&mut self.subset_dirty) {
                 self.reconcile_subset();
             }
+            self.observe();
+            self.drive();
             self.publish();
         }
         for (_, e) in self.entries.drain() {
-            e.task.abort();
+            if let Some(t) = e.task {
+                t.abort();
+            }
         }
         self.shared.snapshot.store(Arc::new(Snapshot {
             resolved: true,
@@ -357,14 +376,14 @@ impl Balancer {
             Some(Ok(change)) => self.apply(change),
             Some(Err(e)) => {
                 let msg = subchannel::error_chain(&*e);
-                tracing::warn!(error = %msg, endpoints = self.order.len(), "discovery error; keeping the last endpoint set");
+                tracing::warn!(error = %msg, endpoints = self.entries.len(), "discovery error; keeping the last endpoint set");
                 if !self.resolved {
                     self.discovery_error = Some(msg);
                 }
             }
             None => {
                 tracing::warn!(
-                    endpoints = self.order.len(),
+                    endpoints = self.entries.len(),
                     "discovery stream ended; keeping the last endpoint set"
                 );
                 if !self.resolved {
@@ -384,84 +403,136 @@ impl Balancer {
     fn apply(&mut self, change: Change<String, Endpoint>) {
         self.resolved = true;
         self.discovery_error = None;
-        let change = match change {
-            Change::Insert(addr, e) => {
-                let attrs = Attrs {
-                    priority: e.priority,
-                    hash_key: e.hash_key,
-                };
-                let old = self.attrs.insert(addr.clone(), attrs.clone());
-                // A connected endpoint that moved priority or ring key changes the picker.
-                self.ring_dirty |= self.entries.contains_key(&addr) && old.as_ref() != Some(&attrs);
-                Change::Insert(addr, e.weight)
-            }
-            Change::Remove(addr) => {
-                self.attrs.remove(&addr);
-                Change::Remove(addr)
-            }
-        };
         if self.shared.common.config.subset.is_some() {
             // Subsetting: remember everything; the subset decides what to connect to.
             match change {
-                Change::Insert(addr, weight) => self.discovered.insert(addr, weight),
+                Change::Insert(addr, e) => self.discovered.insert(addr, e),
                 Change::Remove(addr) => self.discovered.remove(&addr),
             };
             self.subset_dirty = true;
             return;
         }
         match change {
-            Change::Insert(addr, weight) => self.connect(addr, weight),
-            Change::Remove(addr) => self.disconnect(&addr),
+            Change::Insert(addr, e) => self.insert(addr, e),
+            Change::Remove(addr) => self.remove(&addr),
         }
     }
 
-    /// Keeps an endpoint (connecting if new); a known endpoint only takes the new weight.
-    fn connect(&mut self, addr: String, weight: u32) {
-        if let Some(e) = self.entries.get(&addr) {
-            // Same endpoint again: no new connection; only a weight change matters.
-            if e.sub.core.weight() != weight.max(1) {
-                e.sub.core.set_weight(weight);
-                self.ring_dirty = true;
+    /// Adds an endpoint to the core (it connects when the core says so); a known one only takes
+    /// the new weight, priority, locality or key.
+    fn insert(&mut self, addr: String, e: Endpoint) {
+        let now = self.now();
+        let spec = EndpointSpec {
+            weight: e.weight,
+            priority: e.priority,
+            locality: e.locality,
+            locality_weight: e.locality_weight,
+            hash_key: e.hash_key,
+        };
+        let member = match self.entries.get(&addr) {
+            Some(entry) => {
+                entry.sub.describe(e.priority, e.locality_weight);
+                member(&entry.sub)
             }
-            return;
-        }
-        let sub = Arc::new(Subchannel::new(addr.clone(), weight, self.shared.common.clone()));
-        let id = self.next_id;
-        self.next_id += 1;
-        let task = tokio::spawn(subchannel::run(sub.clone(), id, self.events.clone()));
-        self.entries.insert(addr.clone(), Entry { sub, task });
-        self.order.push(addr);
-        self.ring_dirty = true;
+            None => {
+                let sub = Arc::new(Subchannel::new(
+                    addr.clone(),
+                    e.weight,
+                    self.shared.common.clone(),
+                ));
+                sub.describe(e.priority, e.locality_weight);
+                let m = member(&sub);
+                self.entries.insert(
+                    addr.clone(),
+                    Entry {
+                        sub,
+                        task: None,
+                        seen: None,
+                    },
+                );
+                m
+            }
+        };
+        self.core.insert(now, addr, spec, member);
     }
 
     /// Drops an endpoint: its connection task stops and its ejection slot is freed.
-    fn disconnect(&mut self, addr: &str) {
+    fn remove(&mut self, addr: &str) {
+        let now = self.now();
+        self.core.remove(now, &addr.to_string());
         if let Some(e) = self.entries.remove(addr) {
-            e.task.abort();
-            e.sub.core.set_ready(false);
-            self.shared.common.pool.remove(&e.sub.core);
-            self.order.retain(|a| a != addr);
-            self.ring_dirty = true;
+            if let Some(t) = e.task {
+                t.abort();
+            }
         }
     }
 
-    /// Switches the policy (grpc-go swaps the child balancer; pickwise keeps every connection and
-    /// every endpoint's state, and rebuilds only the picker: ring or table, cost policy).
-    fn set_policy(&mut self, policy: LbPolicy) {
-        let pool = &self.shared.common.pool;
-        if let LbPolicy::P2c(cost) = policy {
-            pool.set_policy(cost);
-        }
-        pool.set_track_total(matches!(
-            policy,
-            LbPolicy::RingHash {
-                load: pickwise::HashPolicy::Bounded { .. },
-                ..
+    /// Reports connectivity and connection changes of every subchannel to the core.
+    fn observe(&mut self) {
+        let now = self.now();
+        for (addr, entry) in &mut self.entries {
+            if entry.task.is_none() {
+                continue;
             }
-        ));
-        tracing::info!(from = self.policy.name(), to = policy.name(), "policy change");
-        self.policy = policy;
-        self.ring_dirty = true;
+            let sub = &entry.sub;
+            let state = match sub.state() {
+                ConnectivityState::Ready => Connectivity::Ready,
+                ConnectivityState::TransientFailure => Connectivity::TransientFailure,
+                // Reconnecting after a failure still counts as failing (sticky).
+                _ if sub.is_failing() => Connectivity::TransientFailure,
+                ConnectivityState::Connecting => Connectivity::Connecting,
+                ConnectivityState::Idle => Connectivity::Idle,
+            };
+            let seen = Seen {
+                state,
+                generation: sub.generation(),
+                channel: sub.channel().is_some(),
+            };
+            if entry.seen == Some(seen) {
+                continue;
+            }
+            let changed_connection = entry
+                .seen
+                .is_none_or(|s| s.generation != seen.generation || s.channel != seen.channel);
+            entry.seen = Some(seen);
+            if changed_connection {
+                self.core.set_payload(addr, member(sub));
+            }
+            self.core.handle_connectivity(now, addr, state);
+            // The subchannel owns readiness of its own connection (a channel exists).
+            sub.core.set_ready(state == Connectivity::Ready && seen.channel);
+        }
+    }
+
+    /// Carries out what the core asked: connect or close endpoints.
+    fn drive(&mut self) {
+        while let Some(event) = self.core.poll_event() {
+            match event {
+                CoreEvent::Connect(addr) => {
+                    if let Some(e) = self.entries.get_mut(&addr) {
+                        if e.task.is_none() {
+                            let id = self.next_id;
+                            self.next_id += 1;
+                            e.task = Some(tokio::spawn(subchannel::run(
+                                e.sub.clone(),
+                                id,
+                                self.events.clone(),
+                            )));
+                        }
+                    }
+                }
+                CoreEvent::Disconnect(addr) => {
+                    if let Some(e) = self.entries.get_mut(&addr) {
+                        if let Some(t) = e.task.take() {
+                            t.abort();
+                        }
+                        e.seen = None;
+                        e.sub.core.set_ready(false);
+                        tracing::debug!(endpoint = %addr, "closed: its priority is no longer used");
+                    }
+                }
+            }
+        }
     }
 
     /// Handles one peer-discovery item (subsetting identity); returns whether the stream is open.
@@ -495,7 +566,12 @@ impl Balancer {
         let client = cfg.client(&self.peers);
         // Known to fail (sticky TRANSIENT_FAILURE): the subset grows past these.
         let failing = |addr: &str| self.entries.get(addr).is_some_and(|e| e.sub.is_failing());
-        let desired = cfg.desired(client, &self.discovered, failing);
+        let weights: BTreeMap<String, u32> = self
+            .discovered
+            .iter()
+            .map(|(a, e)| (a.clone(), e.weight))
+            .collect();
+        let desired = cfg.desired(client, &weights, failing);
         let keep: HashMap<&str, u32> = desired.iter().map(|(a, w)| (a.as_str(), *w)).collect();
         let gone: Vec<String> = self
             .entries
@@ -504,10 +580,11 @@ impl Balancer {
             .cloned()
             .collect();
         for addr in gone {
-            self.disconnect(&addr);
+            self.remove(&addr);
         }
-        for (addr, weight) in desired {
-            self.connect(addr, weight);
+        for (addr, _) in desired {
+            let e = self.discovered.get(&addr).cloned().unwrap_or_default();
+            self.insert(addr, e);
         }
         tracing::debug!(
             ?client,
@@ -517,125 +594,24 @@ impl Balancer {
         );
     }
 
-    /// The priority requests go to (gRFC A27's priority policy as grpc-go runs it): the first
-    /// with a ready endpoint, or with one still connecting for the first time (requests wait for
-    /// it rather than fail over at once; a connect failure or the connect timeout moves on).
-    /// `None` when none qualifies: every endpoint of every priority is failing.
-    fn active_priority(&self) -> Option<u32> {
-        self.entries
-            .iter()
-            .filter(|(_, e)| {
-                let state = e.sub.state();
-                state == ConnectivityState::Ready
-                    || (matches!(state, ConnectivityState::Connecting | ConnectivityState::Idle)
-                        && !e.sub.is_failing())
-            })
-            .map(|(addr, _)| self.priority(addr))
-            .min()
-    }
-
-    fn priority(&self, addr: &str) -> u32 {
-        self.attrs.get(addr).map_or(0, |a| a.priority)
-    }
-
     fn publish(&mut self) {
-        // One priority serves; with a single priority (no xDS) this is every endpoint.
-        let active = self.active_priority();
-        if active != self.active_priority {
-            tracing::info!(from = ?self.active_priority, to = ?active, "priority change");
-            self.active_priority = active;
-            self.ring_dirty = true;
+        let now = self.now();
+        let Some(picker) = self.core.poll_picker(now, fastrand::u64(..)) else {
+            return;
+        };
+        if picker.priority() != self.active_priority {
+            tracing::info!(from = ?self.active_priority, to = ?picker.priority(), "priority change");
+            self.active_priority = picker.priority();
         }
-        let members: Vec<Member> = self
-            .order
-            .iter()
-            .filter(|a| active.is_none_or(|p| self.priority(a) == p))
-            .filter_map(|a| self.entries.get(a))
-            .map(|e| Member {
-                generation: e.sub.generation(),
-                channel: e.sub.channel(),
-                sub: e.sub.clone(),
-            })
-            .collect();
-        self.shared.common.pool.set_endpoints(members.len());
-        if self.ring_dirty {
-            self.ring_dirty = false;
-            // The ring hashes each endpoint's key: gRFC A76's `hash_key` if set, else the address.
-            let list: Vec<(&str, u32)> = members
-                .iter()
-                .map(|m| {
-                    let key = self.attrs.get(&m.sub.addr).and_then(|a| a.hash_key.as_deref());
-                    (key.unwrap_or(m.sub.addr.as_str()), m.sub.core.weight())
-                })
-                .collect();
-            self.ring = None;
-            self.maglev = None;
-            match self.policy {
-                pickwise::LbPolicy::RingHash { ring, .. } if !members.is_empty() => {
-                    match Ring::build(&list, &ring) {
-                        Ok(r) => self.ring = Some(Arc::new(r)),
-                        Err(e) => {
-                            tracing::error!(error = %e, "cannot build the hash ring; requests fall back to P2C")
-                        }
-                    }
-                }
-                pickwise::LbPolicy::Maglev { table_size, .. } if !members.is_empty() => {
-                    match pickwise::Maglev::build(&list, table_size) {
-                        Ok(t) => self.maglev = Some(Arc::new(t)),
-                        Err(e) => {
-                            tracing::error!(error = %e, "cannot build the Maglev table; requests fall back to P2C")
-                        }
-                    }
-                }
-                _ => {}
-            }
-        }
-        let ready: Vec<Member> = members
-            .iter()
-            .filter(|m| m.sub.state() == ConnectivityState::Ready && m.channel.is_some())
-            .cloned()
-            .collect();
-        // Sticky TRANSIENT_FAILURE (grpc-go `balancer/base`): an endpoint that failed and is
-        // reconnecting still counts as failing in the aggregate.
-        let failing_now =
-            |m: &Member| m.sub.state() == ConnectivityState::TransientFailure || m.sub.is_failing();
-        let connecting = members
-            .iter()
-            .filter(|m| {
-                matches!(
-                    m.sub.state(),
-                    ConnectivityState::Connecting | ConnectivityState::Idle
-                ) && !failing_now(m)
-            })
-            .count();
-        let failing = members
-            .iter()
-            .filter(|m| m.sub.state() != ConnectivityState::Ready && failing_now(m))
-            .count();
-        let last_error = members
+        let last_error = picker
+            .members()
             .iter()
             .filter(|m| m.sub.state() != ConnectivityState::Ready)
             .find_map(|m| m.sub.last_error());
-        let weighted = self.policy == LbPolicy::RoundRobin
-            && ready
-                .windows(2)
-                .any(|w| w[0].sub.core.weight() != w[1].sub.core.weight());
-        let rr_cycle = if weighted {
-            pickwise::WeightedCycle::new(ready.iter().map(|m| u64::from(m.sub.core.weight())).sum())
-        } else {
-            None
-        };
         let snapshot = Snapshot {
-            rr_cycle,
-            total_weight: hashing::available_weight(&ready, self.shared.common.now()),
-            ring: self.ring.clone(),
-            policy: self.policy,
-            maglev: self.maglev.clone(),
-            ready,
-            members,
+            policy: *picker.policy(),
+            picker: Some(picker),
             resolved: self.resolved,
-            connecting,
-            failing,
             last_error,
             discovery_error: self.discovery_error.clone(),
             shutdown: false,
@@ -643,6 +619,15 @@ impl Balancer {
         tracing::trace!(state = %snapshot.describe(), "new picker");
         self.shared.snapshot.store(Arc::new(snapshot));
         self.shared.version.send_modify(|v| *v += 1);
+    }
+}
+
+/// A subchannel as pickers see it: its current connection, if any.
+fn member(sub: &Arc<Subchannel>) -> Member {
+    Member {
+        generation: sub.generation(),
+        channel: sub.channel(),
+        sub: sub.clone(),
     }
 }
 
@@ -658,61 +643,37 @@ fn futures_now<S: tokio_stream::Stream + Unpin>(s: &mut S) -> Option<Option<S::I
 
 #[cfg(test)]
 mod tests {
-    //! The aggregate-state rules of grpc-go's `balancer/base` (`ConnectivityStateEvaluator`) as
-    //! the picker applies them: any READY serves; else any endpoint connecting for the first time
-    //! (not sticky-failing) makes requests wait; else they fail.
+    //! What only the channel decides (the aggregate-state rules are the core's, tested there):
+    //! discovery errors, an empty set, shutdown.
     use super::*;
 
-    fn member() -> Member {
-        let config = crate::Builder::new().into_config();
-        let common = Arc::new(Common {
-            pool: Pool::new(config.pool),
-            config: Arc::new(config),
-            epoch: Instant::now(),
-            cursor: std::sync::atomic::AtomicU32::new(0),
-        });
-        Member {
-            sub: Arc::new(Subchannel::new("127.0.0.1:1".into(), 1, common)),
-            channel: None,
-            generation: 0,
-        }
-    }
-
-    fn snap(members: usize, connecting: usize, failing: usize) -> Snapshot {
-        Snapshot {
-            members: (0..members).map(|_| member()).collect(),
-            resolved: true,
-            connecting,
-            failing,
-            ..Snapshot::default()
-        }
-    }
-
-    #[tokio::test]
-    async fn aggregate_state() {
-        assert!(matches!(snap(3, 1, 2).unpicked(), Unpicked::Wait));
-        assert!(matches!(
-            snap(3, 0, 3).unpicked(),
-            Unpicked::Fail(NoEndpoint::AllFailing { endpoints: 3, .. })
-        ));
-        assert!(matches!(
-            snap(0, 0, 0).unpicked(),
-            Unpicked::Fail(NoEndpoint::EmptySet)
-        ));
+    #[test]
+    fn channel_level_outcomes() {
         let unresolved = Snapshot::default();
-        assert!(matches!(unresolved.unpicked(), Unpicked::Wait));
+        assert!(matches!(unresolved.unpicked(CoreUnpicked::Fail), Unpicked::Wait));
         let failed = Snapshot {
             discovery_error: Some("boom".into()),
             ..Snapshot::default()
         };
         assert!(matches!(
-            failed.unpicked(),
+            failed.unpicked(CoreUnpicked::Wait),
             Unpicked::Fail(NoEndpoint::Discovery(_))
+        ));
+        let empty = Snapshot {
+            resolved: true,
+            ..Snapshot::default()
+        };
+        assert!(matches!(
+            empty.unpicked(CoreUnpicked::Wait),
+            Unpicked::Fail(NoEndpoint::EmptySet)
         ));
         let down = Snapshot {
             shutdown: true,
-            ..snap(2, 2, 0)
+            ..Snapshot::default()
         };
-        assert!(matches!(down.unpicked(), Unpicked::Fail(NoEndpoint::Shutdown)));
+        assert!(matches!(
+            down.unpicked(CoreUnpicked::Wait),
+            Unpicked::Fail(NoEndpoint::Shutdown)
+        ));
     }
 }

@@ -88,7 +88,7 @@ impl BalancedChannel {
 
     /// Number of endpoints the current picker can send to.
     pub fn ready_endpoints(&self) -> usize {
-        self.shared.snapshot.load().ready.len()
+        self.shared.snapshot.load().ready_count()
     }
 
     /// Waits until at least `n` endpoints are ready or `timeout` passes; returns the ready count.

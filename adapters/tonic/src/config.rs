@@ -61,6 +61,8 @@ pub(crate) struct Config {
     pub(crate) wait_for_ready: Duration,
     pub(crate) failure_codes: Vec<Code>,
     pub(crate) hash_header: Option<HeaderName>,
+    /// Ring hash while the key's owner connects: wait for it (gRPC) or walk on (Envoy).
+    pub(crate) owner_connecting: pickwise::balancer::OwnerConnecting,
     pub(crate) sweep_interval: Duration,
     #[cfg(feature = "tls")]
     pub(crate) tls: Option<crate::transport::Tls>,
@@ -143,6 +145,7 @@ impl Builder {
                 wait_for_ready: Duration::from_secs(10),
                 failure_codes: GO_ZERO_FAILURE_CODES.to_vec(),
                 hash_header: None,
+                owner_connecting: pickwise::balancer::OwnerConnecting::Queue,
                 sweep_interval: Duration::from_secs(1),
                 #[cfg(feature = "tls")]
                 tls: None,
@@ -238,6 +241,16 @@ impl Builder {
     /// A [`RequestHash`](crate::RequestHash) request extension takes precedence.
     pub fn hash_header(mut self, name: HeaderName) -> Self {
         self.config.hash_header = Some(name);
+        self
+    }
+
+    /// What a ring-hash request does while its key's owner is connecting: wait for it
+    /// ([`OwnerConnecting::Queue`](pickwise::balancer::OwnerConnecting::Queue), the default: gRPC's
+    /// behaviour, gRFC A61, which keeps cache affinity) or go to the next ready endpoint clockwise
+    /// ([`Walk`](pickwise::balancer::OwnerConnecting::Walk), Envoy's). An owner in
+    /// TRANSIENT_FAILURE is walked past in both.
+    pub fn owner_connecting(mut self, mode: pickwise::balancer::OwnerConnecting) -> Self {
+        self.config.owner_connecting = mode;
         self
     }
 

@@ -28,21 +28,43 @@ pub type BoxEndpointDiscover = Pin<Box<dyn Stream<Item = Result<Change<String, E
 
 /// What discovery knows about one endpoint beyond its address (xDS EDS carries all of it).
 ///
-/// - `weight`: its share (for xDS, locality weight × endpoint weight, as gRFC A42 combines them).
-/// - `priority`: gRFC A27/Envoy priorities: requests go to the lowest-numbered priority that has
-///   a ready endpoint (or is still connecting for the first time), failing over to the next when
-///   all of a priority's endpoints fail, and back as soon as one is ready again. Connections are
-///   kept to every priority, so failover and failback take one picker rebuild.
+/// - `weight`: its share within its locality.
+/// - `priority`: gRPC's priority policy (grpc-go `balancer/priority`): requests go to the first
+///   priority that is READY, or still connecting for the first time (10 s failover timer); one
+///   that reported TRANSIENT_FAILURE keeps the next in use until it is READY again. Lower
+///   priorities connect only when needed and are closed 15 s after they stop serving.
+/// - `locality`, `locality_weight`: gRPC's `weighted_target` (xDS localities): requests are split
+///   across the localities of the serving priority by locality weight, among those with a READY
+///   endpoint, then balanced inside the locality; ring hash and Maglev instead weigh each
+///   endpoint by endpoint weight × locality weight (gRFC A42).
 /// - `hash_key`: the key the ring hashes instead of the address (gRFC A76's `hash_key`
 ///   endpoint metadata), so an endpoint keeps its ring points across address changes.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
+///
+/// The rules are the core's ([`pickwise::balancer`]): the tonic adapter only reports.
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Endpoint {
-    /// Weight (0 is treated as 1).
+    /// Weight within its locality (0 is treated as 1).
     pub weight: u32,
     /// Priority: 0 is the highest.
     pub priority: u32,
+    /// Locality id (endpoints with the same id share a locality).
+    pub locality: u32,
+    /// The locality's weight (0 is treated as 1).
+    pub locality_weight: u32,
     /// The ring-hash key, if not the address.
     pub hash_key: Option<std::sync::Arc<str>>,
+}
+
+impl Default for Endpoint {
+    fn default() -> Self {
+        Self {
+            weight: 1,
+            priority: 0,
+            locality: 0,
+            locality_weight: 1,
+            hash_key: None,
+        }
+    }
 }
 
 impl From<u32> for Endpoint {

@@ -1,12 +1,13 @@
 //! The picker side of a request (grpc-go's `picker_wrapper`): one pick against the current
-//! snapshot with the core's [`Picker`], the request's hash key, and the slow path that waits for
+//! snapshot with the core's prepared picker, the request's hash key, and the slow path that waits for
 //! a new snapshot — bounded by the request's own deadline — when no endpoint is ready yet.
 
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
 
-use pickwise::{InFlight, LbPolicy, Picker};
+use pickwise::balancer::Unpicked as CoreUnpicked;
+use pickwise::{InFlight, LbPolicy};
 use tokio::time::Instant;
 use tonic::transport::Channel;
 use tonic::Status;
@@ -55,29 +56,20 @@ fn request_hash(config: &Config, req: &Request) -> Option<u64> {
     Some(pickwise::hash::xxh64_joined(values.map(|v| v.as_bytes())))
 }
 
-/// One pick against one snapshot, by the core's [`Picker`]. Allocates nothing, takes no lock.
+/// One pick against one snapshot, by the core's prepared picker. Allocates nothing, takes no lock.
 pub(crate) fn try_pick(shared: &Shared, snap: &Snapshot, req: &Request) -> Result<Picked, Unpicked> {
     let common = &shared.common;
+    let Some(picker) = &snap.picker else {
+        return Err(snap.unpicked(CoreUnpicked::Wait));
+    };
     let now = common.now();
-    let mut picker = Picker::new(&snap.policy, &snap.members, &common.pool)
-        .with_candidates(&snap.ready)
-        .with_cursor(&common.cursor);
-    if let Some(cycle) = snap.rr_cycle {
-        picker = picker.with_weighted_round_robin(cycle);
-    }
-    if let Some(ring) = &snap.ring {
-        picker = picker.with_ring(ring.view(), snap.total_weight);
-    }
-    if let Some(table) = &snap.maglev {
-        picker = picker.with_table(table.table());
-    }
     let key = match snap.policy {
         LbPolicy::RingHash { .. } | LbPolicy::Maglev { .. } => request_hash(&common.config, req),
         _ => None,
     };
     let member = picker
         .pick(now, key, &mut || fastrand::u64(..))
-        .map_err(|_| snap.unpicked())?;
+        .map_err(|e| snap.unpicked(e))?;
     // Ready in the core but the snapshot predates its channel: the next snapshot has it.
     let channel = member.channel.clone().ok_or(Unpicked::Wait)?;
     let sub = SubRef(member.sub.clone());

@@ -6,7 +6,7 @@
 //! picker at once instead of after the next failed request.
 
 use std::borrow::Borrow;
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicU8, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -52,6 +52,9 @@ pub(crate) struct Subchannel {
     /// The address as the [`Peer`](crate::Peer) responses carry (a refcount to clone).
     pub(crate) peer: crate::Peer,
     pub(crate) core: EndpointState,
+    /// Discovery's priority and locality weight, for statistics.
+    pub(crate) priority: AtomicU32,
+    pub(crate) locality_weight: AtomicU32,
     state: AtomicU8,
     /// Sticky TRANSIENT_FAILURE (grpc-go `balancer/base`): set when a connection attempt fails or
     /// a connection is lost, cleared only by READY. While set, Connecting counts as failing.
@@ -78,6 +81,8 @@ impl Subchannel {
             peer: crate::Peer(addr.as_str().into()),
             addr,
             core,
+            priority: AtomicU32::new(0),
+            locality_weight: AtomicU32::new(1),
             state: AtomicU8::new(0),
             failing: AtomicBool::new(false),
             generation: AtomicU64::new(0),
@@ -87,6 +92,13 @@ impl Subchannel {
             drain: Notify::new(),
             common,
         }
+    }
+
+    /// Records discovery's priority and locality weight (statistics only: the core decides).
+    pub(crate) fn describe(&self, priority: u32, locality_weight: u32) {
+        self.priority.store(priority, Ordering::Relaxed);
+        self.locality_weight
+            .store(locality_weight.max(1), Ordering::Relaxed);
     }
 
     pub(crate) fn state(&self) -> ConnectivityState {

@@ -2,11 +2,11 @@
 //! a `pickwise-tonic` channel fed with the cluster's endpoints, whose policy follows CDS at
 //! runtime without dropping connections.
 //!
-//! Weights (gRFC A42): for ring hash and Maglev an endpoint's weight is locality weight ×
-//! endpoint weight, so rings are byte-identical to gRPC's. For the other policies locality
-//! weighting is two-level (`wrr_locality`): each endpoint gets its locality's share of the
-//! priority times its share of the locality (scaled to integers), so the split across
-//! localities is the locality weights whatever the endpoint counts.
+//! This only translates EDS into the core balancer's membership: each endpoint's weight,
+//! priority, locality and locality weight. The core decides (`pickwise::balancer`): which
+//! priority serves, the split across the localities that have a READY endpoint
+//! (`weighted_target`), and for ring hash and Maglev locality weight × endpoint weight
+//! (gRFC A42), so rings are byte-identical to gRPC's.
 
 use std::collections::HashMap;
 use std::convert::Infallible;
@@ -18,9 +18,6 @@ use pickwise_tonic::{BalancedChannel, LbPolicy};
 use tokio::sync::mpsc;
 
 use crate::resource::{ClusterConfig, EndpointsConfig};
-
-/// Fixed-point scale of two-level locality weights.
-const SHARE_SCALE: f64 = 1_000_000.0;
 
 type Tx = mpsc::UnboundedSender<Result<Change<String, Endpoint>, Infallible>>;
 
@@ -97,38 +94,26 @@ impl ClusterBalancer {
     }
 }
 
-/// The endpoints with their combined weights, priorities and hash keys.
+/// The endpoints with their weights, priorities, localities and hash keys.
 pub(crate) fn endpoints(eds: &EndpointsConfig, policy: &LbPolicy) -> HashMap<String, Endpoint> {
-    let hashing = matches!(policy, LbPolicy::RingHash { .. } | LbPolicy::Maglev { .. });
-    // Locality weight sums per priority, for two-level shares.
-    let mut priority_weight: HashMap<u32, u64> = HashMap::new();
-    for l in &eds.localities {
-        if !l.endpoints.is_empty() {
-            *priority_weight.entry(l.priority).or_default() += u64::from(l.weight);
-        }
-    }
     let mut out = HashMap::new();
     for l in &eds.localities {
-        let in_locality: u64 = l.endpoints.iter().map(|e| u64::from(e.weight)).sum();
+        // A stable id per locality name, so an update that reorders localities moves nothing.
+        let locality = pickwise_tonic::pickwise::hash::xxh64(l.name.as_bytes()) as u32;
         for e in &l.endpoints {
-            let weight = if hashing {
-                // A42: locality weight × endpoint weight (saturating: the ring normalises).
-                (u64::from(l.weight) * u64::from(e.weight)).min(u64::from(u32::MAX)) as u32
+            // gRPC's round_robin ignores endpoint weights inside a locality.
+            let weight = if *policy == LbPolicy::RoundRobin {
+                1
             } else {
-                let lshare = l.weight as f64 / priority_weight[&l.priority].max(1) as f64;
-                // gRPC's round_robin ignores endpoint weights inside a locality.
-                let eshare = if *policy == LbPolicy::RoundRobin {
-                    1.0 / l.endpoints.len() as f64
-                } else {
-                    e.weight as f64 / in_locality.max(1) as f64
-                };
-                ((lshare * eshare * SHARE_SCALE).round() as u32).max(1)
+                e.weight
             };
             out.insert(
                 e.address.clone(),
                 Endpoint {
                     weight,
                     priority: l.priority,
+                    locality,
+                    locality_weight: l.weight,
                     hash_key: e.hash_key.as_deref().map(Arc::from),
                 },
             );
@@ -159,7 +144,7 @@ mod tests {
     }
 
     #[test]
-    fn ring_hash_weights_are_products_others_two_level() {
+    fn endpoints_carry_their_locality_and_its_weight() {
         let eds = EndpointsConfig {
             localities: vec![
                 locality(3, 0, &[("a:1", 1)]),
@@ -170,14 +155,13 @@ mod tests {
         };
         let ring = LbPolicy::from_name("ring_hash_experimental").unwrap();
         let w = endpoints(&eds, &ring);
-        assert_eq!((w["a:1"].weight, w["b:1"].weight, w["d:1"].weight), (3, 2, 35));
+        assert_eq!((w["a:1"].weight, w["b:1"].weight, w["d:1"].weight), (1, 2, 7));
+        assert_eq!((w["a:1"].locality_weight, w["d:1"].locality_weight), (3, 5));
         assert_eq!(w["d:1"].priority, 1);
+        assert_eq!(w["b:1"].locality, w["c:1"].locality);
+        assert_ne!(w["a:1"].locality, w["b:1"].locality);
+        // round_robin ignores endpoint weights inside a locality, as gRPC's does.
         let w = endpoints(&eds, &LbPolicy::RoundRobin);
-        // Locality split 3:1, then 1:1 within the second locality.
-        assert_eq!(
-            (w["a:1"].weight, w["b:1"].weight, w["c:1"].weight),
-            (750_000, 125_000, 125_000)
-        );
-        assert_eq!(w["d:1"].weight, 1_000_000);
+        assert_eq!((w["b:1"].weight, w["c:1"].weight), (1, 1));
     }
 }
