@@ -22,7 +22,10 @@ use tonic::transport::Channel;
 use tonic_health::pb::{health_client::HealthClient, HealthCheckRequest};
 
 const AGE_MS: u64 = 300;
-const GRACE_MS: u64 = 150;
+/// Streams the server accepted before its GOAWAY must finish within the grace period or C-core
+/// fails them ("max connection age"; processed, so no client retries them, C-core's neither).
+/// 200 ms leaves room on a loaded 2-core machine.
+const GRACE_MS: u64 = 200;
 const IN_FLIGHT: usize = 16;
 const RUN: Duration = Duration::from_secs(5);
 
@@ -207,4 +210,125 @@ async fn recycled_connections_lose_no_rpcs() {
     assert!(single.ok > 1000 && p2c.ok > 1000, "{single:?} {p2c:?}");
     assert_eq!(single.failed, 0, "one endpoint lost RPCs: {single:?}");
     assert_eq!(p2c.failed, 0, "P2C lost RPCs: {p2c:?}");
+}
+
+/// An HTTP/2 server (h2 directly) that refuses the first `refuse` streams with
+/// `RST_STREAM(REFUSED_STREAM)` before reading them, then answers Health/Check SERVING; it
+/// records the request body of every stream it served.
+struct Refusing {
+    addr: String,
+    streams: Arc<AtomicU64>,
+    bodies: Arc<Mutex<Vec<Vec<u8>>>>,
+}
+
+impl Refusing {
+    async fn start(refuse: u64) -> Self {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap().to_string();
+        let streams = Arc::new(AtomicU64::new(0));
+        let bodies = Arc::new(Mutex::new(Vec::new()));
+        let (count, seen) = (streams.clone(), bodies.clone());
+        tokio::spawn(async move {
+            while let Ok((sock, _)) = listener.accept().await {
+                let (count, seen) = (count.clone(), seen.clone());
+                tokio::spawn(async move {
+                    let Ok(mut conn) = h2::server::handshake(sock).await else {
+                        return;
+                    };
+                    while let Some(Ok((req, mut respond))) = conn.accept().await {
+                        if count.fetch_add(1, Ordering::SeqCst) < refuse {
+                            respond.send_reset(h2::Reason::REFUSED_STREAM);
+                            continue;
+                        }
+                        let seen = seen.clone();
+                        tokio::spawn(async move {
+                            let mut body = req.into_body();
+                            let mut data = Vec::new();
+                            while let Some(Ok(chunk)) = body.data().await {
+                                let _ = body.flow_control().release_capacity(chunk.len());
+                                data.extend_from_slice(&chunk);
+                            }
+                            seen.lock().unwrap().push(data);
+                            let head = http::Response::builder()
+                                .status(200)
+                                .header("content-type", "application/grpc")
+                                .body(())
+                                .unwrap();
+                            let Ok(mut send) = respond.send_response(head, false) else {
+                                return;
+                            };
+                            // One gRPC message: HealthCheckResponse { status: SERVING (1) }.
+                            let msg = vec![0, 0, 0, 0, 2, 0x08, 0x01];
+                            let _ = send.send_data(msg.into(), false);
+                            let mut trailers = http::HeaderMap::new();
+                            trailers.insert("grpc-status", http::HeaderValue::from_static("0"));
+                            let _ = send.send_trailers(trailers);
+                        });
+                    }
+                });
+            }
+        });
+        Self {
+            addr,
+            streams,
+            bodies,
+        }
+    }
+}
+
+async fn check_service(channel: &BalancedChannel, service: String) -> Result<(), tonic::Status> {
+    let mut req = tonic::Request::new(HealthCheckRequest { service });
+    req.set_timeout(Duration::from_secs(2));
+    HealthClient::new(channel.clone()).check(req).await.map(|_| ())
+}
+
+/// A refused stream is retried with the same body, and the endpoint records no failure; a body
+/// larger than the retry buffer is not retried; retries are bounded.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn refused_streams_are_retried_with_their_body_within_bounds() {
+    let _serial = serial().await;
+    // Refused twice, then served: the call succeeds with the body the caller sent.
+    let server = Refusing::start(2).await;
+    let channel = builder().build_static([server.addr.clone()]);
+    assert_eq!(channel.wait_ready(1, Duration::from_secs(5)).await, 1);
+    check_service(&channel, "svc-42".into())
+        .await
+        .expect("retried past the refusals");
+    assert_eq!(server.streams.load(Ordering::SeqCst), 3);
+    let bodies = server.bodies.lock().unwrap().clone();
+    // gRPC frame of HealthCheckRequest { service: "svc-42" }.
+    let mut want = vec![0, 0, 0, 0, 8, 0x0a, 6];
+    want.extend_from_slice(b"svc-42");
+    assert_eq!(bodies, vec![want]);
+    let stats = channel.stats();
+    assert_eq!(
+        stats[0].failures, 0,
+        "refusals are not the endpoint's failures: {stats:?}"
+    );
+    assert_no_in_flight(&channel);
+
+    // A body past the 256 KiB retry buffer: one attempt, the refusal reaches the caller.
+    let big = Refusing::start(1).await;
+    let channel = builder().build_static([big.addr.clone()]);
+    assert_eq!(channel.wait_ready(1, Duration::from_secs(5)).await, 1);
+    let service = "x".repeat(pickwise_tonic::RETRY_BUFFER + 1);
+    check_service(&channel, service)
+        .await
+        .expect_err("not replayable");
+    assert_eq!(big.streams.load(Ordering::SeqCst), 1);
+    assert_no_in_flight(&channel);
+
+    // Refused every time: at most MAX_RETRIES retries, then the error.
+    let always = Refusing::start(u64::MAX).await;
+    let channel = builder().build_static([always.addr.clone()]);
+    assert_eq!(channel.wait_ready(1, Duration::from_secs(5)).await, 1);
+    let err = check_service(&channel, "s".into())
+        .await
+        .expect_err("always refused");
+    assert_eq!(
+        always.streams.load(Ordering::SeqCst),
+        u64::from(pickwise_tonic::MAX_RETRIES) + 1,
+        "{err:?}"
+    );
+    assert_no_in_flight(&channel);
 }
