@@ -185,7 +185,7 @@ impl PoolConfig {
 }
 
 /// [`PoolConfig::failure_penalty`]'s default.
-pub const DEFAULT_FAILURE_PENALTY: f32 = 10.0;
+pub const DEFAULT_FAILURE_PENALTY: f32 = 30.0;
 
 /// Keeps the pool-wide counters off the configuration's cache line.
 #[derive(Debug, Default)]
