@@ -44,6 +44,24 @@ pub struct Reply {
     pub error: Option<String>,
 }
 
+/// A request a client sent on an ADS stream, as received.
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct Received {
+    /// Which stream it came on (1 for the first stream this control plane accepted).
+    pub stream: u64,
+    /// `LDS`, `RDS`, `CDS` or `EDS`.
+    pub kind: &'static str,
+    /// The names subscribed to (empty: none, or a wildcard on a type's first request).
+    pub resource_names: Vec<String>,
+    /// `version_info`.
+    pub version: String,
+    /// `response_nonce`.
+    pub nonce: String,
+    /// The NACK's `error_detail` message, if any.
+    pub error: Option<String>,
+}
+
 #[derive(Default)]
 struct State {
     /// Resources by type and name.
@@ -53,6 +71,7 @@ struct State {
     /// When each (type, version) was first sent, for latency measurements.
     sent: HashMap<(usize, u64), Instant>,
     replies: Vec<Reply>,
+    received: Vec<Received>,
     streams: u64,
 }
 
@@ -185,6 +204,11 @@ impl ControlPlane {
         self.inner.lock().replies.clone()
     }
 
+    /// Every request received so far, in order.
+    pub fn requests(&self) -> Vec<Received> {
+        self.inner.lock().received.clone()
+    }
+
     /// The NACKs received so far.
     pub fn nacks(&self) -> Vec<Reply> {
         self.replies().into_iter().filter(|r| r.error.is_some()).collect()
@@ -245,8 +269,13 @@ impl AggregatedDiscoveryService for Ads {
         request: Request<Streaming<DiscoveryRequest>>,
     ) -> Result<Response<ResponseStream>, Status> {
         let (tx, rx) = mpsc::channel(64);
-        self.inner.lock().streams += 1;
+        let stream = {
+            let mut s = self.inner.lock();
+            s.streams += 1;
+            s.streams
+        };
         tokio::spawn(run_stream(
+            stream,
             self.inner.clone(),
             self.stopped.clone(),
             request.into_inner(),
@@ -269,6 +298,7 @@ impl AggregatedDiscoveryService for Ads {
 
 /// One client's stream: subscriptions per type, a response whenever a subscribed type changes.
 async fn run_stream(
+    stream: u64,
     inner: Arc<Inner>,
     mut stopped: watch::Receiver<bool>,
     mut requests: Streaming<DiscoveryRequest>,
@@ -284,10 +314,21 @@ async fn run_stream(
                 let Ok(Some(req)) = req else { return };
                 let Some(t) = ResourceType::from_url(&req.type_url) else { continue };
                 let i = t as usize;
-                if !req.response_nonce.is_empty() {
-                    inner.lock().replies.push(Reply {
+                {
+                    let mut s = inner.lock();
+                    if !req.response_nonce.is_empty() {
+                        s.replies.push(Reply {
+                            kind: t.short(),
+                            version: req.version_info.clone(),
+                            error: req.error_detail.as_ref().map(|s| s.message.clone()),
+                        });
+                    }
+                    s.received.push(Received {
+                        stream,
                         kind: t.short(),
+                        resource_names: req.resource_names.clone(),
                         version: req.version_info.clone(),
+                        nonce: req.response_nonce.clone(),
                         error: req.error_detail.as_ref().map(|s| s.message.clone()),
                     });
                 }
