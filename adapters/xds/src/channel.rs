@@ -20,7 +20,7 @@ use tonic::Status;
 use tower_service::Service;
 
 use crate::bootstrap::Bootstrap;
-use crate::client::{self, AdsBackoff, ClusterState, XdsState};
+use crate::client::{self, AdsBackoff, AdsKeepalive, ClusterState, XdsState};
 use crate::cluster::ClusterBalancer;
 use crate::resource::{Route, RouteAction};
 use crate::routing;
@@ -44,6 +44,7 @@ pub struct XdsBuilder {
     resource_timeout: Duration,
     wait_for_config: Duration,
     backoff: AdsBackoff,
+    keepalive: AdsKeepalive,
     template: Template,
 }
 
@@ -54,6 +55,7 @@ impl std::fmt::Debug for XdsBuilder {
             .field("resource_timeout", &self.resource_timeout)
             .field("wait_for_config", &self.wait_for_config)
             .field("backoff", &self.backoff)
+            .field("keepalive", &self.keepalive)
             .finish_non_exhaustive()
     }
 }
@@ -74,6 +76,7 @@ impl XdsBuilder {
             resource_timeout: Duration::from_secs(15),
             wait_for_config: Duration::from_secs(20),
             backoff: AdsBackoff::default(),
+            keepalive: AdsKeepalive::default(),
             template: Arc::new(pickwise_tonic::Builder::new),
         }
     }
@@ -102,6 +105,13 @@ impl XdsBuilder {
         self
     }
 
+    /// HTTP/2 keepalive of the ADS connection (gRPC: a ping every 5 min, 20 s to answer). A
+    /// control plane that stops answering is then noticed and the stream re-established.
+    pub fn ads_keepalive(mut self, keepalive: AdsKeepalive) -> Self {
+        self.keepalive = keepalive;
+        self
+    }
+
     /// The template each cluster's balancer starts from (connect timeout, keepalive, health
     /// checks, backoff...). Policy and outlier detection are then set from CDS.
     pub fn cluster_builder<F>(mut self, template: F) -> Self
@@ -124,6 +134,7 @@ impl XdsBuilder {
             bootstrap,
             resource_timeout: self.resource_timeout,
             backoff: self.backoff,
+            keepalive: self.keepalive,
         };
         let (state, ads) = client::spawn(options, name.to_owned());
         let (version, _) = watch::channel(0u64);
@@ -213,6 +224,9 @@ struct Shared {
 /// Follows the xDS client's state: keeps one balancer per cluster and publishes the router.
 async fn manage(shared: Arc<Shared>, mut state: watch::Receiver<Arc<XdsState>>, template: Template) {
     let mut balancers: BTreeMap<String, ClusterBalancer> = BTreeMap::new();
+    // Balancers of clusters no route names any more, kept until the requests routed to them
+    // are done (grpc-go's cluster manager holds a reference per RPC until it is committed).
+    let mut retiring: Vec<ClusterBalancer> = Vec::new();
     loop {
         let s = state.borrow_and_update().clone();
         let mut clusters = HashMap::new();
@@ -238,7 +252,12 @@ async fn manage(shared: Arc<Shared>, mut state: watch::Receiver<Arc<XdsState>>, 
             clusters.insert(name.clone(), entry);
         }
         // Clusters no route names any more: their balancers stop once in-flight requests end.
-        balancers.retain(|name, _| s.clusters.contains_key(name));
+        let gone: Vec<String> = balancers
+            .keys()
+            .filter(|name| !s.clusters.contains_key(*name))
+            .cloned()
+            .collect();
+        retiring.extend(gone.iter().filter_map(|name| balancers.remove(name)));
         shared.router.store(Arc::new(Router {
             routes: s.routes.clone(),
             clusters,
@@ -246,9 +265,29 @@ async fn manage(shared: Arc<Shared>, mut state: watch::Receiver<Arc<XdsState>>, 
             last_nack: s.last_nack.clone(),
         }));
         shared.version.send_modify(|v| *v += 1);
-        if state.changed().await.is_err() {
-            return;
+        loop {
+            retiring.retain(|b| b.in_flight.load(Ordering::Relaxed) > 0);
+            let poll = (!retiring.is_empty()).then_some(RETIRING_POLL);
+            tokio::select! {
+                r = state.changed() => {
+                    if r.is_err() {
+                        return;
+                    }
+                    break;
+                }
+                _ = sleep_opt(poll) => {}
+            }
         }
+    }
+}
+
+/// How often retiring balancers are checked for their last request.
+const RETIRING_POLL: Duration = Duration::from_millis(100);
+
+async fn sleep_opt(d: Option<Duration>) {
+    match d {
+        Some(d) => tokio::time::sleep(d).await,
+        None => std::future::pending().await,
     }
 }
 
@@ -378,6 +417,14 @@ fn route(shared: &Shared, router: &Router, req: &mut Request) -> Routed {
             )))
         }
     };
+    // gRFC A31: the RPC's deadline is min(its own, the route's max_stream_duration); the
+    // balanced channel enforces the grpc-timeout header and the server reads it.
+    if let Some(max) = route.max_stream_duration.filter(|d| !d.is_zero()) {
+        if pickwise_tonic::deadline::timeout(req.headers()).is_none_or(|t| max < t) {
+            req.headers_mut()
+                .insert("grpc-timeout", pickwise_tonic::deadline::encode(max));
+        }
+    }
     let Some(name) = routing::pick_cluster(clusters, fastrand::u64(..)) else {
         return Routed::Fail(Status::unavailable("xDS: the matched route has no cluster"));
     };
@@ -390,7 +437,11 @@ fn route(shared: &Shared, router: &Router, req: &mut Request) -> Routed {
             in_flight,
             max_requests,
         }) => {
-            for (category, per_million) in drops.iter() {
+            // grpc-go's cluster_impl picker drops only while the cluster's picker is READY
+            // (internal/xds/balancer/clusterimpl/picker.go); otherwise the RPC waits for an
+            // endpoint like any other.
+            let ready = drops.is_empty() || channel.ready_endpoints() > 0;
+            for (category, per_million) in drops.iter().filter(|_| ready) {
                 if fastrand::u32(..1_000_000) < *per_million {
                     return Routed::Fail(Status::unavailable(format!(
                         "xDS: dropped by the control plane's drop policy (category {category:?})"
@@ -466,16 +517,17 @@ async fn wait_and_call(shared: Arc<Shared>, mut req: Request) -> Result<http::Re
     let mut rx = shared.version.subscribe();
     loop {
         let router = shared.router.load_full();
+        // The time spent waiting counts against the deadline; routing may then shorten it
+        // (max_stream_duration).
+        if let Some(d) = deadline {
+            if !pickwise_tonic::deadline::set_remaining(req.headers_mut(), d) {
+                return Err(
+                    Status::deadline_exceeded("xDS: deadline exceeded waiting for a configuration").into(),
+                );
+            }
+        }
         match route(&shared, &router, &mut req) {
             Routed::Go { mut channel, guard } => {
-                if let Some(d) = deadline {
-                    if !pickwise_tonic::deadline::set_remaining(req.headers_mut(), d) {
-                        return Err(Status::deadline_exceeded(
-                            "xDS: deadline exceeded waiting for a configuration",
-                        )
-                        .into());
-                    }
-                }
                 let resp = channel.call(req).await?;
                 return Ok(resp.map(|inner| XdsBody { inner, _guard: guard }));
             }

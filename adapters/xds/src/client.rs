@@ -10,8 +10,16 @@
 //! - **Does-not-exist timer** (A27): a resource requested on a live stream that does not arrive
 //!   within the timeout (15 s by default) is reported missing; RPCs then fail with `UNAVAILABLE`.
 //! - **Reconnect**: exponential backoff (1 s, ×1.6, 120 s cap, ±20% jitter, reset after a
-//!   response), then every subscription is sent again with the last accepted versions. While the
+//!   response), then every subscription is sent again with the last accepted versions and empty
+//!   nonces (a nonce belongs to the stream that sent it; grpc-go `sendExisting`). While the
 //!   control plane is away the cached resources keep serving (gRFC A57's behaviour).
+//! - **Keepalive**: HTTP/2 pings on the ADS connection (grpc-go: every 5 min, 20 s timeout), so
+//!   a control plane whose packets are dropped is noticed and the stream is re-established.
+//! - **Unsubscribe**: a type whose last name goes away is sent with an empty list (grpc-go
+//!   `unsubscribe`), so a later re-subscribe is a change the server answers, not a repeated ACK.
+//! - **Route configuration renamed**: the old routes keep serving until the new route
+//!   configuration arrives (grpc-go's resolver keeps its config selector), so cluster balancers
+//!   and their connections survive the switch.
 //!
 //! After every change the dependency chain target → listener → route configuration → clusters →
 //! endpoints is resolved again ([`XdsState`]) and the subscriptions follow it.
@@ -30,6 +38,7 @@ use tokio::time::Instant;
 use crate::bootstrap::Bootstrap;
 use crate::resource::{
     self, ClusterConfig, EndpointsConfig, ListenerConfig, Resource, ResourceType, Route, RouteConfig,
+    RouteSource,
 };
 
 /// Reconnect backoff for the ADS stream.
@@ -53,12 +62,32 @@ impl Default for AdsBackoff {
     }
 }
 
+/// HTTP/2 keepalive of the ADS connection (grpc-go's xDS transport: a ping every 5 minutes,
+/// the connection is closed if the ping is not answered within 20 seconds).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct AdsKeepalive {
+    /// Ping interval (gRPC: 5 min).
+    pub time: Duration,
+    /// How long a ping may go unanswered (gRPC: 20 s).
+    pub timeout: Duration,
+}
+
+impl Default for AdsKeepalive {
+    fn default() -> Self {
+        Self {
+            time: Duration::from_secs(300),
+            timeout: Duration::from_secs(20),
+        }
+    }
+}
+
 /// Settings of the xDS client.
 #[derive(Clone, Debug)]
 pub(crate) struct Options {
     pub(crate) bootstrap: Bootstrap,
     pub(crate) resource_timeout: Duration,
     pub(crate) backoff: AdsBackoff,
+    pub(crate) keepalive: AdsKeepalive,
 }
 
 /// The resolved configuration for one target, as the channel consumes it.
@@ -119,6 +148,9 @@ struct Client {
     nonces: [String; 4],
     out: watch::Sender<Arc<XdsState>>,
     last_nack: Option<String>,
+    /// The resource (inline listener or route configuration) the routes last resolved from: it
+    /// keeps serving while a renamed route configuration is on its way.
+    last_routes: Option<Arc<Resource>>,
 }
 
 fn idx(t: ResourceType) -> usize {
@@ -142,6 +174,7 @@ pub(crate) fn spawn(
         nonces: Default::default(),
         out,
         last_nack: None,
+        last_routes: None,
     };
     client.slots[idx(ResourceType::Listener)].insert(client.target.clone(), Slot::default());
     let task = tokio::spawn(async move { client.run().await });
@@ -184,7 +217,10 @@ impl Client {
     async fn stream_once(&mut self) -> bool {
         let uri = self.options.bootstrap.endpoint_uri();
         let endpoint = match tonic::transport::Endpoint::from_shared(uri.clone()) {
-            Ok(e) => e.connect_timeout(Duration::from_secs(5)),
+            Ok(e) => e
+                .connect_timeout(Duration::from_secs(5))
+                .http2_keep_alive_interval(self.options.keepalive.time)
+                .keep_alive_timeout(self.options.keepalive.timeout),
             Err(e) => {
                 tracing::error!(%uri, error = %e, "invalid xDS server URI");
                 return false;
@@ -198,6 +234,9 @@ impl Client {
             }
         };
         let (tx, rx) = mpsc::unbounded_channel::<DiscoveryRequest>();
+        // Nonces belong to the stream that sent them; versions are kept (xDS protocol, grpc-go
+        // `sendExisting`).
+        self.nonces = Default::default();
         let mut first = true;
         for t in ResourceType::ALL {
             if !self.slots[idx(t)].is_empty() {
@@ -360,10 +399,12 @@ impl Client {
                     ..Slot::default()
                 });
             }
-            // An empty list would mean "everything" (wildcard) for LDS/CDS: never send it.
-            if !self.slots[idx(t)].is_empty() {
-                let _ = tx.send(self.request(t, false));
-            }
+            // Sent even when the list is now empty (grpc-go `unsubscribe`): otherwise the server
+            // still holds the old names, and a later re-subscribe with the same version and nonce
+            // reads as a repeated ACK that control planes such as go-control-plane and Istio do
+            // not answer. This type was requested on this stream before (it had names), so the
+            // empty list is an unsubscribe, not a wildcard request.
+            let _ = tx.send(self.request(t, false));
         }
         self.send(state, connected);
     }
@@ -374,6 +415,18 @@ impl Client {
         self.send(state, connected);
     }
 
+    /// The chain from the cache (see [`resolve_chain`](Self::resolve_chain)), remembering the
+    /// routes' source for the next route configuration rename.
+    fn compute(&mut self) -> (XdsState, [BTreeSet<String>; 4]) {
+        let (state, wanted, source) = self.resolve_chain();
+        match (&state.routes, source) {
+            (Err(_), _) => self.last_routes = None,
+            (Ok(Some(_)), Some(source)) => self.last_routes = Some(source),
+            _ => {}
+        }
+        (state, wanted)
+    }
+
     fn send(&self, state: XdsState, connected: bool) {
         self.out.send_replace(Arc::new(XdsState {
             connected,
@@ -382,8 +435,10 @@ impl Client {
         }));
     }
 
-    /// The dependency chain from the cache, and the names each type should subscribe to.
-    fn compute(&self) -> (XdsState, [BTreeSet<String>; 4]) {
+    /// The dependency chain from the cache, the names each type should subscribe to, and the
+    /// resource the routes came from (`None` when they are the last ones, kept while a renamed
+    /// route configuration is pending).
+    fn resolve_chain(&self) -> (XdsState, [BTreeSet<String>; 4], Option<Arc<Resource>>) {
         let mut wanted: [BTreeSet<String>; 4] = Default::default();
         wanted[idx(ResourceType::Listener)].insert(self.target.clone());
         let mut state = XdsState {
@@ -395,32 +450,36 @@ impl Client {
             _ => None,
         }) {
             Ok(Some(l)) => l,
-            Ok(None) => return (state, wanted),
+            Ok(None) => return (state, wanted, None),
             Err(e) => {
                 state.routes = Err(format!("xDS listener {:?}: {e}", self.target));
-                return (state, wanted);
+                return (state, wanted, None);
             }
         };
-        let rc: &RouteConfig = match listener {
-            ListenerConfig::Inline(rc) => rc,
-            ListenerConfig::Rds(name) => {
+        let (rc, source): (&RouteConfig, Option<Arc<Resource>>) = match &listener.routes {
+            RouteSource::Inline(rc) => (rc, self.slot_value(ResourceType::Listener, &self.target)),
+            RouteSource::Rds(name) => {
                 wanted[idx(ResourceType::RouteConfiguration)].insert(name.clone());
                 match self.get(ResourceType::RouteConfiguration, name, |r| match r {
                     Resource::RouteConfiguration(rc) => Some(rc),
                     _ => None,
                 }) {
-                    Ok(Some(rc)) => rc,
-                    Ok(None) => return (state, wanted),
+                    Ok(Some(rc)) => (rc, self.slot_value(ResourceType::RouteConfiguration, name)),
+                    // Renamed and not here yet: the previous routes keep serving (grpc-go).
+                    Ok(None) => match self.last_routes.as_deref().and_then(routes_of) {
+                        Some(rc) => (rc, None),
+                        None => return (state, wanted, None),
+                    },
                     Err(e) => {
                         state.routes = Err(format!("xDS route configuration {name:?}: {e}"));
-                        return (state, wanted);
+                        return (state, wanted, None);
                     }
                 }
             }
         };
         let Some(vh) = crate::routing::virtual_host(&rc.virtual_hosts, &self.target) else {
             state.routes = Err(format!("xDS: no virtual host matches {:?}", self.target));
-            return (state, wanted);
+            return (state, wanted, None);
         };
         let mut clusters = BTreeSet::new();
         for r in &vh.routes {
@@ -428,7 +487,14 @@ impl Client {
                 clusters.extend(cs.iter().map(|c| c.name.clone()));
             }
         }
-        state.routes = Ok(Some(Arc::new(vh.routes.clone())));
+        let mut routes = vh.routes.clone();
+        // gRFC A31: a route without max_stream_duration takes the listener's.
+        if !listener.max_stream_duration.is_zero() {
+            for r in &mut routes {
+                r.max_stream_duration.get_or_insert(listener.max_stream_duration);
+            }
+        }
+        state.routes = Ok(Some(Arc::new(routes)));
         for name in clusters {
             wanted[idx(ResourceType::Cluster)].insert(name.clone());
             let cluster = self.get(ResourceType::Cluster, &name, |r| match r {
@@ -453,7 +519,11 @@ impl Client {
             };
             state.clusters.insert(name, cs);
         }
-        (state, wanted)
+        (state, wanted, source)
+    }
+
+    fn slot_value(&self, t: ResourceType, name: &str) -> Option<Arc<Resource>> {
+        self.slots[idx(t)].get(name).and_then(|s| s.value.clone())
     }
 
     /// A cached resource: `Ok(Some)` present, `Ok(None)` pending, `Err` missing or rejected.
@@ -511,6 +581,18 @@ impl Client {
                 }
             }
         }
+    }
+}
+
+/// The route configuration a resource carries (an inline listener's or an RDS resource).
+fn routes_of(r: &Resource) -> Option<&RouteConfig> {
+    match r {
+        Resource::RouteConfiguration(rc) => Some(rc),
+        Resource::Listener(ListenerConfig {
+            routes: RouteSource::Inline(rc),
+            ..
+        }) => Some(rc),
+        _ => None,
     }
 }
 

@@ -55,7 +55,7 @@ use std::fmt;
 
 pub use bootstrap::{Bootstrap, BootstrapError};
 pub use channel::{XdsBody, XdsBuilder, XdsChannel, XdsFuture, XdsStatus};
-pub use client::AdsBackoff;
+pub use client::{AdsBackoff, AdsKeepalive};
 
 /// Why an xDS channel could not be built.
 #[derive(Clone, Debug, PartialEq, Eq)]

@@ -4,6 +4,12 @@
 //! by the same registry a service config goes through ([`pickwise_tonic::service_config`]), so
 //! one set of names and rules serves both: `lb_policy` + `*_lb_config` (the old fields) or
 //! `load_balancing_policy` (typed extensions, first supported wins).
+//!
+//! Validation follows grpc-go's `validateClusterAndConstructClusterUpdate` and
+//! `outlierConfigFromCluster` (internal/xds/xdsclient/xdsresource/unmarshal_cds.go), its LB
+//! policy registry (internal/xds/xdsclient/xdslbregistry/) and ring hash's `parseConfig`
+//! (balancer/ringhash/config.go). Maglev, which gRPC does not have, follows Envoy: the table
+//! size is a prime of at most 5000011.
 
 use envoy_types::pb::envoy::config::cluster::v3::{
     cluster::{ClusterDiscoveryType, DiscoveryType, LbConfig, LbPolicy},
@@ -59,12 +65,20 @@ pub(super) fn validate(c: &Cluster) -> Result<ClusterConfig, Invalid> {
         .map(|e| e.service_name.clone())
         .filter(|s| !s.is_empty())
         .unwrap_or_else(|| c.name.clone());
-    let mut list = match &c.load_balancing_policy {
-        Some(p) if !p.policies.is_empty() => typed_policies(&p.policies, 0)?,
-        _ => vec![legacy_policy(c)?],
+    // grpc-go validates lb_policy first (an unsupported one NACKs even when
+    // load_balancing_policy is set), then load_balancing_policy, when present, replaces it.
+    let mut policy = legacy_policy(c)?;
+    let od = match &c.outlier_detection {
+        Some(od) => Some(outlier(od)?),
+        None => None,
     };
-    if let Some(od) = &c.outlier_detection {
-        list = vec![outlier(od, list)];
+    if let Some(p) = &c.load_balancing_policy {
+        policy = typed_policies(&p.policies, 0)?;
+    }
+    let mut list = vec![policy];
+    if let Some(mut od) = od {
+        od.insert("childPolicy".into(), Value::Array(list));
+        list = vec![json!({ "outlier_detection_experimental": od })];
     }
     let lb_json = Value::Array(list);
     let mut lb = service_config::parse(&lb_json.to_string()).map_err(|e| e.to_string())?;
@@ -90,19 +104,58 @@ pub(super) fn validate(c: &Cluster) -> Result<ClusterConfig, Invalid> {
     })
 }
 
+/// Ring sizes as grpc-go's converter (unset: 1024 and 8M) and ring hash `parseConfig` take
+/// them: above 8M NACKs, zero means the default (1024 and 4096), min above max NACKs, then both
+/// are capped at 4096.
 fn ring_hash_json(min: Option<u64>, max: Option<u64>, hash_function_ok: bool) -> Result<Value, Invalid> {
+    const UPPER_BOUND: u64 = 8 * 1024 * 1024;
     if !hash_function_ok {
         return Err("ring hash supports only the XX_HASH hash function".into());
     }
-    let min = min.unwrap_or(1024);
-    let max = max.unwrap_or(8 * 1024 * 1024);
-    if min == 0 || min > max || max > 8 * 1024 * 1024 {
+    let mut min = min.unwrap_or(1024);
+    let mut max = max.unwrap_or(UPPER_BOUND);
+    if min > UPPER_BOUND || max > UPPER_BOUND {
         return Err(format!(
-            "ring sizes must satisfy 1 <= min <= max <= 8388608, got {min} and {max}"
+            "ring sizes must be at most {UPPER_BOUND}, got {min} and {max}"
         ));
+    }
+    if min == 0 {
+        min = 1024;
+    }
+    if max == 0 {
+        max = 4096;
+    }
+    if min > max {
+        return Err(format!("minimum ring size {min} is above the maximum {max}"));
     }
     Ok(json!({"ring_hash_experimental": {
         "minRingSize": min.min(RING_SIZE_CAP), "maxRingSize": max.min(RING_SIZE_CAP)}}))
+}
+
+/// Envoy's Maglev table size: a prime of at most 5000011 (65537 when unset).
+fn maglev_json(size: Option<u64>) -> Result<Value, Invalid> {
+    let size = size.unwrap_or(65_537);
+    if size > pickwise_tonic::pickwise::maglev::MAX_TABLE_SIZE || !is_prime(size) {
+        return Err(format!(
+            "Maglev table_size {size} must be a prime of at most {}",
+            pickwise_tonic::pickwise::maglev::MAX_TABLE_SIZE
+        ));
+    }
+    Ok(json!({"maglev": {"tableSize": size}}))
+}
+
+fn is_prime(n: u64) -> bool {
+    if n < 2 {
+        return false;
+    }
+    let mut d = 2;
+    while d * d <= n {
+        if n.is_multiple_of(d) {
+            return false;
+        }
+        d += 1;
+    }
+    true
 }
 
 /// `lb_policy` and its `lb_config`.
@@ -115,6 +168,11 @@ fn legacy_policy(c: &Cluster) -> Result<Value, Invalid> {
                 Some(LbConfig::LeastRequestLbConfig(l)) => l.choice_count.map_or(2, |v| v.value),
                 _ => 2,
             };
+            if choices < 2 {
+                return Err(format!(
+                    "least request choice_count must be at least 2, got {choices}"
+                ));
+            }
             json!({"least_request_experimental": {"choiceCount": choices}})
         }
         LbPolicy::RingHash => match &c.lb_config {
@@ -125,27 +183,25 @@ fn legacy_policy(c: &Cluster) -> Result<Value, Invalid> {
             )?,
             _ => ring_hash_json(None, None, true)?,
         },
-        LbPolicy::Maglev => {
-            let size = match &c.lb_config {
-                Some(LbConfig::MaglevLbConfig(m)) => m.table_size.map_or(65_537, |v| v.value),
-                _ => 65_537,
-            };
-            json!({"maglev": {"tableSize": size}})
-        }
+        LbPolicy::Maglev => maglev_json(match &c.lb_config {
+            Some(LbConfig::MaglevLbConfig(m)) => m.table_size.map(|v| v.value),
+            _ => None,
+        })?,
         other => return Err(format!("lb_policy {} is not supported", other.as_str_name())),
     })
 }
 
-/// `load_balancing_policy` (gRFC A52): each typed extension as a `loadBalancingConfig` entry;
-/// unknown ones are skipped (the parse then picks the first supported).
+/// `load_balancing_policy` (gRFC A52), as grpc-go's `ConvertToServiceConfig`: the first entry
+/// of a supported type decides (its errors NACK, later entries are not looked at); unsupported
+/// ones before it are skipped. `pick_first` and client-side weighted round robin, which
+/// pickwise does not have, count as unsupported.
 fn typed_policies(
     policies: &[envoy_types::pb::envoy::config::cluster::v3::load_balancing_policy::Policy],
     depth: u32,
-) -> Result<Vec<Value>, Invalid> {
-    if depth > 16 {
-        return Err("load_balancing_policy nested too deeply".into());
+) -> Result<Value, Invalid> {
+    if depth > 15 {
+        return Err("load_balancing_policy nested deeper than 16 levels".into());
     }
-    let mut out = Vec::new();
     for p in policies {
         let Some(any) = p
             .typed_extension_config
@@ -155,71 +211,93 @@ fn typed_policies(
             continue;
         };
         if let Some(v) = typed_policy(any, depth)? {
-            out.extend(v);
+            return Ok(v);
         }
     }
-    if out.is_empty() {
-        return Err("no supported policy in load_balancing_policy".into());
-    }
-    Ok(out)
+    Err("no supported policy in load_balancing_policy".into())
 }
 
-fn typed_policy(any: &Any, depth: u32) -> Result<Option<Vec<Value>>, Invalid> {
+fn typed_policy(any: &Any, depth: u32) -> Result<Option<Value>, Invalid> {
     let bad = |e: prost::DecodeError| format!("cannot decode {}: {e}", any.type_url);
     let url = any.type_url.as_str();
     let v = if url == lbp::round_robin::v3::RoundRobin::type_url() {
         json!({"round_robin": {}})
     } else if url == lbp::least_request::v3::LeastRequest::type_url() {
         let l = lbp::least_request::v3::LeastRequest::decode(any.value.as_slice()).map_err(bad)?;
-        json!({"least_request_experimental": {"choiceCount": l.choice_count.map_or(2, |v| v.value)}})
+        let choices = l.choice_count.map_or(2, |v| v.value);
+        if choices < 2 {
+            return Err(format!(
+                "least request choice_count must be at least 2, got {choices}"
+            ));
+        }
+        json!({"least_request_experimental": {"choiceCount": choices}})
     } else if url == lbp::ring_hash::v3::RingHash::type_url() {
         let r = lbp::ring_hash::v3::RingHash::decode(any.value.as_slice()).map_err(bad)?;
-        // DEFAULT_HASH (0) and XX_HASH (1) are xxHash.
+        // grpc-go's converter accepts XX_HASH (1) only.
         ring_hash_json(
             r.minimum_ring_size.map(|v| v.value),
             r.maximum_ring_size.map(|v| v.value),
-            r.hash_function <= 1,
+            r.hash_function == 1,
         )?
     } else if url == lbp::maglev::v3::Maglev::type_url() {
         let m = lbp::maglev::v3::Maglev::decode(any.value.as_slice()).map_err(bad)?;
-        json!({"maglev": {"tableSize": m.table_size.map_or(65_537, |v| v.value)}})
-    } else if url == lbp::pick_first::v3::PickFirst::type_url() {
-        json!({"pick_first": {}})
+        maglev_json(m.table_size.map(|v| v.value))?
     } else if url == lbp::wrr_locality::v3::WrrLocality::type_url() {
         // Locality weights are applied to endpoint weights (see `cluster` in the crate); the child
         // picks endpoints.
         let w = lbp::wrr_locality::v3::WrrLocality::decode(any.value.as_slice()).map_err(bad)?;
-        let child = w
-            .endpoint_picking_policy
-            .ok_or("wrr_locality without endpoint_picking_policy")?;
-        return typed_policies(&child.policies, depth + 1).map(Some);
+        let child = w.endpoint_picking_policy.unwrap_or_default();
+        return typed_policies(&child.policies, depth + 1)
+            .map(Some)
+            .map_err(|e| format!("wrr_locality endpoint_picking_policy: {e}"));
     } else {
         return Ok(None);
     };
-    Ok(Some(vec![v]))
+    Ok(Some(v))
 }
 
-fn duration_json(d: &Option<PbDuration>) -> Option<Value> {
-    d.as_ref().map(|d| {
-        let secs = d.seconds as f64 + f64::from(d.nanos) / 1e9;
-        Value::String(format!("{secs}s"))
-    })
+/// A duration as JSON; grpc-go NACKs an invalid (`CheckValid`) or negative one.
+fn duration_json(key: &str, d: &PbDuration) -> Result<Value, Invalid> {
+    // protobuf's Duration: |seconds| <= 315576000000, |nanos| < 1e9, both of the same sign.
+    let valid = d.seconds.abs() <= 315_576_000_000
+        && d.nanos.abs() < 1_000_000_000
+        && !(d.seconds > 0 && d.nanos < 0)
+        && !(d.seconds < 0 && d.nanos > 0);
+    if !valid || d.seconds < 0 || d.nanos < 0 {
+        return Err(format!(
+            "outlier_detection.{key} must be a valid duration >= 0, got {}s {}ns",
+            d.seconds, d.nanos
+        ));
+    }
+    let secs = d.seconds as f64 + f64::from(d.nanos) / 1e9;
+    Ok(Value::String(format!("{secs}s")))
 }
 
-/// gRFC A50: `outlier_detection` wraps the policy as `outlier_detection_experimental`.
-fn outlier(od: &OutlierDetection, child: Vec<Value>) -> Value {
+/// gRFC A50: `outlier_detection` wraps the policy as `outlier_detection_experimental` (the
+/// caller adds `childPolicy`). Percentages above 100 NACK, as in grpc-go.
+fn outlier(od: &OutlierDetection) -> Result<serde_json::Map<String, Value>, Invalid> {
     let mut cfg = serde_json::Map::new();
-    for (key, d) in [
-        ("interval", &od.interval),
-        ("baseEjectionTime", &od.base_ejection_time),
-        ("maxEjectionTime", &od.max_ejection_time),
+    for (key, json_key, d) in [
+        ("interval", "interval", &od.interval),
+        ("base_ejection_time", "baseEjectionTime", &od.base_ejection_time),
+        ("max_ejection_time", "maxEjectionTime", &od.max_ejection_time),
     ] {
-        if let Some(v) = duration_json(d) {
-            cfg.insert(key.into(), v);
+        if let Some(d) = d {
+            cfg.insert(json_key.into(), duration_json(key, d)?);
+        }
+    }
+    for (key, v) in [
+        ("max_ejection_percent", od.max_ejection_percent),
+        ("enforcing_success_rate", od.enforcing_success_rate),
+        ("failure_percentage_threshold", od.failure_percentage_threshold),
+        ("enforcing_failure_percentage", od.enforcing_failure_percentage),
+    ] {
+        if let Some(v) = v.map(|v| v.value).filter(|v| *v > 100) {
+            return Err(format!("outlier_detection.{key} = {v}; must be <= 100"));
         }
     }
     if let Some(p) = od.max_ejection_percent.map(|v| v.value) {
-        cfg.insert("maxEjectionPercent".into(), json!(p.min(100)));
+        cfg.insert("maxEjectionPercent".into(), json!(p));
     }
     // A50: success-rate ejection is on unless enforcing_success_rate is 0; failure-percentage
     // ejection only when enforcing_failure_percentage is above 0. Envoy's consecutive_5xx turns
@@ -230,6 +308,5 @@ fn outlier(od: &OutlierDetection, child: Vec<Value>) -> Value {
     if od.enforcing_failure_percentage.map_or(0, |v| v.value) > 0 || od.consecutive_5xx.is_some() {
         cfg.insert("failurePercentageEjection".into(), json!({}));
     }
-    cfg.insert("childPolicy".into(), Value::Array(child));
-    json!({ "outlier_detection_experimental": cfg })
+    Ok(cfg)
 }

@@ -1,7 +1,7 @@
 //! EDS: a cluster's endpoints by locality and priority, with weights, health and drop policy
 //! (gRFC A27; grpc-go `unmarshal_eds.go`'s rules).
 
-use std::collections::{BTreeSet, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashSet};
 
 use envoy_types::pb::envoy::config::core::v3::{address, socket_address::PortSpecifier, Address};
 use envoy_types::pb::envoy::config::endpoint::v3::{lb_endpoint::HostIdentifier, ClusterLoadAssignment};
@@ -45,6 +45,14 @@ pub(super) fn validate(a: &ClusterLoadAssignment) -> Result<EndpointsConfig, Inv
     let mut out = EndpointsConfig::default();
     if let Some(policy) = &a.policy {
         for d in &policy.drop_overloads {
+            // grpc-go `parseDropPolicy`: HUNDRED, TEN_THOUSAND and MILLION only.
+            let denominator = d.drop_percentage.as_ref().map_or(0, |p| p.denominator);
+            if !(0..=2).contains(&denominator) {
+                return Err(format!(
+                    "drop_overloads category {:?}: unsupported denominator {denominator}",
+                    d.category
+                ));
+            }
             let rate = d.drop_percentage.as_ref().map_or(0, super::per_million);
             out.drops.push((d.category.clone(), rate));
         }
@@ -52,16 +60,26 @@ pub(super) fn validate(a: &ClusterLoadAssignment) -> Result<EndpointsConfig, Inv
     let mut priorities = BTreeSet::new();
     let mut seen_addresses = HashSet::new();
     let mut seen_localities = HashSet::new();
+    // grpc-go `parseEDSRespProto`: locality weights are summed per priority.
+    let mut priority_weights: BTreeMap<u32, u64> = BTreeMap::new();
     for l in &a.endpoints {
+        // grpc-go NACKs a locality without an ID before looking at its weight.
+        let Some(id) = l.locality.as_ref() else {
+            return Err(format!("a locality without an ID (priority {})", l.priority));
+        };
         let weight = l.load_balancing_weight.map_or(0, |w| w.value);
         if weight == 0 {
             continue; // gRPC ignores localities without a weight
         }
-        let name = l
-            .locality
-            .as_ref()
-            .map(|l| format!("{}/{}/{}", l.region, l.zone, l.sub_zone))
-            .unwrap_or_else(|| "//".into());
+        let sum = priority_weights.entry(l.priority).or_default();
+        *sum += u64::from(weight);
+        if *sum > u64::from(u32::MAX) {
+            return Err(format!(
+                "locality weights of priority {} sum above 2^32-1",
+                l.priority
+            ));
+        }
+        let name = format!("{}/{}/{}", id.region, id.zone, id.sub_zone);
         if !seen_localities.insert((l.priority, name.clone())) {
             return Err(format!(
                 "locality {name} appears twice in priority {}",
@@ -123,10 +141,6 @@ pub(super) fn validate(a: &ClusterLoadAssignment) -> Result<EndpointsConfig, Inv
         if max as usize + 1 != priorities.len() {
             return Err(format!("priorities {priorities:?} are not contiguous from 0"));
         }
-    }
-    let total: u64 = out.localities.iter().map(|l| u64::from(l.weight)).sum();
-    if total > u64::from(u32::MAX) {
-        return Err("locality weights sum above 2^32-1".into());
     }
     Ok(out)
 }

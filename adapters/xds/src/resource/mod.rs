@@ -14,7 +14,7 @@ use prost::{Message, Name};
 
 pub use cluster::ClusterConfig;
 pub use endpoint::{EndpointConfig, EndpointsConfig, LocalityConfig};
-pub use listener::ListenerConfig;
+pub use listener::{ListenerConfig, RouteSource};
 pub use route::{
     ClusterWeight, HashPolicy, HashSource, HeaderMatch, HeaderMatcher, PathMatch, Route, RouteAction,
     RouteConfig, RouteMatch, VirtualHost,
@@ -185,4 +185,13 @@ pub(crate) fn per_million(p: &envoy_types::pb::envoy::r#type::v3::FractionalPerc
         _ => 1,      // MILLION
     };
     (u64::from(p.numerator) * scale).min(1_000_000) as u32
+}
+
+/// A protobuf `Duration` as a `std` one; negative durations are zero (no limit), as grpc-go
+/// treats a non-positive `max_stream_duration`.
+pub(crate) fn duration(d: &envoy_types::pb::google::protobuf::Duration) -> std::time::Duration {
+    if d.seconds < 0 || (d.seconds == 0 && d.nanos <= 0) {
+        return std::time::Duration::ZERO;
+    }
+    std::time::Duration::new(d.seconds as u64, d.nanos.clamp(0, 999_999_999) as u32)
 }

@@ -1,6 +1,7 @@
 //! RDS: virtual hosts, routes and their actions (gRFC A28), validated into matchers the request
 //! path runs without allocating.
 
+use super::Invalid;
 use envoy_types::pb::envoy::config::route::v3::{
     header_matcher::HeaderMatchSpecifier, route::Action, route_action::hash_policy::PolicySpecifier,
     route_action::ClusterSpecifier, route_match::PathSpecifier, RouteConfiguration,
@@ -8,9 +9,6 @@ use envoy_types::pb::envoy::config::route::v3::{
 use envoy_types::pb::envoy::r#type::matcher::v3::{
     string_matcher::MatchPattern, RegexMatcher, StringMatcher,
 };
-use http::HeaderName;
-
-use super::Invalid;
 
 /// A validated route configuration.
 #[derive(Clone, Debug, PartialEq)]
@@ -37,6 +35,9 @@ pub struct Route {
     pub action: RouteAction,
     /// How the request hash is computed (ring hash, Maglev).
     pub hash_policies: Vec<HashPolicy>,
+    /// gRFC A31: the route's `max_stream_duration` (`grpc_timeout_header_max` if set, else
+    /// `max_stream_duration`); `None`: the listener's default applies.
+    pub max_stream_duration: Option<std::time::Duration>,
 }
 
 /// A route's match.
@@ -65,7 +66,8 @@ pub enum PathMatch {
     Prefix(String, bool),
     /// Equals.
     Exact(String, bool),
-    /// Matches the whole path.
+    /// Matches the whole path (`safe_regex`, compiled as `^(?:re)$`; `case_sensitive` does not
+    /// apply to it, as in grpc-go).
     Regex(regex::Regex),
 }
 
@@ -96,8 +98,10 @@ impl PathMatch {
     }
 }
 
+/// `r` is anchored (`^(?:re)$`, see [`regex`]), so any match is a full match; a leftmost-first
+/// search would take `v1` in `v1|v10` and miss `v10`.
 fn full_match(r: &regex::Regex, s: &str) -> bool {
-    r.find(s).is_some_and(|m| m.start() == 0 && m.end() == s.len())
+    r.is_match(s)
 }
 
 /// A header condition.
@@ -206,12 +210,36 @@ pub struct HashPolicy {
 }
 
 /// Hash sources gRPC supports.
-#[derive(Clone, Debug, PartialEq)]
+#[derive(Clone, Debug)]
 pub enum HashSource {
-    /// XXH64 of a header's values joined with `,`.
-    Header(HeaderName),
+    /// XXH64 of a header's values joined with `,`, after `regex_rewrite` if any. Binary
+    /// (`-bin`) headers are never hashed (grpc-go `generateHash`).
+    Header {
+        /// The header name, lower case.
+        name: String,
+        /// `regex_rewrite`: every match of the pattern is replaced by the substitution (`$1`
+        /// refers to a group, as in grpc-go's Go `regexp`).
+        rewrite: Option<(regex::Regex, String)>,
+    },
     /// `filter_state` `io.grpc.channel_id`: one hash per channel.
     ChannelId,
+}
+
+impl PartialEq for HashSource {
+    fn eq(&self, other: &Self) -> bool {
+        match (self, other) {
+            (Self::Header { name: a, rewrite: x }, Self::Header { name: b, rewrite: y }) => {
+                a == b
+                    && match (x, y) {
+                        (None, None) => true,
+                        (Some((r, s)), Some((q, t))) => r.as_str() == q.as_str() && s == t,
+                        _ => false,
+                    }
+            }
+            (Self::ChannelId, Self::ChannelId) => true,
+            _ => false,
+        }
+    }
 }
 
 pub(super) fn validate(rc: &RouteConfiguration) -> Result<RouteConfig, Invalid> {
@@ -245,19 +273,32 @@ fn route(r: &envoy_types::pb::envoy::config::route::v3::Route) -> Result<Option<
     let path = match &m.path_specifier {
         Some(PathSpecifier::Prefix(p)) => PathMatch::Prefix(p.clone(), case_sensitive),
         Some(PathSpecifier::Path(p)) => PathMatch::Exact(p.clone(), case_sensitive),
-        Some(PathSpecifier::SafeRegex(re)) => PathMatch::Regex(regex(re, !case_sensitive)?),
+        Some(PathSpecifier::SafeRegex(re)) => PathMatch::Regex(regex(re)?),
         Some(_) => return Err("unsupported path matcher".into()),
         None => return Err("no path matcher".into()),
     };
     let mut headers = Vec::new();
     for h in &m.headers {
-        let ic = false;
+        // grpc-go (unmarshal_rds.go) turns the deprecated exact/prefix/suffix/contains fields into
+        // a StringMatcher, so they are validated as one (empty prefix, suffix, contains NACK).
         let matcher = match &h.header_match_specifier {
-            Some(HeaderMatchSpecifier::ExactMatch(s)) => HeaderMatch::Exact(s.clone(), ic),
-            Some(HeaderMatchSpecifier::PrefixMatch(s)) => HeaderMatch::Prefix(s.clone(), ic),
-            Some(HeaderMatchSpecifier::SuffixMatch(s)) => HeaderMatch::Suffix(s.clone(), ic),
-            Some(HeaderMatchSpecifier::ContainsMatch(s)) => HeaderMatch::Contains(s.clone(), ic),
-            Some(HeaderMatchSpecifier::SafeRegexMatch(re)) => HeaderMatch::Regex(regex(re, false)?),
+            Some(HeaderMatchSpecifier::ExactMatch(s)) => string_matcher(&StringMatcher {
+                match_pattern: Some(MatchPattern::Exact(s.clone())),
+                ignore_case: false,
+            })?,
+            Some(HeaderMatchSpecifier::PrefixMatch(s)) => string_matcher(&StringMatcher {
+                match_pattern: Some(MatchPattern::Prefix(s.clone())),
+                ignore_case: false,
+            })?,
+            Some(HeaderMatchSpecifier::SuffixMatch(s)) => string_matcher(&StringMatcher {
+                match_pattern: Some(MatchPattern::Suffix(s.clone())),
+                ignore_case: false,
+            })?,
+            Some(HeaderMatchSpecifier::ContainsMatch(s)) => string_matcher(&StringMatcher {
+                match_pattern: Some(MatchPattern::Contains(s.clone())),
+                ignore_case: false,
+            })?,
+            Some(HeaderMatchSpecifier::SafeRegexMatch(re)) => HeaderMatch::Regex(regex(re)?),
             Some(HeaderMatchSpecifier::RangeMatch(r)) => HeaderMatch::Range(r.start, r.end),
             Some(HeaderMatchSpecifier::PresentMatch(p)) => HeaderMatch::Present(*p),
             Some(HeaderMatchSpecifier::StringMatch(s)) => string_matcher(s)?,
@@ -278,16 +319,25 @@ fn route(r: &envoy_types::pb::envoy::config::route::v3::Route) -> Result<Option<
     let action = match &r.action {
         Some(Action::Route(ra)) => {
             for hp in &ra.hash_policy {
+                // grpc-go `hashPoliciesProtoToSlice` (unmarshal_rds.go): any header name is
+                // accepted (one that cannot be present never produces a hash); an invalid
+                // `regex_rewrite` pattern NACKs.
                 let source = match &hp.policy_specifier {
                     Some(PolicySpecifier::Header(h)) => {
-                        match HeaderName::from_bytes(h.header_name.to_ascii_lowercase().as_bytes()) {
-                            Ok(name) => HashSource::Header(name),
-                            Err(_) => {
-                                return Err(format!(
-                                    "hash_policy header {:?} is not a header name",
-                                    h.header_name
-                                ))
+                        let rewrite = match &h.regex_rewrite {
+                            Some(rr) => {
+                                let pattern = rr.pattern.as_ref().map_or("", |p| p.regex.as_str());
+                                let re = regex::RegexBuilder::new(pattern)
+                                    .size_limit(1 << 20)
+                                    .build()
+                                    .map_err(|e| format!("hash_policy regex_rewrite {pattern:?}: {e}"))?;
+                                Some((re, rr.substitution.clone()))
                             }
+                            None => None,
+                        };
+                        HashSource::Header {
+                            name: h.header_name.to_ascii_lowercase(),
+                            rewrite,
                         }
                     }
                     Some(PolicySpecifier::FilterState(f)) if f.key == "io.grpc.channel_id" => {
@@ -337,6 +387,17 @@ fn route(r: &envoy_types::pb::envoy::config::route::v3::Route) -> Result<Option<
         Some(Action::FilterAction(_)) => RouteAction::Unsupported("filter action".into()),
         None => return Err("no action".into()),
     };
+    // gRFC A31 (grpc-go unmarshal_rds.go): grpc_timeout_header_max wins over
+    // max_stream_duration.
+    let max_stream_duration = match &r.action {
+        Some(Action::Route(ra)) => ra.max_stream_duration.as_ref().and_then(|m| {
+            m.grpc_timeout_header_max
+                .as_ref()
+                .or(m.max_stream_duration.as_ref())
+                .map(super::duration)
+        }),
+        _ => None,
+    };
     Ok(Some(Route {
         matcher: RouteMatch {
             path,
@@ -345,25 +406,41 @@ fn route(r: &envoy_types::pb::envoy::config::route::v3::Route) -> Result<Option<
         },
         action,
         hash_policies,
+        max_stream_duration,
     }))
 }
 
-fn regex(re: &RegexMatcher, ignore_case: bool) -> Result<regex::Regex, Invalid> {
-    regex::RegexBuilder::new(&re.regex)
-        .case_insensitive(ignore_case)
-        .size_limit(1 << 20)
-        .build()
-        .map_err(|e| format!("regex {:?}: {e}", re.regex))
+/// A `safe_regex`, anchored as grpc-go's `CompileSafeRegex` (internal/xds/matcher/
+/// string_matcher.go) does: the pattern must compile on its own, then `^(?:re)$` is what runs.
+/// No case folding: grpc-go ignores `case_sensitive` and `ignore_case` for regexes.
+fn regex(re: &RegexMatcher) -> Result<regex::Regex, Invalid> {
+    let build = |p: &str| {
+        regex::RegexBuilder::new(p)
+            .size_limit(1 << 20)
+            .build()
+            .map_err(|e| format!("regex {:?}: {e}", re.regex))
+    };
+    build(&re.regex)?;
+    build(&format!("^(?:{})$", re.regex))
 }
 
+/// grpc-go `StringMatcherFromProto` (internal/xds/matcher/string_matcher.go): empty prefix,
+/// suffix and contains are invalid; `ignore_case` does not apply to `safe_regex`.
 fn string_matcher(s: &StringMatcher) -> Result<HeaderMatch, Invalid> {
     let ic = s.ignore_case;
+    let non_empty = |what: &str, p: &str| {
+        if p.is_empty() {
+            Err(format!("empty {what} is not allowed in a string matcher"))
+        } else {
+            Ok(p.to_owned())
+        }
+    };
     Ok(match &s.match_pattern {
         Some(MatchPattern::Exact(p)) => HeaderMatch::Exact(p.clone(), ic),
-        Some(MatchPattern::Prefix(p)) => HeaderMatch::Prefix(p.clone(), ic),
-        Some(MatchPattern::Suffix(p)) => HeaderMatch::Suffix(p.clone(), ic),
-        Some(MatchPattern::Contains(p)) => HeaderMatch::Contains(p.clone(), ic),
-        Some(MatchPattern::SafeRegex(re)) => HeaderMatch::Regex(regex(re, ic)?),
+        Some(MatchPattern::Prefix(p)) => HeaderMatch::Prefix(non_empty("prefix", p)?, ic),
+        Some(MatchPattern::Suffix(p)) => HeaderMatch::Suffix(non_empty("suffix", p)?, ic),
+        Some(MatchPattern::Contains(p)) => HeaderMatch::Contains(non_empty("contains", p)?, ic),
+        Some(MatchPattern::SafeRegex(re)) => HeaderMatch::Regex(regex(re)?),
         _ => return Err("unsupported string matcher".into()),
     })
 }

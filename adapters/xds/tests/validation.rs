@@ -1,0 +1,297 @@
+//! Resource validation against grpc-go's unmarshalling rules (what is ACKed, what is NACKed):
+//! internal/xds/xdsclient/xdsresource/unmarshal_{eds,cds,lds}.go, the LB policy registry
+//! (internal/xds/xdsclient/xdslbregistry/) and ring hash's `parseConfig`
+//! (balancer/ringhash/config.go).
+
+use envoy_types::pb::envoy::config::cluster::v3::{
+    cluster::{LbConfig, RingHashLbConfig},
+    load_balancing_policy::Policy,
+    Cluster, LoadBalancingPolicy, OutlierDetection,
+};
+use envoy_types::pb::envoy::config::core::v3::TypedExtensionConfig;
+use envoy_types::pb::envoy::config::endpoint::v3::{cluster_load_assignment, ClusterLoadAssignment};
+use envoy_types::pb::envoy::config::listener::v3::Listener;
+use envoy_types::pb::envoy::extensions::filters::network::http_connection_manager::v3::{
+    http_connection_manager::RouteSpecifier, http_filter::ConfigType, HttpConnectionManager, HttpFilter,
+};
+use envoy_types::pb::envoy::extensions::load_balancing_policies as lbp;
+use envoy_types::pb::envoy::r#type::v3::FractionalPercent;
+use envoy_types::pb::google::protobuf::{Any, Duration as PbDuration, UInt32Value, UInt64Value};
+use pickwise_xds::control_plane::resources::{self, Locality, Policy as CpPolicy};
+use pickwise_xds::resource::{self, Resource, ResourceType};
+use prost::{Message, Name};
+use serde_json::json;
+
+fn decode<M: Message + Name>(t: ResourceType, m: &M) -> Result<Resource, String> {
+    resource::decode(t, &resources::any(m))
+        .map(|(_, r)| r)
+        .map_err(|e| e.to_string())
+}
+
+fn eds(a: &ClusterLoadAssignment) -> Result<Resource, String> {
+    decode(ResourceType::ClusterLoadAssignment, a)
+}
+
+fn cds(c: &Cluster) -> Result<Resource, String> {
+    decode(ResourceType::Cluster, c)
+}
+
+fn lds(l: &Listener) -> Result<Resource, String> {
+    decode(ResourceType::Listener, l)
+}
+
+fn lb_json(c: &Cluster) -> serde_json::Value {
+    match cds(c) {
+        Ok(Resource::Cluster(c)) => c.lb_json,
+        other => panic!("cluster rejected: {other:?}"),
+    }
+}
+
+// ===== EDS =====
+
+/// grpc-go: "EDS response contains a locality without ID".
+#[test]
+fn locality_without_id_is_nacked() {
+    let mut a = resources::endpoints("c", &[Locality::new(1, 0, &["127.0.0.1:1"])]);
+    a.endpoints[0].locality = None;
+    let e = eds(&a).unwrap_err();
+    assert!(e.contains("locality without an ID"), "{e}");
+}
+
+/// grpc-go sums locality weights per priority: two priorities may each use the whole u32.
+#[test]
+fn locality_weights_are_summed_per_priority() {
+    let big = 3_000_000_000;
+    let a = resources::endpoints(
+        "c",
+        &[
+            Locality::new(big, 0, &["127.0.0.1:1"]),
+            Locality::new(big, 1, &["127.0.0.1:2"]),
+        ],
+    );
+    assert!(eds(&a).is_ok(), "{:?}", eds(&a));
+    let mut same = Locality::new(big, 0, &["127.0.0.1:2"]);
+    same.zone = "other".into();
+    let a = resources::endpoints("c", &[Locality::new(big, 0, &["127.0.0.1:1"]), same]);
+    assert!(eds(&a).is_err());
+}
+
+/// grpc-go `parseDropPolicy`: a denominator other than HUNDRED, TEN_THOUSAND, MILLION NACKs.
+#[test]
+fn drop_policy_with_an_unknown_denominator_is_nacked() {
+    let mut a = resources::endpoints("c", &[Locality::new(1, 0, &["127.0.0.1:1"])]);
+    a.policy = Some(cluster_load_assignment::Policy {
+        drop_overloads: vec![cluster_load_assignment::policy::DropOverload {
+            category: "lb".into(),
+            drop_percentage: Some(FractionalPercent {
+                numerator: 1,
+                denominator: 7,
+            }),
+        }],
+        ..Default::default()
+    });
+    assert!(eds(&a).is_err());
+}
+
+// ===== CDS =====
+
+fn typed(any: Any) -> Policy {
+    Policy {
+        typed_extension_config: Some(TypedExtensionConfig {
+            name: "p".into(),
+            typed_config: Some(any),
+        }),
+    }
+}
+
+fn with_policies(policies: Vec<Policy>) -> Cluster {
+    Cluster {
+        load_balancing_policy: Some(LoadBalancingPolicy { policies }),
+        ..resources::cluster("c", CpPolicy::RoundRobin)
+    }
+}
+
+fn ring_hash(hash_function: i32, min: Option<u64>) -> Any {
+    resources::any(&lbp::ring_hash::v3::RingHash {
+        hash_function,
+        minimum_ring_size: min.map(|value| UInt64Value { value }),
+        ..Default::default()
+    })
+}
+
+/// grpc-go `ConvertToServiceConfig`: the first entry of a supported type decides; an error in a
+/// later entry does not matter, an error in that first one NACKs.
+#[test]
+fn load_balancing_policy_takes_the_first_supported_entry_only() {
+    let unknown = Any {
+        type_url: "type.googleapis.com/example.Unknown".into(),
+        value: vec![],
+    };
+    let rr = resources::any(&lbp::round_robin::v3::RoundRobin::default());
+    // MURMUR_HASH_2 (2) is not supported by ring hash.
+    let bad_ring = ring_hash(2, None);
+    let c = with_policies(vec![
+        typed(unknown.clone()),
+        typed(rr.clone()),
+        typed(bad_ring.clone()),
+    ]);
+    assert_eq!(lb_json(&c), json!([{"round_robin": {}}]));
+    let c = with_policies(vec![typed(unknown), typed(bad_ring), typed(rr)]);
+    assert!(cds(&c).is_err());
+}
+
+/// Ring hash `parseConfig`: a zero ring size means the default (1024 / 4096), not a NACK.
+#[test]
+fn ring_size_zero_means_the_default() {
+    let c = with_policies(vec![typed(ring_hash(1, Some(0)))]);
+    assert_eq!(
+        lb_json(&c),
+        json!([{"ring_hash_experimental": {"minRingSize": 1024, "maxRingSize": 4096}}])
+    );
+    let legacy = Cluster {
+        lb_config: Some(LbConfig::RingHashLbConfig(RingHashLbConfig {
+            minimum_ring_size: Some(UInt64Value { value: 0 }),
+            maximum_ring_size: Some(UInt64Value { value: 0 }),
+            ..Default::default()
+        })),
+        ..resources::cluster("c", CpPolicy::RingHash { min: 1, max: 2 })
+    };
+    assert_eq!(
+        lb_json(&legacy),
+        json!([{"ring_hash_experimental": {"minRingSize": 1024, "maxRingSize": 4096}}])
+    );
+    // Above 8M still NACKs.
+    assert!(cds(&with_policies(vec![typed(ring_hash(1, Some(9 << 20)))])).is_err());
+}
+
+/// grpc-go `outlierConfigFromCluster`: percentages above 100 and negative durations NACK.
+#[test]
+fn outlier_detection_out_of_range_is_nacked() {
+    let od = |f: fn(&mut OutlierDetection)| {
+        let mut o = OutlierDetection::default();
+        f(&mut o);
+        Cluster {
+            outlier_detection: Some(o),
+            ..resources::cluster("c", CpPolicy::RoundRobin)
+        }
+    };
+    assert!(cds(&od(|o| o.max_ejection_percent = Some(UInt32Value { value: 150 }))).is_err());
+    assert!(cds(&od(
+        |o| o.enforcing_success_rate = Some(UInt32Value { value: 101 })
+    ))
+    .is_err());
+    assert!(cds(&od(
+        |o| o.failure_percentage_threshold = Some(UInt32Value { value: 101 })
+    ))
+    .is_err());
+    assert!(cds(&od(
+        |o| o.enforcing_failure_percentage = Some(UInt32Value { value: 101 })
+    ))
+    .is_err());
+    assert!(cds(&od(|o| {
+        o.interval = Some(PbDuration {
+            seconds: -1,
+            nanos: 0,
+        })
+    }))
+    .is_err());
+    assert!(cds(&od(|o| o.max_ejection_percent = Some(UInt32Value { value: 100 }))).is_ok());
+}
+
+/// Envoy: a Maglev table size is a prime of at most 5000011; pickwise used to ACK a non-prime
+/// and fall back to another policy at runtime.
+#[test]
+fn maglev_table_size_must_be_prime() {
+    assert!(cds(&resources::cluster("c", CpPolicy::Maglev(65_536))).is_err());
+    assert!(cds(&resources::cluster("c", CpPolicy::Maglev(5_000_023))).is_err());
+    assert!(cds(&resources::cluster("c", CpPolicy::Maglev(65_537))).is_ok());
+    let typed_maglev = |size| {
+        with_policies(vec![typed(resources::any(&lbp::maglev::v3::Maglev {
+            table_size: Some(UInt64Value { value: size }),
+            ..Default::default()
+        }))])
+    };
+    assert!(cds(&typed_maglev(1000)).is_err());
+    assert!(cds(&typed_maglev(1009)).is_ok());
+}
+
+/// grpc-go NACKs a least-request choice count below 2.
+#[test]
+fn least_request_choice_count_below_two_is_nacked() {
+    let c = with_policies(vec![typed(resources::any(
+        &lbp::least_request::v3::LeastRequest {
+            choice_count: Some(UInt32Value { value: 1 }),
+            ..Default::default()
+        },
+    ))]);
+    assert!(cds(&c).is_err());
+}
+
+// ===== LDS: HTTP filters (gRFC A39) =====
+
+fn filter(name: &str, type_url: &str, optional: bool) -> HttpFilter {
+    HttpFilter {
+        name: name.into(),
+        config_type: Some(ConfigType::TypedConfig(Any {
+            type_url: type_url.into(),
+            value: vec![],
+        })),
+        is_optional: optional,
+        ..HttpFilter::default()
+    }
+}
+
+const ROUTER: &str = "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router";
+const FAULT: &str = "type.googleapis.com/envoy.extensions.filters.http.fault.v3.HTTPFault";
+const RBAC: &str = "type.googleapis.com/envoy.extensions.filters.http.rbac.v3.RBAC";
+const UNKNOWN: &str = "type.googleapis.com/example.filters.Unknown";
+
+fn listener_with(filters: Vec<HttpFilter>) -> Listener {
+    let mut l = resources::listener("greeter", "routes");
+    let api = l.api_listener.as_mut().unwrap().api_listener.as_mut().unwrap();
+    let mut hcm = HttpConnectionManager::decode(api.value.as_slice()).unwrap();
+    hcm.http_filters = filters;
+    *api = resources::any(&hcm);
+    l
+}
+
+#[test]
+fn http_filters_are_validated_like_grpc_go() {
+    let ok = |f: Vec<HttpFilter>| lds(&listener_with(f)).map(|_| ());
+    assert!(ok(vec![filter("router", ROUTER, false)]).is_ok());
+    assert!(ok(vec![
+        filter("fault", FAULT, false),
+        filter("router", ROUTER, false)
+    ])
+    .is_ok());
+    // An unknown optional filter is skipped; a required one NACKs.
+    assert!(ok(vec![filter("x", UNKNOWN, true), filter("router", ROUTER, false)]).is_ok());
+    assert!(ok(vec![filter("x", UNKNOWN, false), filter("router", ROUTER, false)]).is_err());
+    // RBAC is a server-side filter.
+    assert!(ok(vec![filter("rbac", RBAC, false), filter("router", ROUTER, false)]).is_err());
+    assert!(ok(vec![filter("rbac", RBAC, true), filter("router", ROUTER, false)]).is_ok());
+    // The router must be last, and present.
+    assert!(ok(vec![
+        filter("router", ROUTER, false),
+        filter("fault", FAULT, false)
+    ])
+    .is_err());
+    assert!(ok(vec![filter("fault", FAULT, false)]).is_err());
+    assert!(ok(vec![]).is_err());
+    // Names are required and unique.
+    assert!(ok(vec![filter("", ROUTER, false)]).is_err());
+    assert!(ok(vec![filter("a", FAULT, false), filter("a", ROUTER, false)]).is_err());
+}
+
+/// grpc-go `processClientSideListener`: RDS must come from ADS (or self).
+#[test]
+fn rds_config_source_must_be_ads() {
+    let mut l = resources::listener("greeter", "routes");
+    let api = l.api_listener.as_mut().unwrap().api_listener.as_mut().unwrap();
+    let mut hcm = HttpConnectionManager::decode(api.value.as_slice()).unwrap();
+    if let Some(RouteSpecifier::Rds(rds)) = &mut hcm.route_specifier {
+        rds.config_source = None;
+    }
+    *api = resources::any(&hcm);
+    assert!(lds(&l).is_err());
+}
