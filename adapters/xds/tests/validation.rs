@@ -295,3 +295,81 @@ fn rds_config_source_must_be_ads() {
     *api = resources::any(&hcm);
     assert!(lds(&l).is_err());
 }
+
+// ===== RDS: retry policy (gRFC A44) and filter overrides (gRFC A39) =====
+
+fn route_config_with(
+    edit: impl FnOnce(&mut envoy_types::pb::envoy::config::route::v3::RouteConfiguration),
+) -> Result<Resource, String> {
+    let mut rc = resources::route_config("rc", "greeter", "backends");
+    edit(&mut rc);
+    decode(ResourceType::RouteConfiguration, &rc)
+}
+
+fn route_action(
+    rc: &mut envoy_types::pb::envoy::config::route::v3::RouteConfiguration,
+) -> &mut envoy_types::pb::envoy::config::route::v3::RouteAction {
+    match &mut rc.virtual_hosts[0].routes[0].action {
+        Some(envoy_types::pb::envoy::config::route::v3::route::Action::Route(ra)) => ra,
+        _ => unreachable!("route_config builds a route action"),
+    }
+}
+
+/// grpc-go `generateRetryConfig`: num_retries below 1 and a non-positive backoff interval NACK,
+/// on routes and virtual hosts.
+#[test]
+fn invalid_retry_policies_are_nacked() {
+    use envoy_types::pb::envoy::config::route::v3::{retry_policy::RetryBackOff, RetryPolicy};
+    let policy = |n: Option<u32>, base_ms: Option<i32>| RetryPolicy {
+        retry_on: "unavailable".into(),
+        num_retries: n.map(|value| UInt32Value { value }),
+        retry_back_off: base_ms.map(|ms| RetryBackOff {
+            base_interval: Some(PbDuration {
+                seconds: 0,
+                nanos: ms * 1_000_000,
+            }),
+            max_interval: None,
+        }),
+        ..RetryPolicy::default()
+    };
+    assert!(route_config_with(|rc| route_action(rc).retry_policy = Some(policy(Some(2), Some(25)))).is_ok());
+    assert!(route_config_with(|rc| route_action(rc).retry_policy = Some(policy(None, None))).is_ok());
+    assert!(route_config_with(|rc| route_action(rc).retry_policy = Some(policy(Some(0), None))).is_err());
+    assert!(route_config_with(|rc| route_action(rc).retry_policy = Some(policy(Some(1), Some(0)))).is_err());
+    assert!(route_config_with(|rc| rc.virtual_hosts[0].retry_policy = Some(policy(Some(0), None))).is_err());
+}
+
+/// grpc-go `processHTTPFilterOverrides`: an override of an unknown filter type NACKs unless
+/// wrapped in a `FilterConfig` with `is_optional`; the router takes no override.
+#[test]
+fn filter_overrides_are_validated() {
+    use envoy_types::pb::envoy::config::route::v3::FilterConfig;
+    let raw = |url: &str| Any {
+        type_url: url.into(),
+        value: vec![],
+    };
+    let optional = |url: &str| {
+        resources::any(&FilterConfig {
+            config: Some(raw(url)),
+            is_optional: true,
+            disabled: false,
+        })
+    };
+    let with_override = |any: Any| {
+        route_config_with(move |rc| {
+            rc.virtual_hosts[0].routes[0]
+                .typed_per_filter_config
+                .insert("f".into(), any);
+        })
+    };
+    assert!(with_override(raw(FAULT)).is_ok());
+    assert!(with_override(raw(UNKNOWN)).is_err());
+    assert!(with_override(optional(UNKNOWN)).is_ok());
+    assert!(with_override(raw(ROUTER)).is_err());
+    let on_vhost = route_config_with(|rc| {
+        rc.virtual_hosts[0]
+            .typed_per_filter_config
+            .insert("f".into(), raw(UNKNOWN));
+    });
+    assert!(on_vhost.is_err());
+}

@@ -171,6 +171,46 @@ fn http_filters(filters: &[HttpFilter]) -> Result<(), Invalid> {
     Ok(())
 }
 
+const FILTER_CONFIG: &str = "type.googleapis.com/envoy.config.route.v3.FilterConfig";
+
+/// gRFC A39 per-route overrides (`typed_per_filter_config` of a virtual host, route or weighted
+/// cluster), as grpc-go's `processHTTPFilterOverrides`: a `FilterConfig` wrapper may mark one
+/// optional; an unknown, non-optional type NACKs; the router takes no override. Overrides are
+/// validated, not applied (pickwise applies no HTTP filter).
+pub(super) fn filter_overrides<'a>(
+    overrides: impl IntoIterator<Item = (&'a String, &'a Any)>,
+) -> Result<(), Invalid> {
+    use envoy_types::pb::envoy::config::route::v3::FilterConfig;
+    for (name, any) in overrides {
+        let (config, optional) = if any.type_url == FILTER_CONFIG {
+            let fc = FilterConfig::decode(any.value.as_slice())
+                .map_err(|e| format!("filter override {name:?}: cannot decode FilterConfig: {e}"))?;
+            if fc.disabled {
+                continue;
+            }
+            (fc.config.unwrap_or_default(), fc.is_optional)
+        } else {
+            (any.clone(), false)
+        };
+        let type_url = filter_type(&config).map_err(|e| format!("filter override {name:?}: {e}"))?;
+        match type_url.as_str() {
+            ROUTER => {
+                return Err(format!(
+                    "filter override {name:?}: the router takes no config override"
+                ))
+            }
+            FAULT | RBAC | RBAC_PER_ROUTE => {}
+            _ if optional => {}
+            other => {
+                return Err(format!(
+                    "filter override {name:?}: no implementation for {other:?}"
+                ))
+            }
+        }
+    }
+    Ok(())
+}
+
 /// A filter config's type, unwrapping `TypedStruct`.
 fn filter_type(any: &Any) -> Result<String, Invalid> {
     if any.type_url == TYPED_STRUCT_V1 || any.type_url == TYPED_STRUCT_V3 {

@@ -245,6 +245,9 @@ impl PartialEq for HashSource {
 pub(super) fn validate(rc: &RouteConfiguration) -> Result<RouteConfig, Invalid> {
     let mut virtual_hosts = Vec::with_capacity(rc.virtual_hosts.len());
     for vh in &rc.virtual_hosts {
+        retry_policy(vh.retry_policy.as_ref()).map_err(|e| format!("virtual host {:?}: {e}", vh.name))?;
+        super::listener::filter_overrides(&vh.typed_per_filter_config)
+            .map_err(|e| format!("virtual host {:?}: {e}", vh.name))?;
         let mut routes = Vec::new();
         for r in &vh.routes {
             if let Some(route) =
@@ -363,6 +366,9 @@ fn route(r: &envoy_types::pb::envoy::config::route::v3::Route) -> Result<Option<
                     let mut sum: u64 = 0;
                     for c in &w.clusters {
                         let weight = c.weight.map_or(0, |w| w.value);
+                        if weight > 0 {
+                            super::listener::filter_overrides(&c.typed_per_filter_config)?;
+                        }
                         sum += u64::from(weight);
                         if weight > 0 {
                             out.push(ClusterWeight {
@@ -387,6 +393,10 @@ fn route(r: &envoy_types::pb::envoy::config::route::v3::Route) -> Result<Option<
         Some(Action::FilterAction(_)) => RouteAction::Unsupported("filter action".into()),
         None => return Err("no action".into()),
     };
+    if let Some(Action::Route(ra)) = &r.action {
+        retry_policy(ra.retry_policy.as_ref())?;
+    }
+    super::listener::filter_overrides(&r.typed_per_filter_config)?;
     // gRFC A31 (grpc-go unmarshal_rds.go): grpc_timeout_header_max wins over
     // max_stream_duration.
     let max_stream_duration = match &r.action {
@@ -408,6 +418,28 @@ fn route(r: &envoy_types::pb::envoy::config::route::v3::Route) -> Result<Option<
         hash_policies,
         max_stream_duration,
     }))
+}
+
+/// gRFC A44 as grpc-go's `generateRetryConfig` validates it: `num_retries` at least 1, backoff
+/// intervals positive. Retries are not applied (see docs/xds.md).
+fn retry_policy(rp: Option<&envoy_types::pb::envoy::config::route::v3::RetryPolicy>) -> Result<(), Invalid> {
+    let Some(rp) = rp else {
+        return Ok(());
+    };
+    if let Some(n) = rp.num_retries.map(|v| v.value).filter(|n| *n < 1) {
+        return Err(format!("retry_policy.num_retries = {n}; must be >= 1"));
+    }
+    let positive =
+        |d: &envoy_types::pb::google::protobuf::Duration| d.seconds > 0 || (d.seconds == 0 && d.nanos > 0);
+    if let Some(b) = &rp.retry_back_off {
+        if !b.base_interval.as_ref().is_some_and(positive) {
+            return Err("retry_policy.retry_back_off.base_interval must be > 0".into());
+        }
+        if b.max_interval.as_ref().is_some_and(|d| !positive(d)) {
+            return Err("retry_policy.retry_back_off.max_interval must be > 0".into());
+        }
+    }
+    Ok(())
 }
 
 /// A `safe_regex`, anchored as grpc-go's `CompileSafeRegex` (internal/xds/matcher/
