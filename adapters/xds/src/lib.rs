@@ -38,8 +38,10 @@
 //!
 //! Not supported yet (NACKed or documented): aggregate and logical-DNS clusters, TLS to the
 //! control plane or to endpoints from xDS (`channel_creds` other than `insecure`), federation
-//! (`xdstp://`), HTTP filters (fault injection, RBAC), retries and timeouts from routes,
-//! load reporting (LRS), `pick_first` and weighted round robin (skipped in a policy list).
+//! (`xdstp://`), HTTP filters beyond validation (gRFC A39: fault injection is accepted, not
+//! applied), retries from routes (gRFC A44: validated, not applied), load reporting (LRS),
+//! `pick_first` and weighted round robin (skipped in a policy list). Route and listener
+//! `max_stream_duration` (gRFC A31) bound each RPC's deadline.
 #![forbid(unsafe_code)]
 #![deny(missing_docs)]
 
