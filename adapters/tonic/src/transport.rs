@@ -30,6 +30,8 @@ pub(crate) struct ConnWatch {
     /// The server sent GOAWAY: the connection takes no new streams (it finishes the others).
     away: AtomicBool,
     away_notify: Notify,
+    /// The connector has made its connection: it makes no other (see [`WatchConnector`]).
+    used: AtomicBool,
 }
 
 impl ConnWatch {
@@ -108,6 +110,12 @@ impl std::fmt::Debug for Tls {
 }
 
 /// TCP connector (nodelay) whose sockets report closing to a [`ConnWatch`].
+///
+/// It connects once. tonic's `Channel` would otherwise re-establish a lost or drained
+/// connection in place on the next request, unseen by the subchannel (a second connection to
+/// the endpoint, outside its state and generation); refused, the request fails with a
+/// `ConnectError` before it is sent, and is retried transparently on the subchannel's
+/// replacement connection.
 #[derive(Clone, Debug)]
 pub(crate) struct WatchConnector {
     pub(crate) watch: Arc<ConnWatch>,
@@ -125,6 +133,11 @@ impl tower_service::Service<Uri> for WatchConnector {
     }
 
     fn call(&mut self, uri: Uri) -> Self::Future {
+        if self.watch.used.swap(true, Ordering::AcqRel) {
+            return Box::pin(async {
+                Err("pickwise: the subchannel replaces its connection; not reconnecting in place".into())
+            });
+        }
         let watch = self.watch.clone();
         #[cfg(feature = "tls")]
         let tls = self.tls.clone();
