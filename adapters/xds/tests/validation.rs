@@ -373,3 +373,72 @@ fn filter_overrides_are_validated() {
     });
     assert!(on_vhost.is_err());
 }
+
+// ===== Names, config sources, cluster specifiers =====
+
+/// grpc-go: "empty resource name in ... resource" for every type.
+#[test]
+fn empty_resource_names_are_nacked() {
+    assert!(lds(&resources::listener("", "routes")).is_err());
+    assert!(decode(
+        ResourceType::RouteConfiguration,
+        &resources::route_config("", "greeter", "c")
+    )
+    .is_err());
+    assert!(cds(&resources::cluster("", CpPolicy::RoundRobin)).is_err());
+    assert!(eds(&resources::endpoints(
+        "",
+        &[Locality::new(1, 0, &["127.0.0.1:1"])]
+    ))
+    .is_err());
+}
+
+/// grpc-go `validateClusterAndConstructClusterUpdate`: an EDS cluster's `eds_config` is ADS or
+/// self.
+#[test]
+fn eds_config_source_must_be_ads() {
+    let mut c = resources::cluster("c", CpPolicy::RoundRobin);
+    c.eds_cluster_config.as_mut().unwrap().eds_config = None;
+    assert!(cds(&c).is_err());
+    c.eds_cluster_config = None;
+    assert!(cds(&c).is_err());
+}
+
+/// grpc-go `routesProtoToSlice`: a route action without a cluster specifier is skipped, not
+/// NACKed; a cluster specifier plugin the configuration does not define NACKs, an optional one
+/// skips the route.
+#[test]
+fn cluster_specifiers_follow_grpc_go() {
+    use envoy_types::pb::envoy::config::core::v3::TypedExtensionConfig;
+    use envoy_types::pb::envoy::config::route::v3::{route_action::ClusterSpecifier, ClusterSpecifierPlugin};
+    let routes = |r: Result<Resource, String>| match r {
+        Ok(Resource::RouteConfiguration(rc)) => Ok(rc.virtual_hosts[0].routes.len()),
+        Ok(other) => panic!("{other:?}"),
+        Err(e) => Err(e),
+    };
+    assert_eq!(
+        routes(route_config_with(|rc| route_action(rc).cluster_specifier = None)),
+        Ok(0)
+    );
+    let plugin = |rc: &mut envoy_types::pb::envoy::config::route::v3::RouteConfiguration| {
+        route_action(rc).cluster_specifier = Some(ClusterSpecifier::ClusterSpecifierPlugin("rls".into()));
+    };
+    assert!(route_config_with(plugin).is_err());
+    let defined = |optional: bool| {
+        route_config_with(move |rc| {
+            plugin(rc);
+            rc.cluster_specifier_plugins = vec![ClusterSpecifierPlugin {
+                extension: Some(TypedExtensionConfig {
+                    name: "rls".into(),
+                    typed_config: Some(Any {
+                        type_url: "type.googleapis.com/grpc.lookup.v1.RouteLookupClusterSpecifier".into(),
+                        value: vec![],
+                    }),
+                }),
+                is_optional: optional,
+            }];
+        })
+    };
+    assert_eq!(routes(defined(true)), Ok(0));
+    assert!(defined(false).is_err());
+}

@@ -59,6 +59,10 @@ pub(super) fn validate(c: &Cluster) -> Result<ClusterConfig, Invalid> {
         }
         None => return Err("no cluster type (only EDS is supported)".into()),
     }
+    // grpc-go: "CDS's EDS config source is not ADS or Self".
+    if !super::listener::ads_or_self(c.eds_cluster_config.as_ref().and_then(|e| e.eds_config.as_ref())) {
+        return Err("the EDS config source is not ADS or self".into());
+    }
     let eds_service_name = c
         .eds_cluster_config
         .as_ref()

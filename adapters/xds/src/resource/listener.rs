@@ -97,7 +97,8 @@ pub(super) fn validate(l: &Listener) -> Result<ListenerConfig, Invalid> {
     })
 }
 
-fn ads_or_self(source: Option<&ConfigSource>) -> bool {
+/// Whether a config source is ADS or self (the only ones gRPC follows).
+pub(super) fn ads_or_self(source: Option<&ConfigSource>) -> bool {
     matches!(
         source.and_then(|s| s.config_source_specifier.as_ref()),
         Some(ConfigSourceSpecifier::Ads(_) | ConfigSourceSpecifier::Self_(_))

@@ -148,6 +148,13 @@ pub fn decode_bytes(ty: ResourceType, bytes: &[u8]) -> Result<(String, Resource)
         }
     }
     fn named<T>(name: &str, r: Result<T, Invalid>) -> Result<(String, T), InvalidResource> {
+        // grpc-go: "empty resource name in ... resource" (nothing to attribute it to).
+        if name.is_empty() {
+            return Err(InvalidResource {
+                name: None,
+                reason: "empty resource name".into(),
+            });
+        }
         match r {
             Ok(v) => Ok((name.to_owned(), v)),
             Err(reason) => Err(InvalidResource {

@@ -243,6 +243,22 @@ impl PartialEq for HashSource {
 }
 
 pub(super) fn validate(rc: &RouteConfiguration) -> Result<RouteConfig, Invalid> {
+    // grpc-go `processClusterSpecifierPlugins`: pickwise implements no cluster specifier plugin,
+    // so a required one NACKs and an optional one is known by name (its routes are skipped).
+    let mut optional_plugins = std::collections::HashSet::new();
+    for p in &rc.cluster_specifier_plugins {
+        let ext = p.extension.as_ref();
+        let name = ext.map_or("", |e| e.name.as_str());
+        if !p.is_optional {
+            let type_url = ext
+                .and_then(|e| e.typed_config.as_ref())
+                .map_or("", |t| t.type_url.as_str());
+            return Err(format!(
+                "cluster specifier plugin {name:?} of type {type_url:?} is not supported"
+            ));
+        }
+        optional_plugins.insert(name);
+    }
     let mut virtual_hosts = Vec::with_capacity(rc.virtual_hosts.len());
     for vh in &rc.virtual_hosts {
         retry_policy(vh.retry_policy.as_ref()).map_err(|e| format!("virtual host {:?}: {e}", vh.name))?;
@@ -250,8 +266,8 @@ pub(super) fn validate(rc: &RouteConfiguration) -> Result<RouteConfig, Invalid> 
             .map_err(|e| format!("virtual host {:?}: {e}", vh.name))?;
         let mut routes = Vec::new();
         for r in &vh.routes {
-            if let Some(route) =
-                route(r).map_err(|e| format!("virtual host {:?}, route {:?}: {e}", vh.name, r.name))?
+            if let Some(route) = route(r, &optional_plugins)
+                .map_err(|e| format!("virtual host {:?}, route {:?}: {e}", vh.name, r.name))?
             {
                 routes.push(route);
             }
@@ -267,7 +283,10 @@ pub(super) fn validate(rc: &RouteConfiguration) -> Result<RouteConfig, Invalid> 
 /// A route, `None` if gRPC ignores it (query parameter matchers, A28).
 // The deprecated header matchers are still what control planes send; gRPC honours them.
 #[allow(deprecated)]
-fn route(r: &envoy_types::pb::envoy::config::route::v3::Route) -> Result<Option<Route>, Invalid> {
+fn route(
+    r: &envoy_types::pb::envoy::config::route::v3::Route,
+    optional_plugins: &std::collections::HashSet<&str>,
+) -> Result<Option<Route>, Invalid> {
     let m = r.r#match.as_ref().ok_or("no match")?;
     if !m.query_parameters.is_empty() {
         return Ok(None);
@@ -354,13 +373,11 @@ fn route(r: &envoy_types::pb::envoy::config::route::v3::Route) -> Result<Option<
                 });
             }
             match &ra.cluster_specifier {
-                Some(ClusterSpecifier::Cluster(c)) if !c.is_empty() => {
-                    RouteAction::Clusters(vec![ClusterWeight {
-                        name: c.clone(),
-                        weight: 1,
-                    }])
-                }
-                Some(ClusterSpecifier::Cluster(_)) => return Err("empty cluster name".into()),
+                // grpc-go accepts any cluster name here, empty included.
+                Some(ClusterSpecifier::Cluster(c)) => RouteAction::Clusters(vec![ClusterWeight {
+                    name: c.clone(),
+                    weight: 1,
+                }]),
                 Some(ClusterSpecifier::WeightedClusters(w)) => {
                     let mut out = Vec::new();
                     let mut sum: u64 = 0;
@@ -382,9 +399,18 @@ fn route(r: &envoy_types::pb::envoy::config::route::v3::Route) -> Result<Option<
                     }
                     RouteAction::Clusters(out)
                 }
-                Some(ClusterSpecifier::ClusterHeader(_)) => return Ok(None), // A28: ignored
-                Some(_) => return Err("cluster specifier plugins are not supported".into()),
-                None => return Err("route action without a cluster".into()),
+                // grpc-go `routesProtoToSlice`: a plugin the configuration does not define NACKs;
+                // an optional, unsupported one skips the route.
+                Some(ClusterSpecifier::ClusterSpecifierPlugin(name)) => {
+                    if optional_plugins.contains(name.as_str()) {
+                        return Ok(None);
+                    }
+                    return Err(format!(
+                        "cluster specifier plugin {name:?} is not in the route configuration"
+                    ));
+                }
+                // A28: cluster_header, an unset or unknown specifier: the route is ignored.
+                Some(_) | None => return Ok(None),
             }
         }
         Some(Action::NonForwardingAction(_)) => RouteAction::Unsupported("non-forwarding action".into()),
