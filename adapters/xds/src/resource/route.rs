@@ -98,7 +98,7 @@ impl PathMatch {
     }
 }
 
-/// `r` is anchored (`^(?:re)$`, see [`regex`]), so any match is a full match; a leftmost-first
+/// `r` is anchored (`^(?:re)$`, see [`regex()`]), so any match is a full match; a leftmost-first
 /// search would take `v1` in `v1|v10` and miss `v10`.
 fn full_match(r: &regex::Regex, s: &str) -> bool {
     r.is_match(s)
