@@ -406,6 +406,8 @@ async fn renamed_route_configuration_that_never_arrives_fails_after_the_timer() 
 /// it forwards every connection to `upstream`.
 struct Gate {
     addr: SocketAddr,
+    /// Whether a connect to it hangs (the accept queue is full and SYNs are dropped).
+    holds: bool,
     open: Arc<tokio::sync::Notify>,
     _fillers: Vec<tokio::net::TcpStream>,
     task: tokio::task::JoinHandle<()>,
@@ -419,11 +421,16 @@ impl Gate {
         let addr = listener.local_addr().unwrap();
         // Fill the accept queue: the first connect that does not complete shows it is full.
         let mut fillers = Vec::new();
+        let mut holds = false;
         for _ in 0..16 {
-            match tokio::time::timeout(Duration::from_millis(300), tokio::net::TcpStream::connect(addr)).await
-            {
+            let connect = tokio::net::TcpStream::connect(addr);
+            match tokio::time::timeout(Duration::from_millis(300), connect).await {
                 Ok(Ok(s)) => fillers.push(s),
-                _ => break,
+                Ok(Err(_)) => break,
+                Err(_) => {
+                    holds = true;
+                    break;
+                }
             }
         }
         let open = Arc::new(tokio::sync::Notify::new());
@@ -446,6 +453,7 @@ impl Gate {
         });
         Self {
             addr,
+            holds,
             open,
             _fillers: fillers,
             task,
@@ -470,6 +478,11 @@ async fn removing_a_cluster_lets_its_queued_rpcs_finish() {
     let _g = serial().await;
     let (b, addrs) = backends(2);
     let gate = Gate::start(b[0].addr).await;
+    if !gate.holds {
+        // tcp_abort_on_overflow, or a kernel that queues more: no way to hold a connect here.
+        eprintln!("skipped: a full accept queue does not hold connects on this host");
+        return;
+    }
     let cp = control_plane(&[gate.addr.to_string()]).await;
     cp.set(resources::cluster("other", resources::Policy::RoundRobin));
     cp.set(resources::endpoints(
