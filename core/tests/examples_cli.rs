@@ -1,5 +1,6 @@
-//! The core's examples as users run them: `route` reproduces Envoy's `Basic` golden vector;
-//! every example's `--help` exits 0 and bad input exits 2.
+//! The core's examples as users run them: `route` reproduces Envoy's `Basic` golden vector,
+//! `simulate` and `fleet` run small scenarios; every example's `--help` exits 0 and bad input
+//! exits 2.
 
 use std::path::PathBuf;
 use std::process::Command;
@@ -100,6 +101,60 @@ fn simulate_help_and_bad_arguments() {
     ] {
         let out = example("simulate").args(bad).output().unwrap();
         assert_eq!(out.status.code(), Some(2), "{bad:?}");
+    }
+}
+
+/// A short real run (4 endpoints, 3,000 requests): one JSON row per policy, every request
+/// accounted for, the same output for the same seed, and the figures the README draws from it:
+/// endpoint 1 fails half its requests, and the least-request policies send less to the slow
+/// endpoint 0 than random does.
+#[test]
+fn simulate_runs_every_policy() {
+    let run = || {
+        let out = example("simulate")
+            .args(["--seed", "7", "--endpoints", "4", "--requests", "3000", "--json"])
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        String::from_utf8(out.stdout).unwrap()
+    };
+    let text = run();
+    assert_eq!(text, run(), "deterministic per seed");
+    let rows: Vec<&str> = text.lines().collect();
+    let policies = [
+        "random",
+        "round-robin",
+        "least-request",
+        "peak-ewma",
+        "go-zero",
+        "ring",
+        "ring-bounded",
+        "ring-affinity",
+    ];
+    assert_eq!(rows.len(), policies.len(), "{text}");
+    let num = |row: &str, name: &str| -> f64 {
+        let at = row
+            .find(&format!("\"{name}\":"))
+            .unwrap_or_else(|| panic!("{name} in {row}"));
+        let rest = &row[at + name.len() + 3..];
+        rest[..rest.find([',', '}']).unwrap()].parse().unwrap()
+    };
+    let share0 = |row: &str| num(&row[row.find("\"share\"").unwrap() + 9..], "0");
+    for (row, policy) in rows.iter().zip(policies) {
+        assert!(row.starts_with(&format!("{{\"policy\":\"{policy}\"")), "{row}");
+        assert_eq!(num(row, "requests"), 3000.0, "{row}");
+        let failures = num(row, "failures");
+        assert!(failures > 0.0 && failures < 3000.0, "{row}");
+        let (p50, p99) = (num(row, "p50_ms"), num(row, "p99_ms"));
+        assert!(p50 >= 5.0 && p99 >= p50, "service time is at least 5 ms: {row}");
+    }
+    // Random spreads evenly: endpoint 1 gets ~1/4 and fails half of it.
+    let random = rows[0];
+    let failed = num(random, "failures") / 3000.0;
+    assert!((0.09..0.16).contains(&failed), "{random}");
+    assert!((0.20..0.30).contains(&share0(random)), "{random}");
+    for lr in [rows[2], rows[3]] {
+        assert!(share0(lr) < share0(random), "slow endpoint 0: {lr} vs {random}");
     }
 }
 

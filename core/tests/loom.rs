@@ -1,6 +1,6 @@
 //! Exhaustive interleavings (loom) of the ejection protocol: an ejection is published so that no
-//! concurrent pick can un-eject it, a late un-ejector never clears a newer ejection, and removal
-//! racing an ejection frees the slot exactly once.
+//! concurrent pick can un-eject it, a late un-ejector never clears a newer ejection, two failures
+//! racing to the threshold eject once, and removal racing an ejection frees the slot exactly once.
 //!
 //! `RUSTFLAGS="--cfg loom" cargo test -p pickwise --test loom --release` (CI runs it).
 #![cfg(loom)]
@@ -12,10 +12,14 @@ use pickwise::{EndpointState, InFlight, Outcome, OutlierConfig, Policy, Pool, Po
 const MS: u64 = 1_000_000;
 
 fn setup() -> (Arc<EndpointState>, Arc<Pool>) {
+    setup_with_threshold(1)
+}
+
+fn setup_with_threshold(consecutive_failures: u32) -> (Arc<EndpointState>, Arc<Pool>) {
     let pool = Pool::new(PoolConfig {
         policy: Policy::LeastRequest,
         outlier: OutlierConfig {
-            consecutive_failures: 1,
+            consecutive_failures,
             ..OutlierConfig::default()
         },
         ..PoolConfig::default()
@@ -40,6 +44,26 @@ fn a_concurrent_pick_never_unejects_a_fresh_ejection() {
         let _ = pool.is_available(&e, 10_001 * MS);
         assert!(ejector.join().unwrap());
         assert!(e.is_ejected(10_001 * MS));
+        assert_eq!(pool.ejected(), 1);
+    });
+}
+
+/// Envoy `CrossThreadFailRace`: the streak is one short of the threshold and two failures
+/// complete on two threads at once. Both reach the threshold; the endpoint is ejected exactly
+/// once (one reporter sees `ejected`, one slot taken).
+#[test]
+fn two_failures_racing_to_the_threshold_eject_once() {
+    loom::model(|| {
+        let (e, pool) = setup_with_threshold(2);
+        assert!(!fail(&e, &pool, 0));
+        // Both in flight before either completes, as in Envoy's test.
+        let a = InFlight::start(e.clone(), pool.clone(), MS);
+        let b = InFlight::start(e.clone(), pool.clone(), MS);
+        let t = thread::spawn(move || a.complete(2 * MS, Outcome::Failure).ejected);
+        let here = b.complete(2 * MS, Outcome::Failure).ejected;
+        let there = t.join().unwrap();
+        assert!(here ^ there, "ejected by both or by neither: {here} {there}");
+        assert!(e.is_ejected(2 * MS));
         assert_eq!(pool.ejected(), 1);
     });
 }
