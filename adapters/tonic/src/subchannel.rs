@@ -142,10 +142,11 @@ impl Subchannel {
     }
 
     /// A draining connection leaves: CONNECTING, without its channel, while the replacement
-    /// connects. The core's ready flag stays up until the replacement's outcome, so a pick from
-    /// a picker published before this (which still lists the old connection) is not refused
-    /// as if the endpoint had failed: it goes to the old connection, which refuses it, and the
-    /// request is retried transparently on the next picker.
+    /// connects. Unlike [`set`](Self::set) it leaves the endpoint's ready flag to the balancer
+    /// (which lowers it when it publishes the picker without this connection), so a pick from
+    /// the picker still in place is not refused as if the endpoint had failed (with one
+    /// endpoint: "all endpoints are failing"): it goes to the old connection, which refuses it
+    /// before sending, and the request is retried transparently on the next picker.
     fn set_draining(&self) {
         if let Ok(mut c) = self.channel.lock() {
             *c = None;
