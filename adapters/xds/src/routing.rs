@@ -193,37 +193,6 @@ mod tests {
         }
     }
 
-    /// grpc-go `xdsresource/matcher_test.go` `TestFindBestMatchingVirtualHost`, case for case:
-    /// virtual hosts with several domains, hosts matching more than one of them.
-    #[test]
-    fn grpc_go_find_best_matching_virtual_host() {
-        let hosts = [
-            vh(&["foo.bar.com"]),                      // oneExactMatch
-            vh(&["*.bar.com"]),                        // oneSuffixMatch
-            vh(&["foo.bar.*"]),                        // onePrefixMatch
-            vh(&["*"]),                                // oneUniversalMatch
-            vh(&["v2.foo.bar.com"]),                   // longExactMatch
-            vh(&["pi.foo.bar.com", "314.*", "*.159"]), // multipleMatch
-        ];
-        let cases = [
-            ("exact-match", "foo.bar.com", 0),
-            ("suffix-match", "123.bar.com", 1),
-            ("prefix-match", "foo.bar.org", 2),
-            ("universal-match", "abc.123", 3),
-            ("long-exact-match", "v2.foo.bar.com", 4),
-            // Suffix "*.bar.com" and exact "pi.foo.bar.com": exact wins.
-            ("multiple-match-exact", "pi.foo.bar.com", 5),
-            // Suffix "*.159" and prefix "foo.bar.*": suffix wins.
-            ("multiple-match-suffix", "foo.bar.159", 5),
-            // Suffix "*.bar.com" and prefix "314.*": suffix wins.
-            ("multiple-match-prefix", "314.bar.com", 1),
-        ];
-        for (name, host, want) in cases {
-            let got = virtual_host(&hosts, host).map(|v| v as *const VirtualHost);
-            assert_eq!(got, Some(&hosts[want] as *const VirtualHost), "{name}: {host}");
-        }
-    }
-
     #[test]
     fn weighted_clusters_split_by_weight() {
         let cs = [
