@@ -4,12 +4,19 @@
 //! backend 3 is killed halfway through each run and restarted at three quarters), then, for each
 //! selection in turn, a Pingora proxy in front of them (TCP health checks every 200 ms, refused
 //! connects retried), drives load through it at fixed concurrency and prints requests/s,
-//! p50/p99, errors and the share per backend.
+//! p50/p99, errors and the share per backend (counted by the backend the proxy chose, so
+//! `--targets` backends count too).
 //!
 //! ```text
 //! cargo run --release -p pickwise-pingora --example proxy -- [--policy NAME]... [--duration SECS]
 //!     [--concurrency N] [--targets host:port,...] [--healthy] [--h2c] [--json]
+//!     [--dead N] [--fail-percent P]
 //! ```
+//!
+//! The two scenarios of issue 16: `--healthy --backends 3 --dead 2 --concurrency 32` (three live
+//! backends and two dead addresses; health checks mark them down), and
+//! `--healthy --fail-percent 30 --concurrency 32` (the last embedded backend answers 30% of
+//! requests with a fast 503).
 //!
 //! Selections: `p2c-peak-ewma`, `p2c-least-request`, `ring-hash` and `maglev` (pickwise, keyed by
 //! an `x-key` header drawn from 1,000 users), `pingora-round-robin`, `pingora-ketama` (Pingora's
@@ -68,6 +75,33 @@ struct Args {
     /// One JSON object per selection instead of the table.
     #[arg(long)]
     json: bool,
+    /// Embedded backends to start with `--healthy` (without it: 4, one slow, one killed).
+    #[arg(long, default_value_t = 4, value_parser = clap::value_parser!(u64).range(1..=64), requires = "healthy")]
+    backends: u64,
+    /// Add this many dead addresses (loopback ports nothing listens on) to the backends.
+    #[arg(long, default_value_t = 0, value_parser = clap::value_parser!(u64).range(0..=64))]
+    dead: u64,
+    /// The last embedded backend answers this percentage of requests with a fast 503.
+    #[arg(long, value_parser = clap::value_parser!(u64).range(0..=100), conflicts_with_all = ["targets", "h2c"])]
+    fail_percent: Option<u64>,
+}
+
+/// A loopback address nothing listens on (bound, then released): connections are refused.
+fn dead_addr() -> String {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.to_string())
+        .unwrap_or_else(|_| "127.0.0.1:9".to_string())
+}
+
+/// The `ip:port` the proxy reports for `target` (what discovery resolves it to).
+fn resolved(target: &str) -> String {
+    use std::net::ToSocketAddrs;
+    target
+        .to_socket_addrs()
+        .ok()
+        .and_then(|mut a| a.next())
+        .map_or_else(|| target.to_string(), |a| a.to_string())
 }
 
 fn selection(name: &str) -> (Selection, bool) {
@@ -156,11 +190,12 @@ fn main() {
         .build()
         .expect("runtime");
     let backends: Arc<Mutex<Vec<Local>>> = Arc::new(Mutex::new(Vec::new()));
-    let targets = match &args.targets {
+    let mut targets = match &args.targets {
         Some(t) => t.clone(),
         None => {
             let mut b = backends.lock().unwrap();
-            *b = (0..4)
+            let count = if args.healthy { args.backends } else { 4 };
+            *b = (0..count)
                 .map(|_| {
                     if args.h2c {
                         Local::Grpc(grpc_backend::Backend::start())
@@ -172,17 +207,33 @@ fn main() {
             if !args.healthy {
                 b[1].set_delay(20);
             }
+            if let (Some(pct), Some(Local::Http(last))) = (args.fail_percent, b.last()) {
+                last.set_fail_percent(pct);
+            }
             b.iter().map(Local::addr).collect()
         }
     };
+    targets.extend((0..args.dead).map(|_| dead_addr()));
+    // Shares are counted by the backend the proxy chose, reported as `ip:port`.
+    let reported: Vec<String> = targets.iter().map(|t| resolved(t)).collect();
     if !args.json {
         match &args.targets {
             Some(_) => println!("targets: {}", targets.join(", ")),
-            None if args.healthy => println!("4 equal local backends: {}", targets.join(", ")),
+            None if args.healthy => println!(
+                "{} equal local backends: {}",
+                args.backends,
+                targets.join(", ")
+            ),
             None => println!(
                 "4 local backends: {} (backend 1 +20 ms; backend 3 killed at 1/2 of each run, restarted at 3/4)",
                 targets.join(", ")
             ),
+        }
+        if args.dead > 0 {
+            println!("{} dead addresses among them (nothing listens)", args.dead);
+        }
+        if let Some(pct) = args.fail_percent {
+            println!("the last embedded backend answers {pct}% of requests with a fast 503");
         }
         println!(
             "{} in flight, {:.1} s per selection\n",
@@ -232,11 +283,12 @@ fn main() {
         if args.json {
             let per: Vec<String> = targets
                 .iter()
-                .map(|t| {
+                .zip(&reported)
+                .map(|(t, k)| {
                     format!(
                         "{}:{}",
                         json_string(t),
-                        report.per_backend.get(t).copied().unwrap_or(0)
+                        report.per_backend.get(k).copied().unwrap_or(0)
                     )
                 })
                 .collect();
@@ -251,12 +303,13 @@ fn main() {
                 per.join(",")
             );
         } else {
-            let shares: Vec<String> = targets
+            let shares: Vec<String> = reported
                 .iter()
-                .map(|t| format!("{:.1}%", 100.0 * report.share(t)))
+                .map(|k| format!("{:.1}%", 100.0 * report.share(k)))
                 .collect();
+            let error_pct = 100.0 * report.errors as f64 / (report.requests + report.errors).max(1) as f64;
             println!(
-                "| {name} | {rps:.0} | {:.2} | {:.2} | {} | {} |",
+                "| {name} | {rps:.0} | {:.2} | {:.2} | {} ({error_pct:.2}%) | {} |",
                 report.pct_ms(0.5),
                 report.pct_ms(0.99),
                 report.errors,

@@ -215,3 +215,70 @@ async fn a_retry_excludes_the_backends_already_tried() {
         }
     }
 }
+
+fn header(status: u16, grpc_status: Option<&str>) -> ResponseHeader {
+    let mut h = ResponseHeader::build(status, None).unwrap();
+    if let Some(code) = grpc_status {
+        h.insert_header("grpc-status", code).unwrap();
+    }
+    h
+}
+
+/// Outcomes through the core's classification: a 100 Continue is no latency sample, a 5xx is no
+/// success sample, gRPC codes map like Envoy (UNKNOWN fails, RESOURCE_EXHAUSTED does not), and a
+/// client that went away or sent a malformed request does not count against the backend.
+#[test]
+fn outcomes_follow_the_core_classification() {
+    use pingora::{Error, ErrorType};
+
+    let shared = Shared::new(LbPolicy::P2c(Policy::PeakEwma), PoolConfig::default());
+    let addrs = ["127.0.0.1:1", "127.0.0.1:2"];
+    let _selector = Selector::build_with_config(&set(&addrs), &shared);
+    let b = backend(addrs[0], 1);
+    let state = shared.state(addrs[0]).unwrap();
+    let mut t = Tracker::new(shared.clone());
+
+    // 100 Continue, then a 503: neither is a latency sample taken as a success.
+    t.start(&b);
+    t.response(&header(100, None));
+    t.response(&header(503, None));
+    t.finish(None);
+    assert_eq!(state.failures(), 1);
+    let penalised = state.latency_ns().unwrap();
+    assert!(penalised >= 30e6, "a fast 503 set the estimate to {penalised} ns");
+
+    // gRPC: UNKNOWN in trailers fails; RESOURCE_EXHAUSTED (trailers-only) does not.
+    t.start(&b);
+    t.response(&header(200, None));
+    let mut trailers = pingora::http::HMap::new();
+    trailers.insert("grpc-status", "2".parse().unwrap());
+    t.trailers(&trailers);
+    t.finish(None);
+    assert_eq!(state.failures(), 2);
+    t.start(&b);
+    t.response(&header(200, Some("8")));
+    t.finish(None);
+    assert_eq!(state.failures(), 2);
+    assert_eq!(state.consecutive_failures(), 0);
+
+    // Downstream errors are neutral: no failure, no sample; an upstream reset fails.
+    for source in [
+        Error::new_down(ErrorType::ConnectionClosed),
+        Error::new_down(ErrorType::InvalidHTTPHeader),
+    ] {
+        let before = state.latency_ns();
+        t.start(&b);
+        t.proxy_failed(&source);
+        t.finish(Some(&source));
+        assert_eq!(state.failures(), 2);
+        assert_eq!(state.latency_ns(), before);
+    }
+    t.start(&b);
+    t.response(&header(200, None));
+    t.finish(Some(&Error::new_down(ErrorType::WriteError))); // the client left mid-body
+    assert_eq!(state.failures(), 2);
+    t.start(&b);
+    t.proxy_failed(&Error::new_up(ErrorType::ConnectionClosed));
+    assert_eq!(state.failures(), 3);
+    assert_eq!(state.in_flight(), 0);
+}
