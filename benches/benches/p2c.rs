@@ -1,9 +1,16 @@
-//! Criterion benchmarks of a P2C pick plus completion for each pickwise cost policy.
+//! Criterion benchmarks of a P2C pick plus completion for each pickwise cost policy, and of
+//! weighted round robin: the static stride scheduler (now) against the previous O(n) scan of the
+//! weight line (kept here as the baseline), and the core balancer's prepared picker.
 
 use std::hint::black_box;
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion};
-use pickwise::{EndpointState, InFlight, Outcome, P2c, Policy, Pool, PoolConfig, SplitMix64};
+use std::sync::atomic::{AtomicU32, Ordering::Relaxed};
+use std::sync::Arc;
+
+use pickwise::balancer::{Balancer, BalancerConfig, Connectivity, EndpointSpec};
+use pickwise::schedule::Stride;
+use pickwise::{EndpointState, InFlight, LbPolicy, Outcome, P2c, Policy, Pool, PoolConfig, SplitMix64};
 
 fn p2c(c: &mut Criterion) {
     for n in [2usize, 10, 1000, 10_000] {
@@ -31,5 +38,67 @@ fn p2c(c: &mut Criterion) {
     }
 }
 
-criterion_group!(benches, p2c);
+/// The previous weighted round robin (before the stride scheduler): the cursor's point on the
+/// weight line by a coprime stride, then a linear scan for its owner. Kept as the baseline.
+fn scan_pick(weights: &[u32], total: u64, stride: u64, cursor: &AtomicU32) -> usize {
+    let c = u64::from(cursor.fetch_add(1, Relaxed));
+    let mut x = (c * stride) % total;
+    for (i, w) in weights.iter().enumerate() {
+        if x < u64::from(*w) {
+            return i;
+        }
+        x -= u64::from(*w);
+    }
+    0
+}
+
+fn weighted_round_robin(c: &mut Criterion) {
+    for n in [10usize, 100, 1000, 10_000] {
+        let mut group = c.benchmark_group(format!("wrr_pick/{n}"));
+        let weights: Vec<u32> = (0..n as u32).map(|i| 1 + i % 7).collect();
+        let total: u64 = weights.iter().map(|w| u64::from(*w)).sum();
+        let mut stride = ((total as f64) * 0.618) as u64 | 1;
+        while gcd(stride, total) != 1 {
+            stride += 1;
+        }
+        let cursor = AtomicU32::new(0);
+        group.bench_function(BenchmarkId::from_parameter("previous-scan"), |b| {
+            b.iter(|| black_box(scan_pick(&weights, total, stride, &cursor)))
+        });
+        let scaled = pickwise::schedule::scaled(&weights);
+        let seq = AtomicU32::new(0);
+        let mut rng = SplitMix64::new(3);
+        group.bench_function(BenchmarkId::from_parameter("stride"), |b| {
+            b.iter(|| black_box(Stride::new(&scaled, &seq).next(&mut rng, |_| true)))
+        });
+        // The core balancer's picker: 4 localities, round robin weighted inside each.
+        let pool = Arc::new(Pool::new(PoolConfig::default()));
+        let mut bal: Balancer<String, Arc<EndpointState>> =
+            Balancer::new(BalancerConfig::new(LbPolicy::RoundRobin), pool.clone());
+        for (i, w) in weights.iter().enumerate() {
+            let key = format!("10.{}.{}.{}:80", i / 65_536, (i / 256) % 256, i % 256);
+            let spec = EndpointSpec {
+                weight: *w,
+                locality: i as u32 % 4,
+                ..EndpointSpec::default()
+            };
+            bal.insert(0, key.clone(), spec, Arc::new(EndpointState::new(1)));
+            bal.handle_connectivity(0, &key, Connectivity::Ready);
+        }
+        let picker = bal.picker(0, 1);
+        group.bench_function(BenchmarkId::from_parameter("balancer-prepared"), |b| {
+            b.iter(|| black_box(picker.pick(1, None, &mut rng).is_ok()))
+        });
+        group.finish();
+    }
+}
+
+fn gcd(mut a: u64, mut b: u64) -> u64 {
+    while b != 0 {
+        (a, b) = (b, a % b);
+    }
+    a
+}
+
+criterion_group!(benches, p2c, weighted_round_robin);
 criterion_main!(benches);

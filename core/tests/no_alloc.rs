@@ -123,6 +123,53 @@ fn picks_completions_and_lookups_allocate_nothing() {
     }
     assert!(states.iter().all(|e| e.in_flight() == 0));
     subsets_into_caller_storage_allocate_nothing();
+    prepared_pickers_allocate_nothing();
+}
+
+/// The core balancer's published picker: localities with weighted round robin, P2C, ring hash
+/// (gRFC A61 owner check) and the locality scheduler; building it allocates, picking does not.
+fn prepared_pickers_allocate_nothing() {
+    use pickwise::balancer::{Balancer, BalancerConfig, Connectivity, EndpointSpec};
+    use std::sync::Arc;
+    for lb in [
+        pickwise::LbPolicy::RoundRobin,
+        pickwise::LbPolicy::P2c(Policy::PeakEwma),
+        pickwise::LbPolicy::from_name("ring_hash_experimental").unwrap(),
+    ] {
+        let pool = Arc::new(Pool::new(PoolConfig::default()));
+        let mut b: Balancer<String, Arc<EndpointState>> =
+            Balancer::new(BalancerConfig::new(lb), pool.clone());
+        for i in 0..60u32 {
+            let spec = EndpointSpec {
+                weight: 1 + i % 4,
+                locality: i % 3,
+                locality_weight: 1 + i % 3,
+                ..EndpointSpec::default()
+            };
+            let key = format!("10.2.0.{i}:80");
+            b.insert(0, key.clone(), spec, Arc::new(EndpointState::new(1)));
+            let state = if i % 7 == 0 {
+                Connectivity::TransientFailure
+            } else {
+                Connectivity::Ready
+            };
+            b.handle_connectivity(0, &key, state);
+        }
+        let picker = b.picker(1, 42);
+        let mut rng = SplitMix64::new(4);
+        let before = ALLOCS.load(Ordering::SeqCst);
+        for k in 0..10_000u64 {
+            let e = picker
+                .pick(k, (k % 2 == 0).then_some(k.wrapping_mul(0x9e37_79b9)), &mut rng)
+                .unwrap();
+            drop(InFlight::start(&**e, &*pool, k));
+        }
+        assert_eq!(
+            ALLOCS.load(Ordering::SeqCst) - before,
+            0,
+            "{lb:?}: Prepared::pick allocated"
+        );
+    }
 }
 
 /// Called from the test above: the allocation counter is global, so the checks run one after

@@ -46,10 +46,17 @@ impl std::fmt::Debug for ClusterBalancer {
 impl ClusterBalancer {
     /// Starts a balancer for `cluster` from the user's builder template.
     pub(crate) fn new(builder: pickwise_tonic::Builder, cluster: &ClusterConfig) -> Self {
-        let mut builder = builder.policy(cluster.lb.policy).report_peer(true);
-        if let Some(o) = cluster.lb.outlier {
-            builder = builder.outlier(o);
-        }
+        // Outlier detection only when CDS asks for it (gRFC A50: no `outlier_detection`, no
+        // ejection), whatever the template's default; found by the differential scenario
+        // `no_outlier_detection_without_config` (pickwise ejected, C-core kept sending).
+        let outlier = cluster
+            .lb
+            .outlier
+            .unwrap_or_else(pickwise_tonic::OutlierConfig::disabled);
+        let builder = builder
+            .policy(cluster.lb.policy)
+            .report_peer(true)
+            .outlier(outlier);
         let (tx, rx) = mpsc::unbounded_channel();
         let channel = builder.build_endpoints(tokio_stream::wrappers::UnboundedReceiverStream::new(rx));
         Self {

@@ -59,15 +59,19 @@ pub fn builder_from_json(bootstrap: &str) -> XdsBuilder {
             multiplier: 1.6,
             max: Duration::from_secs(1),
         })
-        .cluster_builder(|| {
-            pickwise_tonic::Builder::new()
-                .connect_timeout(Duration::from_millis(500))
-                .backoff(pickwise_tonic::Backoff {
-                    initial: Duration::from_millis(50),
-                    multiplier: 1.6,
-                    jitter: 0.2,
-                    max: Duration::from_millis(500),
-                })
+        .cluster_builder(cluster_template)
+}
+
+/// The per-cluster balancer template of the tests: 500 ms connect timeout, 50 ms .. 500 ms
+/// reconnect backoff.
+pub fn cluster_template() -> pickwise_tonic::Builder {
+    pickwise_tonic::Builder::new()
+        .connect_timeout(Duration::from_millis(500))
+        .backoff(pickwise_tonic::Backoff {
+            initial: Duration::from_millis(50),
+            multiplier: 1.6,
+            jitter: 0.2,
+            max: Duration::from_millis(500),
         })
 }
 
