@@ -78,6 +78,10 @@ struct Args {
     /// Embedded backends to start with `--healthy` (without it: 4, one slow, one killed).
     #[arg(long, default_value_t = 4, value_parser = clap::value_parser!(u64).range(1..=64), requires = "healthy")]
     backends: u64,
+    /// pickwise's failure penalty (`PoolConfig::failure_penalty`; 1 = a failure only never
+    /// lowers the estimate).
+    #[arg(long, default_value_t = pickwise::pool::DEFAULT_FAILURE_PENALTY)]
+    failure_penalty: f32,
     /// Add this many dead addresses (loopback ports nothing listens on) to the backends.
     #[arg(long, default_value_t = 0, value_parser = clap::value_parser!(u64).range(0..=64))]
     dead: u64,
@@ -104,8 +108,12 @@ fn resolved(target: &str) -> String {
         .map_or_else(|| target.to_string(), |a| a.to_string())
 }
 
-fn selection(name: &str) -> (Selection, bool) {
-    let pickwise = |p| Selection::Pickwise(Shared::new(p, PoolConfig::default()));
+fn selection(name: &str, failure_penalty: f32) -> (Selection, bool) {
+    let config = PoolConfig {
+        failure_penalty,
+        ..PoolConfig::default()
+    };
+    let pickwise = |p| Selection::Pickwise(Shared::new(p, config));
     match name {
         "p2c-peak-ewma" => (pickwise(LbPolicy::P2c(Policy::PeakEwma)), false),
         "p2c-least-request" => (pickwise(LbPolicy::P2c(Policy::LeastRequest)), false),
@@ -249,7 +257,7 @@ fn main() {
         println!("|---|---|---|---|---|{}", "---|".repeat(targets.len()));
     }
     for name in &policies {
-        let (sel, keyed) = selection(name);
+        let (sel, keyed) = selection(name, args.failure_penalty);
         let proxy = proxy::start_with(sel, &targets, keyed.then_some("x-key"), args.h2c);
         let mut hooks: Vec<(Duration, Box<dyn FnOnce() + Send>)> = Vec::new();
         if args.targets.is_none() && !args.healthy {

@@ -136,8 +136,11 @@ impl BackendSelection for Selector {
     }
 }
 
-/// The backends in preference order: the pick, then — only if Pingora refuses it — further
-/// choices among the backends not yet offered (see the [module docs](self)).
+/// The backends in preference order: the pick, then — only if Pingora refuses it (health,
+/// or a retry's exclusion) — further choices among the backends not yet offered, made lazily: a
+/// keyed ring-hash request walks on clockwise to the next distinct owner, a keyed Maglev request
+/// takes the next slots' owners, and anything else draws the rest in a random order, two at a
+/// time compared by cost. A refused backend's share so spreads over the others.
 #[derive(Debug)]
 pub struct SelectorIter {
     selector: Arc<Selector>,
