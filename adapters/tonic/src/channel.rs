@@ -150,8 +150,11 @@ impl Service<Request> for BalancedChannel {
                 };
                 (state, Some(Retry::new(replay, self.shared.clone(), None)))
             }
+            // A fail-fast request fails now, unless the picker is out of date (it lists ready
+            // endpoints, yet none could be picked: one just left): the next picker decides.
             Err(Unpicked::Fail(e))
-                if matches!(e, NoEndpoint::Shutdown) || !wait_for_ready(&self.shared, &req) =>
+                if matches!(e, NoEndpoint::Shutdown)
+                    || (snap.ready_count() == 0 && !wait_for_ready(&self.shared, &req)) =>
             {
                 (
                     State::Fail {

@@ -94,13 +94,18 @@ pub(crate) type WaitFuture = Pin<Box<dyn Future<Output = Result<(Picked, Request
 /// does the channel's bound apply, so it never hangs. A fail-fast request fails at once there.
 ///
 /// `avoid` (a subchannel's address and a connection generation): a transparent retry after that
-/// connection refused new requests; a pick of it waits for the next picker (which drops it) once.
+/// connection refused new requests; a pick of it waits for a picker without it (the subchannel
+/// is replacing it).
+///
+/// A picker that still lists ready endpoints but could not pick one is out of date (its
+/// endpoints changed since it was published): every request waits for the next one rather than
+/// failing.
 pub(crate) async fn wait_for_pick(
     shared: Arc<Shared>,
     mut req: Request,
     deadline: Option<Instant>,
     wait_for_ready: bool,
-    mut avoid: Option<(usize, u64)>,
+    avoid: Option<(usize, u64)>,
 ) -> Result<(Picked, Request), Status> {
     let start = Instant::now();
     let wait = shared.common.config.wait_for_ready;
@@ -128,12 +133,13 @@ pub(crate) async fn wait_for_pick(
                 return Ok((p, req));
             }
             Err(Unpicked::Fail(NoEndpoint::Shutdown)) => return Err(NoEndpoint::Shutdown.into()),
+            Err(Unpicked::Fail(_)) if snap.ready_count() > 0 => {}
             Err(Unpicked::Fail(e)) if !wait_for_ready => return Err(e.into()),
             Err(Unpicked::Fail(e)) => failing = Some(e),
             Err(Unpicked::Wait) => failing = None,
         }
         match tokio::time::timeout_at(until, rx.changed()).await {
-            Ok(Ok(())) => avoid = None,
+            Ok(Ok(())) => {}
             Ok(Err(_)) => return Err(NoEndpoint::Shutdown.into()),
             Err(_) if deadline.is_some_and(|d| d <= until) => return Err(deadline_exceeded(start, &snap)),
             Err(_) => {

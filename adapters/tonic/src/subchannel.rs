@@ -70,6 +70,8 @@ pub(crate) struct Subchannel {
     /// The request path saw the current connection refuse new requests (GOAWAY, closed before
     /// the request went out): replace it without counting a failure.
     drain: Notify,
+    /// The generation `drain` was asked for (a permit may outlive its connection).
+    drain_generation: AtomicU64,
     pub(crate) common: Arc<Common>,
 }
 
@@ -90,6 +92,7 @@ impl Subchannel {
             last_error: Mutex::new(None),
             broken: Notify::new(),
             drain: Notify::new(),
+            drain_generation: AtomicU64::new(u64::MAX),
             common,
         }
     }
@@ -170,7 +173,10 @@ impl Subchannel {
     /// (grpc-go moves a subchannel whose transport got GOAWAY to IDLE and reconnects).
     pub(crate) fn mark_draining(&self, generation: u64) {
         if generation == self.generation() {
-            self.drain.notify_waiters();
+            // A permit, not a wake-up of current waiters: the connection task may be busy (a
+            // health check) and must still see it.
+            self.drain_generation.store(generation, Ordering::Release);
+            self.drain.notify_one();
         }
     }
 }
@@ -282,7 +288,11 @@ pub(crate) async fn run(sub: Arc<Subchannel>, id: u64, events: mpsc::UnboundedSe
                 _ = watch.closed() => break ("connection closed", watch.went_away()),
                 _ = sub.broken.notified() => break ("transport error on a request", false),
                 _ = watch.going_away() => break ("the server sent GOAWAY", true),
-                _ = sub.drain.notified() => break ("the connection refused a request (GOAWAY or closed)", true),
+                _ = sub.drain.notified() => {
+                    if sub.drain_generation.load(Ordering::Acquire) == sub.generation() {
+                        break ("the connection refused a request (GOAWAY or closed)", true);
+                    }
+                }
                 _ = health_tick => {
                     let h = config.health.as_ref().expect("health tick only with health checks");
                     let now_serving = check_health(&channel, &h.service, h.timeout).await;
