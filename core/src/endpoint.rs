@@ -115,6 +115,9 @@ pub struct EndpointState {
     ejections: AtomicU32,
     /// Stamp of the last pick that chose this endpoint (go-zero's `forcePick`; GoZero policy only).
     last_pick: AtomicU32,
+    /// Successful requests, wrapping; counted only while success-rate or failure-percentage
+    /// ejection is configured (gRFC A50's per-interval call counters read its deltas).
+    successes: AtomicU32,
     picks: Counter,
     failures: Counter,
 }
@@ -140,6 +143,7 @@ impl EndpointState {
             consecutive_failures: AtomicU32::new(0),
             ejections: AtomicU32::new(0),
             last_pick: AtomicU32::new(0),
+            successes: AtomicU32::new(0),
             picks: Counter::new(0),
             failures: Counter::new(0),
         }
@@ -325,6 +329,16 @@ impl EndpointState {
     pub(crate) fn record_failure(&self) -> u32 {
         self.failures.fetch_add(1, Relaxed);
         self.consecutive_failures.fetch_add(1, Relaxed).saturating_add(1)
+    }
+
+    /// Successful requests (wrapping at 2^32), counted only while success-rate or
+    /// failure-percentage ejection is configured; compare two readings with `wrapping_sub`.
+    pub fn successes(&self) -> u32 {
+        self.successes.load(Relaxed)
+    }
+
+    pub(crate) fn count_success(&self) {
+        self.successes.fetch_add(1, Relaxed);
     }
 
     pub(crate) fn record_success(&self) {

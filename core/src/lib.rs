@@ -82,7 +82,7 @@ pub use maglev::{Maglev, MaglevError};
 pub use outcome::Observed;
 pub use p2c::{P2c, PickError};
 pub use picker::{LbPolicy, NoKey, Picker};
-pub use pool::{OutlierConfig, Policy, Pool, PoolConfig};
+pub use pool::{FailurePercentageEjection, OutlierConfig, Policy, Pool, PoolConfig, SuccessRateEjection};
 #[cfg(feature = "alloc")]
 pub use ring::Ring;
 pub use ring::{FixedRing, Mode, RingConfig, RingView, MAX_RING_SIZE};

@@ -97,6 +97,65 @@ pub struct OutlierConfig {
     /// Allow one ejection even when `max_ejection_percent` of the endpoints rounds down to 0
     /// (gRFC A50's behaviour; Envoy's `always_eject_one_host`, which defaults to false there).
     pub always_eject_one: bool,
+    /// Success-rate ejection (gRFC A50, Envoy `success_rate_*`), run once per `interval_ms` by
+    /// the core [`Balancer`](crate::balancer::Balancer); `None`: off.
+    pub success_rate: Option<SuccessRateEjection>,
+    /// Failure-percentage ejection (gRFC A50, Envoy `failure_percentage_*`), run once per
+    /// `interval_ms`; `None`: off.
+    pub failure_percentage: Option<FailurePercentageEjection>,
+}
+
+/// gRFC A50 success-rate ejection: among endpoints with at least `request_volume` calls in the
+/// interval (and at least `minimum_hosts` of them), eject those whose success rate is below
+/// `mean - stdev * stdev_factor / 1000`, each with probability `enforcement_percentage`%.
+/// Defaults are A50's (and Envoy's).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SuccessRateEjection {
+    /// 1900 = 1.9 standard deviations.
+    pub stdev_factor: u32,
+    /// Chance, in percent, that a detected outlier is ejected.
+    pub enforcement_percentage: u8,
+    /// Endpoints with enough volume needed before the algorithm runs.
+    pub minimum_hosts: u32,
+    /// Calls in the interval for an endpoint to count.
+    pub request_volume: u32,
+}
+
+impl Default for SuccessRateEjection {
+    fn default() -> Self {
+        Self {
+            stdev_factor: 1900,
+            enforcement_percentage: 100,
+            minimum_hosts: 5,
+            request_volume: 100,
+        }
+    }
+}
+
+/// gRFC A50 failure-percentage ejection: among endpoints with at least `request_volume` calls in
+/// the interval (and at least `minimum_hosts` of them), eject those whose failure percentage is
+/// above `threshold`, each with probability `enforcement_percentage`%. Defaults are A50's.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct FailurePercentageEjection {
+    /// Failure percentage above which an endpoint is an outlier.
+    pub threshold: u8,
+    /// Chance, in percent, that a detected outlier is ejected.
+    pub enforcement_percentage: u8,
+    /// Endpoints with enough volume needed before the algorithm runs.
+    pub minimum_hosts: u32,
+    /// Calls in the interval for an endpoint to count.
+    pub request_volume: u32,
+}
+
+impl Default for FailurePercentageEjection {
+    fn default() -> Self {
+        Self {
+            threshold: 85,
+            enforcement_percentage: 100,
+            minimum_hosts: 5,
+            request_volume: 50,
+        }
+    }
 }
 
 impl Default for OutlierConfig {
@@ -108,6 +167,8 @@ impl Default for OutlierConfig {
             max_ejection_percent: 10,
             interval_ms: 10_000,
             always_eject_one: true,
+            success_rate: None,
+            failure_percentage: None,
         }
     }
 }
@@ -122,7 +183,15 @@ impl OutlierConfig {
             max_ejection_percent: 0,
             interval_ms: 10_000,
             always_eject_one: false,
+            success_rate: None,
+            failure_percentage: None,
         }
+    }
+
+    /// Whether per-interval call counts are kept (an interval algorithm is configured).
+    #[inline]
+    pub(crate) fn counts_calls(&self) -> bool {
+        self.success_rate.is_some() || self.failure_percentage.is_some()
     }
 
     /// The multiplier after one more ejection, and that ejection's length in milliseconds.
@@ -378,6 +447,9 @@ impl Pool {
         match outcome {
             Outcome::Success => {
                 e.record_success();
+                if self.config.outlier.counts_calls() {
+                    e.count_success();
+                }
                 false
             }
             Outcome::Neutral => false,
@@ -464,6 +536,35 @@ impl Pool {
             true
         } else {
             self.release_slot(); // someone else ejected it first, or it was removed
+            false
+        }
+    }
+
+    /// Ejects `e` at `now` as an interval algorithm decided (gRFC A50 success rate or failure
+    /// percentage), if the ejected share stays within `max_ejection_percent` (A50's rule: an
+    /// ejection may start while fewer than that percentage of the endpoints are ejected).
+    /// Returns whether it ejected.
+    pub fn eject_outlier(&self, e: &EndpointState, now: u64) -> bool {
+        if !e.ejectable() {
+            return false;
+        }
+        let n = u64::from(self.endpoints.load(Relaxed));
+        let pct = u64::from(self.config.outlier.max_ejection_percent.min(100));
+        if self
+            .ejected
+            .0
+            .fetch_update(Relaxed, Relaxed, |v| {
+                (u64::from(v) * 100 < pct * n).then_some(v + 1)
+            })
+            .is_err()
+        {
+            return false;
+        }
+        let outlier = self.config.outlier;
+        if e.eject(millis(now), |m| outlier.next_ejection(m)) {
+            true
+        } else {
+            self.release_slot();
             false
         }
     }

@@ -383,3 +383,92 @@ proptest! {
         }
     }
 }
+
+fn a50_balancer(outlier: pickwise::OutlierConfig) -> (B, Arc<Pool>) {
+    let pool = Arc::new(Pool::new(PoolConfig {
+        outlier,
+        ..PoolConfig::default()
+    }));
+    let mut b: B = Balancer::new(BalancerConfig::new(LbPolicy::RoundRobin), pool.clone());
+    for i in 0..5 {
+        let addr = format!("127.0.0.1:9{i}");
+        add(&mut b, 0, &addr, spec(0, 0));
+        set(&mut b, 0, &addr, Connectivity::Ready);
+    }
+    b.handle_timeout(0); // starts the first interval
+    (b, pool)
+}
+
+fn calls(b: &B, pool: &Pool, addr: &str, ok: u32, failed: u32) {
+    let e = b.get(&addr.to_string()).unwrap();
+    for i in 0..ok + failed {
+        let outcome = if i < ok {
+            Outcome::Success
+        } else {
+            Outcome::Failure
+        };
+        let _ = InFlight::start(&**e, pool, S).complete(S + 1, outcome);
+    }
+}
+
+/// Envoy `BasicFlowSuccessRateExternalOrigin` (gRFC A50's success-rate algorithm): four hosts at
+/// 100%, one at 50% (200 OK + 200 failures); mean 90, stdev 20, threshold 90 - 1.9 * 20 = 52:
+/// the 50% host is ejected at the interval, the others are not.
+#[test]
+fn a50_success_rate_ejection_matches_envoys_vector() {
+    let (mut b, pool) = a50_balancer(pickwise::OutlierConfig {
+        consecutive_failures: 0, // gRPC: no consecutive_5xx
+        success_rate: Some(pickwise::SuccessRateEjection::default()),
+        ..pickwise::OutlierConfig::default()
+    });
+    for i in 0..5 {
+        calls(
+            &b,
+            &pool,
+            &format!("127.0.0.1:9{i}"),
+            200,
+            if i == 4 { 200 } else { 0 },
+        );
+    }
+    b.handle_timeout(5 * S);
+    assert_eq!(pool.ejected(), 0, "not before the interval");
+    b.handle_timeout(10 * S);
+    assert_eq!(pool.ejected(), 1);
+    assert!(b.get(&"127.0.0.1:94".to_string()).unwrap().is_ejected(10 * S));
+    assert!(!b.get(&"127.0.0.1:93".to_string()).unwrap().is_ejected(10 * S));
+    // The next interval starts from zero: no new calls, no new ejection.
+    b.handle_timeout(20 * S);
+    assert_eq!(pool.ejected(), 1);
+}
+
+/// A50 failure percentage: above the threshold with enough volume ejects; below the minimum
+/// number of hosts with volume, nothing runs; the max ejection percentage holds.
+#[test]
+fn a50_failure_percentage_ejection() {
+    let cfg = pickwise::OutlierConfig {
+        consecutive_failures: 0,
+        max_ejection_percent: 20,
+        failure_percentage: Some(pickwise::FailurePercentageEjection {
+            threshold: 50,
+            request_volume: 50,
+            ..Default::default()
+        }),
+        ..pickwise::OutlierConfig::default()
+    };
+    let (mut b, pool) = a50_balancer(cfg);
+    for i in 0..5 {
+        let (ok, failed) = if i >= 3 { (20, 40) } else { (60, 0) };
+        calls(&b, &pool, &format!("127.0.0.1:9{i}"), ok, failed);
+    }
+    b.handle_timeout(10 * S);
+    // Two outliers at 67% failures, but 20% of 5 endpoints is one ejection.
+    assert_eq!(pool.ejected(), 1);
+    // Too few hosts with volume: nothing runs.
+    let (mut b, pool) = a50_balancer(cfg);
+    for i in 0..5 {
+        let (ok, failed) = if i == 0 { (10, 90) } else { (5, 0) };
+        calls(&b, &pool, &format!("127.0.0.1:9{i}"), ok, failed);
+    }
+    b.handle_timeout(10 * S);
+    assert_eq!(pool.ejected(), 0);
+}

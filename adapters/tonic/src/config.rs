@@ -449,11 +449,6 @@ impl Builder {
         self
     }
 
-    #[cfg(test)]
-    pub(crate) fn into_config(self) -> Config {
-        self.config
-    }
-
     /// Starts the balancer over `discovery` and returns the channel. Must run inside a tokio runtime
     /// (it spawns the balancer task, which stops when the last clone of the channel is dropped).
     pub fn build<S, E>(self, discovery: S) -> crate::BalancedChannel

@@ -9,11 +9,13 @@
 //! the exact `/service/method`, then `/service/`, then the default entry); other method
 //! settings (`timeout`, `retryPolicy`, message sizes) are parsed over, not applied.
 //!
-//! Deviations, each because pickwise has no such mechanism yet: `least_request_experimental`'s
-//! `choiceCount` above 2 is accepted and runs with 2; `outlier_detection_experimental` keeps its
-//! interval, ejection times and percentage, and when it enables success-rate or
-//! failure-percentage ejection pickwise ejects on consecutive failures (Envoy's
-//! `consecutive_5xx`, 5 in a row) instead; with neither it is a no-op, as in A50.
+//! `outlier_detection_experimental` runs A50's success-rate and failure-percentage algorithms
+//! once per interval in the core balancer, as A50 specifies them (no consecutive-failure
+//! ejection, as in gRPC; with neither algorithm it is a no-op).
+//!
+//! Deviations: `least_request_experimental`'s `choiceCount` above 2 is accepted and runs with 2
+//! (pickwise has no such mechanism yet); an ejection ends exactly when its time is up, not at
+//! the next interval tick.
 
 use std::collections::HashMap;
 use std::fmt;
@@ -318,10 +320,42 @@ fn apply(name: &str, cfg: &Map<String, Value>, out: &mut ServiceConfig) -> Resul
                 }
                 o.max_ejection_percent = p as u8;
             }
-            let enabled =
-                cfg.contains_key("successRateEjection") || cfg.contains_key("failurePercentageEjection");
-            if !enabled {
-                o.consecutive_failures = 0; // A50: no algorithm configured, no ejection
+            // A50: gRPC has no consecutive-failure ejection; only the two interval algorithms,
+            // each on when its object is present (with A50's defaults for absent fields).
+            o.consecutive_failures = 0;
+            let percent = |v: Option<u64>, key: &str| -> Result<Option<u8>, ServiceConfigError> {
+                match v {
+                    Some(p) if p > 100 => Err(invalid(name, format!("{key} must be at most 100"))),
+                    Some(p) => Ok(Some(p as u8)),
+                    None => Ok(None),
+                }
+            };
+            let count = |v: Option<u64>| v.map(|v| v.min(u64::from(u32::MAX)) as u32);
+            if let Some(Value::Object(sr)) = cfg.get("successRateEjection") {
+                let d = pickwise::SuccessRateEjection::default();
+                o.success_rate = Some(pickwise::SuccessRateEjection {
+                    stdev_factor: count(uint(sr, "stdevFactor", name)?).unwrap_or(d.stdev_factor),
+                    enforcement_percentage: percent(
+                        uint(sr, "enforcementPercentage", name)?,
+                        "enforcementPercentage",
+                    )?
+                    .unwrap_or(d.enforcement_percentage),
+                    minimum_hosts: count(uint(sr, "minimumHosts", name)?).unwrap_or(d.minimum_hosts),
+                    request_volume: count(uint(sr, "requestVolume", name)?).unwrap_or(d.request_volume),
+                });
+            }
+            if let Some(Value::Object(fp)) = cfg.get("failurePercentageEjection") {
+                let d = pickwise::FailurePercentageEjection::default();
+                o.failure_percentage = Some(pickwise::FailurePercentageEjection {
+                    threshold: percent(uint(fp, "threshold", name)?, "threshold")?.unwrap_or(d.threshold),
+                    enforcement_percentage: percent(
+                        uint(fp, "enforcementPercentage", name)?,
+                        "enforcementPercentage",
+                    )?
+                    .unwrap_or(d.enforcement_percentage),
+                    minimum_hosts: count(uint(fp, "minimumHosts", name)?).unwrap_or(d.minimum_hosts),
+                    request_volume: count(uint(fp, "requestVolume", name)?).unwrap_or(d.request_volume),
+                });
             }
             out.outlier = Some(o);
             choose(cfg.get("childPolicy").unwrap_or(&Value::Array(vec![])), out)?;
@@ -425,7 +459,7 @@ mod tests {
         let c = parse(
             r#"{"loadBalancingConfig":[{"outlier_detection_experimental":{
                 "interval":"1s","baseEjectionTime":"0.5s","maxEjectionTime":"60s","maxEjectionPercent":20,
-                "failurePercentageEjection":{},
+                "failurePercentageEjection":{"threshold":60,"requestVolume":10},
                 "childPolicy":[{"random_subsetting":{"subsetSize":8,"childPolicy":[{"round_robin":{}}]}}]}}]}"#,
         )
         .unwrap();
@@ -439,7 +473,13 @@ mod tests {
             ),
             (1000, 500, 60_000, 20)
         );
-        assert_eq!(o.consecutive_failures, 5);
+        assert_eq!(
+            o.consecutive_failures, 0,
+            "gRPC has no consecutive-failure ejection"
+        );
+        let fp = o.failure_percentage.unwrap();
+        assert_eq!((fp.threshold, fp.request_volume, fp.minimum_hosts), (60, 10, 5));
+        assert_eq!(o.success_rate, None);
         assert_eq!(c.subset, Some(Subsetting::Random { subset_size: 8 }));
         assert_eq!(c.policy, LbPolicy::RoundRobin);
         // No ejection algorithm: a no-op (A50).

@@ -65,6 +65,10 @@ struct Scenario {
     /// CDS `outlier_detection` with this `consecutive_5xx` (interval 1 s, base ejection 30 s).
     #[serde(default)]
     outlier_consecutive_5xx: u32,
+    /// CDS `outlier_detection` with failure-percentage ejection at this threshold (request
+    /// volume 10, minimum hosts 3, enforcing 100%; interval 1 s, base ejection 30 s).
+    #[serde(default)]
+    outlier_failure_percentage: u32,
 }
 
 fn connect_timeout() -> u64 {
@@ -410,12 +414,15 @@ fn cluster(s: &Scenario, policy: PolicyName) -> envoy_types::pb::envoy::config::
     use envoy_types::pb::envoy::config::cluster::v3::OutlierDetection;
     use envoy_types::pb::google::protobuf::{Duration as PbDuration, UInt32Value};
     let mut c = resources::cluster("backends", policy.policy());
-    if s.outlier_consecutive_5xx > 0 {
+    if s.outlier_consecutive_5xx > 0 || s.outlier_failure_percentage > 0 {
         let secs = |seconds| Some(PbDuration { seconds, nanos: 0 });
+        let some = |value: u32| (value > 0).then_some(UInt32Value { value });
         c.outlier_detection = Some(OutlierDetection {
-            consecutive_5xx: Some(UInt32Value {
-                value: s.outlier_consecutive_5xx,
-            }),
+            consecutive_5xx: some(s.outlier_consecutive_5xx),
+            failure_percentage_threshold: some(s.outlier_failure_percentage),
+            enforcing_failure_percentage: some(if s.outlier_failure_percentage > 0 { 100 } else { 0 }),
+            failure_percentage_request_volume: some(10),
+            failure_percentage_minimum_hosts: some(3),
             interval: secs(1),
             base_ejection_time: secs(30),
             max_ejection_percent: Some(UInt32Value { value: 50 }),
@@ -630,8 +637,9 @@ scenarios!(
     locality_failing_one_drops_out,
     locality_lone_survivor,
     locality_weights_three_to_one,
+    no_consecutive_ejection_in_grpc,
     no_outlier_detection_without_config,
-    outlier_detection_ejects_a_failing_backend,
+    outlier_failure_percentage_ejects,
     policy_switch_round_robin_to_ring_hash,
     priority_cascade_to_the_last,
     priority_failover_and_failback,

@@ -63,6 +63,7 @@ use core::borrow::Borrow;
 use crate::endpoint::EndpointState;
 use crate::picker::LbPolicy;
 use crate::pool::Pool;
+use crate::rng::{Rng, SplitMix64};
 use crate::{HashPolicy, Maglev, Ring};
 
 pub use prepared::{Prepared, Unpicked};
@@ -111,6 +112,8 @@ pub struct BalancerConfig {
     /// Period of outlier-detection upkeep ([`Pool::sweep`]): ejection expiry, multiplier decay,
     /// stamp re-basing (Envoy's `interval` ticks; 1 s here, so expiry is exact to a second).
     pub sweep_ns: u64,
+    /// Seed of the draws the balancer makes itself (A50's enforcement percentages).
+    pub seed: u64,
 }
 
 impl BalancerConfig {
@@ -122,6 +125,7 @@ impl BalancerConfig {
             failover_ns: 10 * SECOND,
             retention_ns: 15 * SECOND,
             sweep_ns: SECOND,
+            seed: 0x5EED,
         }
     }
 }
@@ -181,6 +185,8 @@ struct Slot<T> {
     state: Connectivity,
     /// Sticky TRANSIENT_FAILURE: failed since it was last READY.
     failing: bool,
+    /// Its success and failure counters at the last outlier-detection interval.
+    counted: (u32, u32),
     /// Told to connect (and not told to disconnect since).
     connected: bool,
 }
@@ -218,6 +224,10 @@ pub struct Balancer<K, T> {
     maglev: Option<Arc<Maglev>>,
     next_sweep: Option<u64>,
     ejected_at_sweep: u32,
+    /// The next run of gRFC A50's interval algorithms (success rate, failure percentage).
+    next_detection: Option<u64>,
+    /// Draws for A50's enforcement percentages (seeded: the core draws no entropy of its own).
+    rng: SplitMix64,
 }
 
 impl<K: Ord + Clone + AsRef<[u8]>, T: Clone + Borrow<EndpointState>> Balancer<K, T> {
@@ -237,6 +247,8 @@ impl<K: Ord + Clone + AsRef<[u8]>, T: Clone + Borrow<EndpointState>> Balancer<K,
             maglev: None,
             next_sweep: None,
             ejected_at_sweep: 0,
+            next_detection: None,
+            rng: SplitMix64::new(config.seed),
         };
         b.apply_policy_to_pool();
         b
@@ -326,6 +338,7 @@ impl<K: Ord + Clone + AsRef<[u8]>, T: Clone + Borrow<EndpointState>> Balancer<K,
                 spec,
                 state: Connectivity::Idle,
                 failing: false,
+                counted: (0, 0),
                 connected: false,
             },
         );
@@ -424,6 +437,21 @@ impl<K: Ord + Clone + AsRef<[u8]>, T: Clone + Borrow<EndpointState>> Balancer<K,
                 self.dirty = true;
             }
         }
+        let outlier = self.pool.config().outlier;
+        if outlier.success_rate.is_some() || outlier.failure_percentage.is_some() {
+            let interval = u64::from(outlier.interval_ms.max(1)) * 1_000_000;
+            match self.next_detection {
+                None => {
+                    self.count_interval();
+                    self.next_detection = Some(now.saturating_add(interval));
+                }
+                Some(t) if t <= now => {
+                    self.detect_outliers(now);
+                    self.next_detection = Some(now.saturating_add(interval));
+                }
+                Some(_) => {}
+            }
+        }
         let mut changed = false;
         for child in self.children.values_mut() {
             if child.init_deadline.is_some_and(|t| t <= now) {
@@ -470,7 +498,7 @@ impl<K: Ord + Clone + AsRef<[u8]>, T: Clone + Borrow<EndpointState>> Balancer<K,
             .values()
             .flat_map(|c| [c.init_deadline, c.retire_at])
             .flatten();
-        timers.chain(self.next_sweep).min()
+        timers.chain(self.next_sweep).chain(self.next_detection).min()
     }
 
     /// The next thing the adapter must do for an endpoint.
@@ -494,6 +522,73 @@ impl<K: Ord + Clone + AsRef<[u8]>, T: Clone + Borrow<EndpointState>> Balancer<K,
     }
 
     // ===== internals =====
+
+    /// Each endpoint's calls since the last interval, `(successes, failures)`; starts a new one.
+    fn count_interval(&mut self) -> Vec<(K, u64, u64)> {
+        let mut out = Vec::with_capacity(self.slots.len());
+        for (k, slot) in &mut self.slots {
+            let e = slot.payload.borrow();
+            let now = (e.successes(), e.failures() as u32);
+            let ok = now.0.wrapping_sub(slot.counted.0);
+            let failed = now.1.wrapping_sub(slot.counted.1);
+            slot.counted = now;
+            out.push((k.clone(), u64::from(ok), u64::from(failed)));
+        }
+        out
+    }
+
+    /// gRFC A50's interval: success-rate, then failure-percentage ejection, over the calls each
+    /// endpoint completed in the interval. Envoy's and gRPC's algorithms as A50 specifies them.
+    fn detect_outliers(&mut self, now: u64) {
+        let counts = self.count_interval();
+        let cfg = self.pool.config().outlier;
+        let mut eject: Vec<K> = Vec::new();
+        if let Some(sr) = cfg.success_rate {
+            let eligible: Vec<(&K, f64)> = counts
+                .iter()
+                .filter(|(_, ok, failed)| ok + failed >= u64::from(sr.request_volume.max(1)))
+                .map(|(k, ok, failed)| (k, *ok as f64 / (ok + failed) as f64 * 100.0))
+                .collect();
+            if eligible.len() >= sr.minimum_hosts as usize && !eligible.is_empty() {
+                let n = eligible.len() as f64;
+                let mean = eligible.iter().map(|(_, r)| r).sum::<f64>() / n;
+                let var = eligible.iter().map(|(_, r)| (r - mean) * (r - mean)).sum::<f64>() / n;
+                let threshold =
+                    mean - crate::math::sqrt(var as f32) as f64 * f64::from(sr.stdev_factor) / 1000.0;
+                for (k, rate) in eligible {
+                    if rate < threshold && self.enforced(sr.enforcement_percentage) {
+                        eject.push(k.clone());
+                    }
+                }
+            }
+        }
+        if let Some(fp) = cfg.failure_percentage {
+            let eligible: Vec<&(K, u64, u64)> = counts
+                .iter()
+                .filter(|(_, ok, failed)| ok + failed >= u64::from(fp.request_volume.max(1)))
+                .collect();
+            if eligible.len() >= fp.minimum_hosts as usize {
+                for (k, ok, failed) in eligible {
+                    let pct = *failed as f64 * 100.0 / (ok + failed) as f64;
+                    if pct > f64::from(fp.threshold) && self.enforced(fp.enforcement_percentage) {
+                        eject.push(k.clone());
+                    }
+                }
+            }
+        }
+        for k in eject {
+            if let Some(slot) = self.slots.get(&k) {
+                if self.pool.eject_outlier(slot.payload.borrow(), now) {
+                    self.dirty = true;
+                }
+            }
+        }
+    }
+
+    /// A draw: true with `percent`% probability.
+    fn enforced(&mut self, percent: u8) -> bool {
+        (self.rng.next_u64() % 100) < u64::from(percent.min(100))
+    }
 
     fn effective_weight(&self, spec: &EndpointSpec) -> u32 {
         effective_weight(&self.config, spec)

@@ -85,15 +85,7 @@ pub(super) fn validate(c: &Cluster) -> Result<ClusterConfig, Invalid> {
         list = vec![json!({ "outlier_detection_experimental": od })];
     }
     let lb_json = Value::Array(list);
-    let mut lb = service_config::parse(&lb_json.to_string()).map_err(|e| e.to_string())?;
-    // Envoy's consecutive_5xx is what pickwise's ejection counts; honour it when set.
-    if let (Some(o), Some(od)) = (&mut lb.outlier, &c.outlier_detection) {
-        if let Some(n) = od.consecutive_5xx.map(|v| v.value) {
-            if od.enforcing_consecutive_5xx.map_or(100, |e| e.value) > 0 {
-                o.consecutive_failures = n;
-            }
-        }
-    }
+    let lb = service_config::parse(&lb_json.to_string()).map_err(|e| e.to_string())?;
     let max_requests = c
         .circuit_breakers
         .as_ref()
@@ -237,11 +229,14 @@ fn typed_policy(any: &Any, depth: u32) -> Result<Option<Value>, Invalid> {
         json!({"least_request_experimental": {"choiceCount": choices}})
     } else if url == lbp::ring_hash::v3::RingHash::type_url() {
         let r = lbp::ring_hash::v3::RingHash::decode(any.value.as_slice()).map_err(bad)?;
-        // grpc-go's converter accepts XX_HASH (1) only.
+        // DEFAULT_HASH (0, the proto default) and XX_HASH (1): C-core and Envoy take DEFAULT_HASH
+        // as xxHash; grpc-go's converter accepts XX_HASH only. pickwise follows C-core, so a
+        // control plane that leaves the field unset is served (the differential suite's
+        // reference); MURMUR_HASH_2 NACKs in all three.
         ring_hash_json(
             r.minimum_ring_size.map(|v| v.value),
             r.maximum_ring_size.map(|v| v.value),
-            r.hash_function == 1,
+            matches!(r.hash_function, 0 | 1),
         )?
     } else if url == lbp::maglev::v3::Maglev::type_url() {
         let m = lbp::maglev::v3::Maglev::decode(any.value.as_slice()).map_err(bad)?;
@@ -303,14 +298,40 @@ fn outlier(od: &OutlierDetection) -> Result<serde_json::Map<String, Value>, Inva
     if let Some(p) = od.max_ejection_percent.map(|v| v.value) {
         cfg.insert("maxEjectionPercent".into(), json!(p));
     }
-    // A50: success-rate ejection is on unless enforcing_success_rate is 0; failure-percentage
-    // ejection only when enforcing_failure_percentage is above 0. Envoy's consecutive_5xx turns
-    // pickwise's ejection on too.
-    if od.enforcing_success_rate.map_or(100, |v| v.value) > 0 {
-        cfg.insert("successRateEjection".into(), json!({}));
+    // A50 (grpc-go `outlierConfigFromCluster`): success-rate ejection is on unless
+    // enforcing_success_rate is 0; failure-percentage ejection only when
+    // enforcing_failure_percentage is above 0; each with its fields or A50's defaults. gRPC
+    // implements no consecutive_* ejection: those fields are ignored (C-core agrees: differential
+    // scenario `no_consecutive_ejection_in_grpc`).
+    let value = |v: Option<envoy_types::pb::google::protobuf::UInt32Value>| v.map(|v| v.value);
+    let put = |m: &mut serde_json::Map<String, Value>, key: &str, v: Option<u32>| {
+        if let Some(v) = v {
+            m.insert(key.into(), json!(v));
+        }
+    };
+    if let Some(enforce) = value(od.enforcing_success_rate).or(Some(100)).filter(|v| *v > 0) {
+        let mut sr = serde_json::Map::new();
+        put(&mut sr, "stdevFactor", value(od.success_rate_stdev_factor));
+        put(&mut sr, "enforcementPercentage", Some(enforce));
+        put(&mut sr, "minimumHosts", value(od.success_rate_minimum_hosts));
+        put(&mut sr, "requestVolume", value(od.success_rate_request_volume));
+        cfg.insert("successRateEjection".into(), Value::Object(sr));
     }
-    if od.enforcing_failure_percentage.map_or(0, |v| v.value) > 0 || od.consecutive_5xx.is_some() {
-        cfg.insert("failurePercentageEjection".into(), json!({}));
+    if let Some(enforce) = value(od.enforcing_failure_percentage).filter(|v| *v > 0) {
+        let mut fp = serde_json::Map::new();
+        put(&mut fp, "threshold", value(od.failure_percentage_threshold));
+        put(&mut fp, "enforcementPercentage", Some(enforce));
+        put(
+            &mut fp,
+            "minimumHosts",
+            value(od.failure_percentage_minimum_hosts),
+        );
+        put(
+            &mut fp,
+            "requestVolume",
+            value(od.failure_percentage_request_volume),
+        );
+        cfg.insert("failurePercentageEjection".into(), Value::Object(fp));
     }
     Ok(cfg)
 }
