@@ -103,7 +103,10 @@ async fn policy_switch_keeps_connections_and_requests() {
     let cp = control_plane(Policy::LeastRequest, &[Locality::new(1, 0, &a)]).await;
     let ch = channel(&cp);
     spread(&ch, 30).await;
+    // Every endpoint connected before counting connections.
+    picker_holds(&ch, "backends", &a).await;
     let conns: Vec<u64> = b.iter().map(Backend::connections).collect();
+    assert_eq!(conns, [1, 1, 1]);
     let load = Load::start(&ch, 4);
     load.calls(50).await;
     cp.set(resources::cluster(
