@@ -303,6 +303,14 @@ impl EndpointState {
         self.last_pick.load(Relaxed)
     }
 
+    /// Stamps a forced pick at `now_ms` if the stamp is still `seen`: true for one caller only.
+    #[inline]
+    pub(crate) fn claim_pick(&self, seen: u32, now_ms: u32) -> bool {
+        self.last_pick
+            .compare_exchange(seen, now_ms, Relaxed, Relaxed)
+            .is_ok()
+    }
+
     #[inline]
     pub(crate) fn set_last_pick(&self, now_ms: u32) {
         self.last_pick.store(now_ms, Relaxed);

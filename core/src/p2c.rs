@@ -126,8 +126,10 @@ impl<'a, E: Borrow<EndpointState>> P2c<'a, E> {
     fn force_pick(&self, win: usize, lose: usize, now: u64) -> usize {
         let now_ms = millis(now);
         let loser = self.endpoints[lose].borrow();
-        if elapsed_ms(now_ms, loser.last_pick_ms()) > FORCE_PICK_MS {
-            loser.set_last_pick(now_ms);
+        let seen = loser.last_pick_ms();
+        // A compare-and-swap (go-zero's `atomic.CompareAndSwapInt64`): of concurrent picks that
+        // all see a stale loser, one forces it; the others take their winner.
+        if elapsed_ms(now_ms, seen) > FORCE_PICK_MS && loser.claim_pick(seen, now_ms) {
             return lose;
         }
         self.endpoints[win].borrow().set_last_pick(now_ms);

@@ -253,3 +253,35 @@ fn policy_and_total_tracking_switch_at_runtime() {
     p.set_policy(Policy::GoZero);
     assert_eq!(p.policy(), Policy::GoZero);
 }
+
+/// go-zero forces a stale loser with a compare-and-swap: of picks racing on the same stale
+/// loser, exactly one forces it (a load then a store let every racer force it).
+#[test]
+fn go_zero_force_pick_is_claimed_once_under_races() {
+    use std::sync::Barrier;
+    for round in 0..200u64 {
+        let p = pool(Policy::GoZero);
+        let es = [EndpointState::new(1), EndpointState::new(1)];
+        p.set_endpoints(2);
+        let _ = InFlight::start(&es[0], &p, 0).complete(MS, Outcome::Success);
+        let _ = InFlight::start(&es[1], &p, 0).complete(100 * MS, Outcome::Success);
+        let barrier = Barrier::new(4);
+        let forced: usize = std::thread::scope(|s| {
+            let handles: Vec<_> = (0..4u64)
+                .map(|t| {
+                    let (es, p, barrier) = (&es, &p, &barrier);
+                    s.spawn(move || {
+                        let mut rng = SplitMix64::new(round * 8 + t);
+                        barrier.wait();
+                        usize::from(P2c::new(es, p).pick(10 * S, &mut rng) == Ok(1))
+                    })
+                })
+                .collect();
+            handles.into_iter().map(|h| h.join().unwrap()).sum()
+        });
+        assert_eq!(
+            forced, 1,
+            "round {round}: the stale loser was forced {forced} times"
+        );
+    }
+}

@@ -374,9 +374,12 @@ fn finish(guard: Guard, code: Option<Code>, budget: Option<Duration>) {
         }
         _ => code,
     };
-    let outcome = match code {
-        Some(code) if !common.config.failure_codes.contains(&code) => Outcome::Success,
-        _ => Outcome::Failure,
+    // Classified once, in the core (Envoy's mapping), unless the user listed failure codes.
+    let outcome = match (code, &common.config.failure_codes) {
+        (None, _) => Outcome::Failure,
+        (Some(code), None) => pickwise::outcome::grpc(code as u32),
+        (Some(code), Some(list)) if list.contains(&code) => Outcome::Failure,
+        (Some(_), Some(_)) => Outcome::Success,
     };
     let _ = guard.complete(now, outcome);
 }

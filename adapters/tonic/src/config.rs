@@ -59,7 +59,8 @@ pub(crate) struct Config {
     pub(crate) backoff: Backoff,
     pub(crate) health: Option<HealthCheck>,
     pub(crate) wait_for_ready: Duration,
-    pub(crate) failure_codes: Vec<Code>,
+    /// `None`: the core's classification (Envoy's gRPC-to-HTTP mapping, 5xx fail).
+    pub(crate) failure_codes: Option<Vec<Code>>,
     pub(crate) hash_header: Option<HeaderName>,
     /// Ring hash while the key's owner connects: wait for it (gRPC) or walk on (Envoy).
     pub(crate) owner_connecting: pickwise::balancer::OwnerConnecting,
@@ -88,7 +89,7 @@ impl fmt::Debug for Config {
     }
 }
 
-/// go-zero's failure codes: the gRPC codes that count against an endpoint by default.
+/// go-zero's failure codes (for [`Builder::failure_codes`]; the default is Envoy's mapping).
 pub const GO_ZERO_FAILURE_CODES: [Code; 6] = [
     Code::DeadlineExceeded,
     Code::Internal,
@@ -143,7 +144,7 @@ impl Builder {
                 backoff: Backoff::default(),
                 health: None,
                 wait_for_ready: Duration::from_secs(10),
-                failure_codes: GO_ZERO_FAILURE_CODES.to_vec(),
+                failure_codes: None,
                 hash_header: None,
                 owner_connecting: pickwise::balancer::OwnerConnecting::Queue,
                 sweep_interval: Duration::from_secs(1),
@@ -437,9 +438,13 @@ impl Builder {
         self
     }
 
-    /// The gRPC codes that count as an endpoint failure (default [`GO_ZERO_FAILURE_CODES`]).
+    /// The gRPC codes that count as an endpoint failure, replacing the default: the core's
+    /// classification ([`pickwise::outcome::grpc`]), Envoy's mapping of gRPC codes to HTTP for
+    /// outlier detection, where UNKNOWN, INTERNAL, UNAVAILABLE, DEADLINE_EXCEEDED, UNIMPLEMENTED
+    /// and DATA_LOSS fail and the application's answers (NOT_FOUND, RESOURCE_EXHAUSTED,
+    /// CANCELLED ...) do not. [`GO_ZERO_FAILURE_CODES`] gives go-zero's list.
     pub fn failure_codes(mut self, codes: impl IntoIterator<Item = Code>) -> Self {
-        self.config.failure_codes = codes.into_iter().collect();
+        self.config.failure_codes = Some(codes.into_iter().collect());
         self
     }
 
