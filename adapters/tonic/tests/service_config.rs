@@ -84,16 +84,38 @@ async fn policy_changes_at_runtime_keep_connections_and_requests() {
         .hash_header(http::HeaderName::from_static("x-user"))
         .build_static(addrs(&backends));
     assert_eq!(channel.wait_ready(3, Duration::from_secs(5)).await, 3);
-    let driver = {
-        let ch = channel.clone();
-        tokio::spawn(async move { load(&ch, 8, Duration::from_millis(1200)).await })
+    // Load until told to stop, so every switch happens under it however slow the machine.
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let errors = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let workers: Vec<_> = (0..8)
+        .map(|_| {
+            let (ch, stop, errors) = (channel.clone(), stop.clone(), errors.clone());
+            tokio::spawn(async move {
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    if call(&ch, None).await.is_err() {
+                        errors.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    }
+                }
+            })
+        })
+        .collect();
+    let hits = || backends.iter().map(Backend::hits).sum::<u64>();
+    // Served under each policy: 100 requests, then the next policy.
+    let served = |n: u64| {
+        let target = hits() + n;
+        async move {
+            let deadline = std::time::Instant::now() + Duration::from_secs(10);
+            while hits() < target {
+                assert!(std::time::Instant::now() < deadline, "the load stalled");
+                tokio::time::sleep(Duration::from_millis(2)).await;
+            }
+        }
     };
     let ring = LbPolicy::RingHash {
         ring: RingConfig::grpc(),
         load: HashPolicy::Plain,
         no_key: NoKey::RandomHash,
     };
-    // Every 300 ms, a new policy while the load runs.
     for policy in [
         ring,
         LbPolicy::Maglev {
@@ -102,11 +124,15 @@ async fn policy_changes_at_runtime_keep_connections_and_requests() {
         },
         LbPolicy::P2c(Policy::PeakEwma),
     ] {
-        tokio::time::sleep(Duration::from_millis(300)).await;
+        served(100).await;
         assert!(channel.set_policy(policy));
     }
-    let (_, errors) = driver.await.unwrap();
-    assert_eq!(errors, 0);
+    served(100).await;
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    for w in workers {
+        w.await.unwrap();
+    }
+    assert_eq!(errors.load(std::sync::atomic::Ordering::Relaxed), 0);
     assert!(backends.iter().all(|b| b.connections() == 1), "no reconnects");
     assert_eq!(channel.policy(), LbPolicy::P2c(Policy::PeakEwma));
     // Back to the ring: a key sticks to one backend.
