@@ -14,7 +14,7 @@
 //! `hash_header` and `keys`, `localities` (weight, priority, backends), `timeline` (steps at
 //! `at_ms`: kill, restart, localities, policy, stop_control_plane, start_control_plane,
 //! listener (point LDS at another route configuration), routes (publish a route configuration),
-//! invalid_cluster, remove_cluster, fail), `duration_ms`, `windows` (`from_ms`, `to_ms`, tolerances).
+//! invalid_cluster, junk_cluster, remove_cluster, fail, delay), `duration_ms`, `windows` (`from_ms`, `to_ms`, tolerances).
 
 mod support;
 
@@ -131,17 +131,37 @@ struct Step {
 #[derive(Deserialize, Debug, Clone)]
 #[serde(tag = "do", rename_all = "snake_case")]
 enum Action {
-    Kill { backend: String },
-    Restart { backend: String },
-    Fail { backend: String, on: bool },
-    Delay { backend: String, ms: u64 },
-    Localities { localities: Vec<Loc> },
-    Policy { policy: PolicyName },
+    Kill {
+        backend: String,
+    },
+    Restart {
+        backend: String,
+    },
+    Fail {
+        backend: String,
+        on: bool,
+    },
+    Delay {
+        backend: String,
+        ms: u64,
+    },
+    Localities {
+        localities: Vec<Loc>,
+    },
+    Policy {
+        policy: PolicyName,
+    },
     StopControlPlane,
     StartControlPlane,
-    Listener { routes: String },
-    Routes { name: String },
+    Listener {
+        routes: String,
+    },
+    Routes {
+        name: String,
+    },
     InvalidCluster,
+    /// Bytes that do not decode as a Cluster, in place of the cluster.
+    JunkCluster,
     RemoveCluster,
 }
 
@@ -471,6 +491,14 @@ async fn apply(cp: &mut ControlPlane, fleet: &mut Fleet, s: &Scenario, action: &
         Action::Listener { routes } => cp.set(resources::listener(NAME, routes)),
         Action::Routes { name } => cp.set(resources::route_config(name, NAME, "backends")),
         Action::RemoveCluster => cp.remove(ResourceType::Cluster, "backends"),
+        Action::JunkCluster => cp.set_any(
+            ResourceType::Cluster,
+            "backends",
+            envoy_types::pb::google::protobuf::Any {
+                type_url: "type.googleapis.com/envoy.config.cluster.v3.Cluster".into(),
+                value: vec![0xff, 0xff, 0xff],
+            },
+        ),
         Action::InvalidCluster => {
             let mut c = resources::cluster("backends", Policy::RingHash { min: 10, max: 5 });
             c.name = "backends".into();
@@ -630,6 +658,7 @@ scenarios!(
     ads_cluster_deleted_and_restored,
     ads_control_plane_away_and_back,
     ads_invalid_cluster_keeps_last_good,
+    ads_undecodable_cluster_fails_rpcs,
     eds_drop_overloads,
     eds_endpoint_removed,
     eds_health_draining_then_healthy,
