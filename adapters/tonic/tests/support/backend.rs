@@ -1,6 +1,7 @@
 //! A real tonic server for tests and the `loadtest` example: `grpc.health.v1.Health/Check` on
 //! loopback, in its own thread and runtime (like a separate process), with a configurable extra
-//! delay, a failure switch, a hit counter, and an `x-backend` response header naming it.
+//! delay, a failure switch, a failing share of calls, a hit counter, and an `x-backend` response
+//! header naming it.
 //! `kill()` drops its runtime: every socket closes at once, as when a process dies.
 
 #![allow(dead_code, unreachable_pub)]
@@ -27,6 +28,11 @@ pub struct Knobs {
     pub last_timeout: Arc<Mutex<Option<String>>>,
     /// How long a Watch stream stays open after its first message.
     pub stream_ms: Arc<AtomicU64>,
+    /// This percentage of Check calls answers UNAVAILABLE at once (no delay); see
+    /// [`Backend::set_fail_percent`].
+    pub fail_percent: Arc<AtomicU64>,
+    /// Check calls answered UNAVAILABLE because of `fail_percent`.
+    pub failed_fast: Arc<AtomicU64>,
 }
 
 struct Service {
@@ -40,7 +46,12 @@ impl Health for Service {
         &self,
         _req: Request<HealthCheckRequest>,
     ) -> Result<Response<HealthCheckResponse>, Status> {
-        self.knobs.hits.fetch_add(1, Ordering::Relaxed);
+        let hit = self.knobs.hits.fetch_add(1, Ordering::Relaxed);
+        let pct = self.knobs.fail_percent.load(Ordering::Relaxed);
+        if pct > 0 && mix(hit) % 100 < pct {
+            self.knobs.failed_fast.fetch_add(1, Ordering::Relaxed);
+            return Err(Status::unavailable(format!("{} failed this call", self.name)));
+        }
         let timeout = _req
             .metadata()
             .get("grpc-timeout")
@@ -86,6 +97,15 @@ impl Health for Service {
             .insert("x-backend", self.name.parse().expect("ascii name"));
         Ok(resp)
     }
+}
+
+/// splitmix64's finaliser: the `n`th call's draw. Which calls fail is pseudo-random (no runs of
+/// exactly every third call) yet needs no generator state shared between calls.
+fn mix(n: u64) -> u64 {
+    let mut z = n.wrapping_add(0x9E37_79B9_7F4A_7C15);
+    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    z ^ (z >> 31)
 }
 
 pub struct Backend {
@@ -193,6 +213,18 @@ impl Backend {
 
     pub fn set_failing(&self, fail: bool) {
         self.knobs.fail.store(fail, Ordering::Relaxed);
+    }
+
+    /// `pct`% of Check calls (0..=100, pseudo-random by call number) answer UNAVAILABLE at once,
+    /// before any [`set_delay`](Self::set_delay): a backend that fails part of its requests fast.
+    /// 0 turns it off.
+    pub fn set_fail_percent(&self, pct: u64) {
+        self.knobs.fail_percent.store(pct.min(100), Ordering::Relaxed);
+    }
+
+    /// Check calls answered UNAVAILABLE by [`set_fail_percent`](Self::set_fail_percent).
+    pub fn failed_fast(&self) -> u64 {
+        self.knobs.failed_fast.load(Ordering::Relaxed)
     }
 }
 
