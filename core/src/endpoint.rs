@@ -298,6 +298,12 @@ impl EndpointState {
         self.stamp.store(now_ms, Relaxed);
     }
 
+    /// Forgets the latency estimate (back to "no sample": the default RTT). For a new connection
+    /// after a failed one: errors of the old connection never weigh on its replacement.
+    pub fn reset_latency(&self) {
+        self.latency.store(0, Relaxed);
+    }
+
     #[inline]
     pub(crate) fn last_pick_ms(&self) -> u32 {
         self.last_pick.load(Relaxed)

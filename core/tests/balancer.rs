@@ -472,3 +472,28 @@ fn a50_failure_percentage_ejection() {
     b.handle_timeout(10 * S);
     assert_eq!(pool.ejected(), 0);
 }
+
+/// Errors of an old connection never weigh on its replacement: READY after TRANSIENT_FAILURE
+/// starts the latency estimate afresh (the failure penalty of requests that died with the old
+/// connection is gone).
+#[test]
+fn a_reconnected_endpoint_starts_with_a_fresh_estimate() {
+    let pool = Arc::new(Pool::new(PoolConfig::default()));
+    let mut b: B = Balancer::new(
+        BalancerConfig::new(LbPolicy::P2c(pickwise::Policy::PeakEwma)),
+        pool.clone(),
+    );
+    add(&mut b, 0, "a:1", spec(0, 0));
+    set(&mut b, 0, "a:1", Connectivity::Ready);
+    let a = b.get(&"a:1".to_string()).unwrap().clone();
+    let _ = InFlight::start(&*a, &*pool, 0).complete(2_000_000, Outcome::Success);
+    let _ = InFlight::start(&*a, &*pool, S).complete(S + 100_000_000, Outcome::Failure);
+    assert!(pool.estimate(&a, S + 100_000_000) >= 100e6);
+    set(&mut b, 2 * S, "a:1", Connectivity::TransientFailure);
+    set(&mut b, 3 * S, "a:1", Connectivity::Ready);
+    assert_eq!(
+        a.latency_ns(),
+        None,
+        "fresh: the default RTT until its first sample"
+    );
+}

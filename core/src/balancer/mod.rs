@@ -394,7 +394,15 @@ impl<K: Ord + Clone + AsRef<[u8]>, T: Clone + Borrow<EndpointState>> Balancer<K,
         let was = slot.effective();
         slot.state = state;
         match state {
-            Connectivity::Ready => slot.failing = false,
+            Connectivity::Ready => {
+                if slot.failing {
+                    // A new connection after a failed one: the old connection's errors (and the
+                    // failure penalty they left in the estimate) never weigh on it (grpc-go keeps
+                    // per-transport state; a reconnected subchannel starts fresh).
+                    slot.payload.borrow().reset_latency();
+                }
+                slot.failing = false;
+            }
             Connectivity::TransientFailure => slot.failing = true,
             _ => {}
         }
