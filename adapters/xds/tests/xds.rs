@@ -237,11 +237,21 @@ async fn an_invalid_resource_is_nacked_and_the_last_good_one_kept() {
     let junk = junk_nack().unwrap();
     assert_eq!(junk.kind, "CDS", "{junk:?}");
     assert_eq!(junk.version, accepted, "still the last accepted version");
-    assert!(ch.status().last_nack.unwrap().contains("cannot decode"));
-    // Not asserted: whether the last good cluster keeps serving meanwhile. C-core skips SotW
-    // deletions when a response has no valid resource; pickwise currently treats the cluster
-    // as deleted (see tests/CONFORMANCE.md). A valid cluster again: served.
-    // The ACK comes after the client handled the junk, so from then on the state is the new one.
+    assert!(
+        ch.wait_for(PATIENCE, |s| s
+            .last_nack
+            .as_deref()
+            .is_some_and(|n| n.contains("cannot decode")))
+            .await
+    );
+    // Its name is unreadable, so the state-of-the-world response no longer holds the cluster:
+    // it counts as deleted, as in C-core (differential scenario ads_undecodable_cluster_fails_rpcs).
+    assert!(
+        ch.wait_for(PATIENCE, |s| s.clusters[0].1.is_none()).await,
+        "{:?}",
+        ch.status()
+    );
+    // A valid cluster again: served once the client ACKed it and published it.
     let v = cp.version(ResourceType::Cluster);
     cp.set(resources::cluster("backends", Policy::RoundRobin));
     acked(&cp, ResourceType::Cluster, v + 1).await;
