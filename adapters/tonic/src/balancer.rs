@@ -2,209 +2,26 @@
 //! discovery changes, and publishes an immutable picker [`Snapshot`] whenever membership or
 //! readiness changes.
 
-use std::borrow::Borrow;
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Arc;
 use std::time::Duration;
 
 use arc_swap::ArcSwap;
 use pickwise::balancer::{
-    Balancer as CoreBalancer, BalancerConfig, Connectivity, EndpointSpec, Event as CoreEvent, Prepared,
-    Unpicked as CoreUnpicked,
+    Balancer as CoreBalancer, BalancerConfig, Connectivity, EndpointSpec, Event as CoreEvent,
 };
-use pickwise::{EndpointState, Pool};
+use pickwise::Pool;
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 use tokio_stream::StreamExt;
-use tonic::transport::Channel;
 
+use crate::common::Common;
 use crate::config::Config;
 use crate::discover::{BoxDiscover, BoxEndpointDiscover, Change, Endpoint};
-use crate::error::NoEndpoint;
+use crate::error::error_chain;
+use crate::snapshot::{Control, Member, Shared, Snapshot};
 use crate::subchannel::{self, ConnectivityState, Subchannel};
-use crate::BalancedChannel;
-use pickwise::LbPolicy;
-
-/// State shared by the balancer task and every request.
-#[derive(Debug)]
-pub(crate) struct Shared {
-    pub(crate) snapshot: ArcSwap<Snapshot>,
-    pub(crate) version: watch::Sender<u64>,
-    pub(crate) common: Arc<Common>,
-    /// Requests to the balancer task from the channel handle (policy changes).
-    pub(crate) control: mpsc::UnboundedSender<Control>,
-}
-
-/// What the channel handle asks of the balancer task.
-#[derive(Debug)]
-pub(crate) enum Control {
-    /// Switch the balancing policy; connections and in-flight requests are kept.
-    SetPolicy(LbPolicy),
-}
-
-/// What requests need after the pick (pool, config, clock). Every subchannel holds an `Arc` of it,
-/// so an in-flight request reaches it through its endpoint and clones no balancer-wide `Arc`
-/// (a refcount every core would write on every request).
-#[derive(Debug)]
-pub(crate) struct Common {
-    pub(crate) pool: Arc<Pool>,
-    pub(crate) config: Arc<Config>,
-    pub(crate) epoch: Instant,
-}
-
-impl Common {
-    /// Monotonic nanoseconds since the balancer started: the core's `now`.
-    #[inline]
-    pub(crate) fn now(&self) -> u64 {
-        self.epoch.elapsed().as_nanos() as u64
-    }
-}
-
-/// An endpoint as a snapshot sees it.
-#[derive(Clone, Debug)]
-pub(crate) struct Member {
-    pub(crate) sub: Arc<Subchannel>,
-    pub(crate) channel: Option<Channel>,
-    /// The connection generation `channel` belongs to.
-    pub(crate) generation: u64,
-}
-
-impl Borrow<EndpointState> for Member {
-    fn borrow(&self) -> &EndpointState {
-        &self.sub.core
-    }
-}
-
-/// An immutable picker: what requests read, swapped atomically. The decision is the core's
-/// [`Prepared`] picker; this adds what only the channel knows (discovery, shutdown, errors).
-#[derive(Debug, Default)]
-pub(crate) struct Snapshot {
-    /// The core's picker (`None` before the first one and after shutdown).
-    pub(crate) picker: Option<Prepared<Member>>,
-    /// The policy this picker runs.
-    pub(crate) policy: LbPolicy,
-    /// Discovery has produced at least one update.
-    pub(crate) resolved: bool,
-    pub(crate) last_error: Option<String>,
-    pub(crate) discovery_error: Option<String>,
-    /// The balancer has stopped: waiting requests fail with [`NoEndpoint::Shutdown`].
-    pub(crate) shutdown: bool,
-}
-
-/// What a request does when the snapshot yields no endpoint.
-pub(crate) enum Unpicked {
-    /// Something may become ready: wait for the next snapshot.
-    Wait,
-    /// Nothing will: fail now.
-    Fail(NoEndpoint),
-}
-
-impl Snapshot {
-    /// Classifies a failed pick (grpc's rules: queue while connecting, fail fast otherwise). Only
-    /// reached with no ready endpoint: when every ready one is ejected, picks use panic routing.
-    pub(crate) fn unpicked(&self, core: CoreUnpicked) -> Unpicked {
-        if self.shutdown {
-            return Unpicked::Fail(NoEndpoint::Shutdown);
-        }
-        if !self.resolved {
-            return match &self.discovery_error {
-                Some(e) => Unpicked::Fail(NoEndpoint::Discovery(e.clone())),
-                None => Unpicked::Wait,
-            };
-        }
-        let members = self.picker.as_ref().map_or(0, |p| p.all().len());
-        if members == 0 {
-            return Unpicked::Fail(NoEndpoint::EmptySet);
-        }
-        // Sticky TRANSIENT_FAILURE: endpoints reconnecting after a failure count as failing, so
-        // when all have failed, fail-fast requests fail now rather than wait for the retries.
-        match core {
-            CoreUnpicked::Wait => Unpicked::Wait,
-            CoreUnpicked::Fail => Unpicked::Fail(NoEndpoint::AllFailing {
-                endpoints: members,
-                last_error: self.last_error.clone(),
-            }),
-        }
-    }
-
-    /// READY endpoints the picker serves from.
-    pub(crate) fn ready_count(&self) -> usize {
-        self.picker.as_ref().map_or(0, |p| p.ready().len())
-    }
-
-    pub(crate) fn describe(&self) -> String {
-        let Some(p) = &self.picker else {
-            return "no endpoints yet".into();
-        };
-        let (connecting, failing) = p.counts();
-        let priority = match p.priority() {
-            Some(n) if p.all().len() != p.members().len() => format!(" (priority {n})"),
-            _ => String::new(),
-        };
-        format!(
-            "{} endpoints{priority}: {} ready, {connecting} connecting, {failing} failing",
-            p.members().len(),
-            p.ready().len(),
-        )
-    }
-}
-
-/// One endpoint's statistics, from [`BalancedChannel::stats`].
-#[derive(Clone, Debug, PartialEq)]
-pub struct EndpointStats {
-    /// The address (discovery key).
-    pub address: String,
-    /// Connectivity state.
-    pub state: ConnectivityState,
-    /// Weight (within its locality).
-    pub weight: u32,
-    /// Its priority (0 the highest).
-    pub priority: u32,
-    /// Its locality's weight (1 without localities).
-    pub locality_weight: u32,
-    /// Requests in flight.
-    pub in_flight: u32,
-    /// Latency estimate (the cost policy's EWMA), decayed to now; `None` before the first sample
-    /// and under least-request (which keeps none).
-    pub latency: Option<Duration>,
-    /// Requests started.
-    pub picks: u64,
-    /// Requests that failed.
-    pub failures: u64,
-    /// Remaining ejection time, if ejected.
-    pub ejected_for: Option<Duration>,
-}
-
-impl Shared {
-    pub(crate) fn stats(&self) -> Vec<EndpointStats> {
-        let now = self.common.now();
-        let snap = self.snapshot.load();
-        let members: &[Member] = snap.picker.as_ref().map_or(&[], |p| p.all());
-        members
-            .iter()
-            .map(|m| {
-                let e = &m.sub.core;
-                EndpointStats {
-                    address: m.sub.addr.clone(),
-                    state: m.sub.state(),
-                    weight: e.weight(),
-                    priority: m.sub.priority.load(std::sync::atomic::Ordering::Relaxed),
-                    locality_weight: m.sub.locality_weight.load(std::sync::atomic::Ordering::Relaxed),
-                    in_flight: e.in_flight(),
-                    latency: e
-                        .latency_ns()
-                        .map(|_| Duration::from_nanos(self.common.pool.estimate(e, now) as u64)),
-                    picks: e.picks(),
-                    failures: e.failures(),
-                    ejected_for: e
-                        .ejected_for_ms(now)
-                        .map(|ms| Duration::from_millis(u64::from(ms))),
-                }
-            })
-            .collect()
-    }
-}
 
 /// What the task last told the core about an endpoint (to report only changes).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -239,12 +56,13 @@ struct Balancer {
     active_priority: Option<u32>,
 }
 
-/// Starts the balancer task and returns the user's handle.
+/// Starts the balancer task; returns what requests share with it and the sender whose drop
+/// stops it (both go into the user's [`BalancedChannel`](crate::BalancedChannel)).
 pub(crate) fn spawn(
     config: Config,
     discovery: BoxEndpointDiscover,
     peers: Option<BoxDiscover>,
-) -> BalancedChannel {
+) -> (Arc<Shared>, oneshot::Sender<()>) {
     let (version, _) = watch::channel(0u64);
     let common = Arc::new(Common {
         pool: Arc::new(Pool::new(config.pool)),
@@ -281,7 +99,7 @@ pub(crate) fn spawn(
         active_priority: None,
     };
     tokio::spawn(balancer.run(discovery, peers, events_rx, control_rx, shutdown_rx));
-    BalancedChannel::new(shared, shutdown_tx)
+    (shared, shutdown_tx)
 }
 
 impl Balancer {
@@ -375,7 +193,7 @@ impl Balancer {
         match item {
             Some(Ok(change)) => self.apply(change),
             Some(Err(e)) => {
-                let msg = subchannel::error_chain(&*e);
+                let msg = error_chain(&*e);
                 tracing::warn!(error = %msg, endpoints = self.entries.len(), "discovery error; keeping the last endpoint set");
                 if !self.resolved {
                     self.discovery_error = Some(msg);
@@ -545,7 +363,7 @@ impl Balancer {
                 self.subset_dirty |= self.peers.remove(&id);
             }
             Some(Err(e)) => {
-                tracing::warn!(error = %subchannel::error_chain(&*e), "peer discovery error; keeping the last peer set");
+                tracing::warn!(error = %error_chain(&*e), "peer discovery error; keeping the last peer set");
             }
             None => {
                 tracing::warn!(
@@ -638,42 +456,5 @@ fn futures_now<S: tokio_stream::Stream + Unpin>(s: &mut S) -> Option<Option<S::I
     match std::pin::Pin::new(s).poll_next(&mut cx) {
         std::task::Poll::Ready(item) => Some(item),
         std::task::Poll::Pending => None,
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    //! What only the channel decides (the aggregate-state rules are the core's, tested there):
-    //! discovery errors, an empty set, shutdown.
-    use super::*;
-
-    #[test]
-    fn channel_level_outcomes() {
-        let unresolved = Snapshot::default();
-        assert!(matches!(unresolved.unpicked(CoreUnpicked::Fail), Unpicked::Wait));
-        let failed = Snapshot {
-            discovery_error: Some("boom".into()),
-            ..Snapshot::default()
-        };
-        assert!(matches!(
-            failed.unpicked(CoreUnpicked::Wait),
-            Unpicked::Fail(NoEndpoint::Discovery(_))
-        ));
-        let empty = Snapshot {
-            resolved: true,
-            ..Snapshot::default()
-        };
-        assert!(matches!(
-            empty.unpicked(CoreUnpicked::Wait),
-            Unpicked::Fail(NoEndpoint::EmptySet)
-        ));
-        let down = Snapshot {
-            shutdown: true,
-            ..Snapshot::default()
-        };
-        assert!(matches!(
-            down.unpicked(CoreUnpicked::Wait),
-            Unpicked::Fail(NoEndpoint::Shutdown)
-        ));
     }
 }

@@ -25,11 +25,11 @@ use tonic::codegen::Bytes;
 use tonic::{Code, Status};
 use tower_service::Service;
 
-use crate::balancer::{EndpointStats, Shared, Unpicked};
 use crate::deadline;
-use crate::error::NoEndpoint;
+use crate::error::{error_chain, NoEndpoint};
 use crate::picker::{try_pick, wait_for_pick, Guard, Picked, Request, WaitFuture};
 use crate::retry::{self, Replay, Unprocessed};
+use crate::snapshot::{Control, EndpointStats, Shared, Unpicked};
 use crate::BoxError;
 
 /// Wait-for-ready for one request (grpc-go's `grpc.WaitForReady` call option), as a request
@@ -110,10 +110,7 @@ impl BalancedChannel {
     /// every connection, in-flight request and endpoint state and publishes a picker for the new
     /// policy. Returns false if the balancer has stopped.
     pub fn set_policy(&self, policy: pickwise::LbPolicy) -> bool {
-        self.shared
-            .control
-            .send(crate::balancer::Control::SetPolicy(policy))
-            .is_ok()
+        self.shared.control.send(Control::SetPolicy(policy)).is_ok()
     }
 
     /// The policy of the current picker.
@@ -224,7 +221,7 @@ impl Retry {
             return Err(fail_call(guard, generation, e));
         };
         if self.replay.attempts > retry::MAX_RETRIES || !self.replay.replayable() {
-            tracing::debug!(error = %crate::subchannel::error_chain(&*e), attempts = self.replay.attempts, "unprocessed, not retried");
+            tracing::debug!(error = %error_chain(&*e), attempts = self.replay.attempts, "unprocessed, not retried");
             return Err(fail_call(guard, generation, e));
         }
         let common = &g.endpoint().0.common;

@@ -114,9 +114,9 @@ pub const GO_ZERO_FAILURE_CODES: [Code; 6] = [
 /// # }
 /// ```
 pub struct Builder {
-    config: Config,
+    pub(crate) config: Config,
     /// Peer discovery for subsetting (not in `Config`: a stream is not shareable).
-    peers: Option<crate::discover::BoxDiscover>,
+    pub(crate) peers: Option<crate::discover::BoxDiscover>,
 }
 
 impl fmt::Debug for Builder {
@@ -452,41 +452,6 @@ impl Builder {
     pub fn sweep_interval(mut self, every: Duration) -> Self {
         self.config.sweep_interval = every.max(Duration::from_millis(1));
         self
-    }
-
-    /// Starts the balancer over `discovery` and returns the channel. Must run inside a tokio runtime
-    /// (it spawns the balancer task, which stops when the last clone of the channel is dropped).
-    pub fn build<S, E>(self, discovery: S) -> crate::BalancedChannel
-    where
-        S: Stream<Item = Result<Change<String, u32>, E>> + Send + 'static,
-        E: Into<BoxError>,
-    {
-        self.build_endpoints(tokio_stream::StreamExt::map(discovery, |item| {
-            item.map(|change| match change {
-                Change::Insert(addr, weight) => Change::Insert(addr, crate::discover::Endpoint::from(weight)),
-                Change::Remove(addr) => Change::Remove(addr),
-            })
-        }))
-    }
-
-    /// [`build`](Self::build) over a stream of [`Endpoint`](crate::discover::Endpoint)s: weights
-    /// with priorities and ring-hash keys (what an xDS EDS update carries).
-    pub fn build_endpoints<S, E>(self, discovery: S) -> crate::BalancedChannel
-    where
-        S: Stream<Item = Result<Change<String, crate::discover::Endpoint>, E>> + Send + 'static,
-        E: Into<BoxError>,
-    {
-        let discovery = tokio_stream::StreamExt::map(discovery, |item| item.map_err(Into::into));
-        crate::balancer::spawn(self.config, Box::pin(discovery), self.peers)
-    }
-
-    /// [`build`](Self::build) over a fixed list of addresses.
-    pub fn build_static<I, A>(self, addresses: I) -> crate::BalancedChannel
-    where
-        I: IntoIterator<Item = A>,
-        A: Into<String>,
-    {
-        self.build(crate::discover::fixed(addresses))
     }
 }
 

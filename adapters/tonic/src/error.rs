@@ -1,5 +1,5 @@
 //! Errors the balancer returns to callers, always as a gRPC `Status` inside the boxed error so
-//! tonic clients see the exact code and message.
+//! tonic clients see the exact code and message; and [`error_chain`], how errors are logged.
 
 use tonic::{Code, Status};
 
@@ -62,4 +62,21 @@ impl From<NoEndpoint> for Status {
     fn from(e: NoEndpoint) -> Self {
         Self::new(Code::Unavailable, e.to_string())
     }
+}
+
+/// An error and its sources, joined with ": " (a source whose text is already in the message is
+/// skipped). Not part of the API (hidden from the docs): public only so that `pickwise-xds` logs
+/// errors the same way with this one copy.
+pub fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut msg = e.to_string();
+    let mut src = e.source();
+    while let Some(s) = src {
+        let text = s.to_string();
+        if !msg.contains(&text) {
+            msg.push_str(": ");
+            msg.push_str(&text);
+        }
+        src = s.source();
+    }
+    msg
 }

@@ -97,11 +97,19 @@
 //! through, which records each outcome). `call` loads the current snapshot with `arc-swap` (no
 //! lock), picks (no allocation), takes an in-flight guard, and forwards to the endpoint's tonic
 //! `Channel`. The balancer task is the only writer.
+//!
+//! Read them bottom up; no module imports one above it: `common` (what subchannels and the picker
+//! share: pool, configuration, clock), `config` and `error` at the bottom; `subchannel` above
+//! them; `snapshot` (what the task publishes and requests read) and `picker` above that;
+//! `balancer` (the task) above those; `channel` (the `Service`) and `builder` (which spawns the
+//! task and returns the channel) on top.
 #![forbid(unsafe_code)]
 #![deny(missing_docs)]
 
 mod balancer;
+mod builder;
 mod channel;
+mod common;
 mod config;
 pub mod deadline;
 pub mod discover;
@@ -109,18 +117,21 @@ mod error;
 mod picker;
 mod retry;
 pub mod service_config;
+mod snapshot;
 mod subchannel;
 mod subsetting;
 mod transport;
 
-pub use balancer::EndpointStats;
 pub use channel::{BalancedChannel, ResponseBody, ResponseFuture, WaitForReady};
 pub use config::{Backoff, Builder, HealthCheck, GO_ZERO_FAILURE_CODES};
+#[doc(hidden)]
+pub use error::error_chain;
 pub use error::NoEndpoint;
 pub use picker::RequestHash;
 pub use pickwise::subset::{Client as SubsetClient, Subsetting};
 pub use pickwise::{self, HashPolicy, LbPolicy, Mode, NoKey, OutlierConfig, Policy, PoolConfig, RingConfig};
 pub use retry::{MAX_RETRIES, RETRY_BUFFER};
+pub use snapshot::EndpointStats;
 pub use subchannel::ConnectivityState;
 /// The rustls version [`Builder::tls`] takes (feature `tls`).
 #[cfg(feature = "tls")]

@@ -12,10 +12,10 @@ use tokio::time::Instant;
 use tonic::transport::Channel;
 use tonic::Status;
 
-use crate::balancer::{Shared, Snapshot, Unpicked};
 use crate::config::Config;
 use crate::deadline;
 use crate::error::NoEndpoint;
+use crate::snapshot::{Shared, Snapshot, Unpicked};
 use crate::subchannel::SubRef;
 
 pub(crate) type Request = http::Request<tonic::body::Body>;

@@ -16,8 +16,9 @@ use tonic::transport::{Channel, Endpoint};
 use tonic_health::pb::health_check_response::ServingStatus;
 use tonic_health::pb::{health_client::HealthClient, HealthCheckRequest};
 
-use crate::balancer::Common;
+use crate::common::Common;
 use crate::config::Backoff;
+use crate::error::error_chain;
 use crate::transport::{ConnWatch, WatchConnector};
 use crate::BoxError;
 
@@ -339,21 +340,6 @@ async fn check_health(channel: &Channel, service: &str, timeout: Duration) -> Re
         Ok(Err(s)) => Err(format!("health check failed: {}", s.message())),
         Err(_) => Err("health check timed out".into()),
     }
-}
-
-/// An error and its sources, joined with ": ".
-pub(crate) fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
-    let mut msg = e.to_string();
-    let mut src = e.source();
-    while let Some(s) = src {
-        let text = s.to_string();
-        if !msg.contains(&text) {
-            msg.push_str(": ");
-            msg.push_str(&text);
-        }
-        src = s.source();
-    }
-    msg
 }
 
 /// gRPC connection backoff: `initial * multiplier^n`, capped, with +-jitter.
