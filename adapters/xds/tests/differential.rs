@@ -65,6 +65,21 @@ struct Scenario {
     /// CDS `outlier_detection` with this `consecutive_5xx` (interval 1 s, base ejection 30 s).
     #[serde(default)]
     outlier_consecutive_5xx: u32,
+    /// The bootstrap's server has `ignore_resource_deletion` (gRFC A53).
+    #[serde(default)]
+    ignore_resource_deletion: bool,
+    /// A second cluster, `other`, with these localities (same policy).
+    #[serde(default)]
+    other_localities: Option<Vec<Loc>>,
+    /// The route configuration's shape (default: every RPC to `backends`).
+    #[serde(default)]
+    route: Option<RouteSpec>,
+    /// Headers every call of both clients carries.
+    #[serde(default)]
+    headers: BTreeMap<String, String>,
+    /// CDS circuit breaker: `max_requests` of the default priority.
+    #[serde(default)]
+    max_requests: u32,
     /// CDS `outlier_detection` with failure-percentage ejection at this threshold (request
     /// volume 10, minimum hosts 3, enforcing 100%; interval 1 s, base ejection 30 s).
     #[serde(default)]
@@ -73,6 +88,30 @@ struct Scenario {
 
 fn connect_timeout() -> u64 {
     500
+}
+
+/// A route configuration shape.
+#[derive(Deserialize, Debug, Clone)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+enum RouteSpec {
+    /// `weighted_clusters` over (cluster, weight).
+    Weighted { clusters: Vec<(String, u32)> },
+    /// A first route matching header `header` by `safe_regex` `regex` to `cluster`; then every
+    /// other RPC to `backends`.
+    HeaderRegex {
+        header: String,
+        regex: String,
+        cluster: String,
+    },
+    /// One route to `backends` with these hash policies (header hashes).
+    HashPolicies { policies: Vec<HashHeader> },
+}
+
+#[derive(Deserialize, Debug, Clone)]
+struct HashHeader {
+    header: String,
+    #[serde(default)]
+    terminal: bool,
 }
 
 #[derive(Deserialize, Debug, Clone, Copy, PartialEq, Eq)]
@@ -179,6 +218,10 @@ struct Window {
     /// Ring hash: smallest share of keys both send to the same backend (default 0.98).
     #[serde(default = "agreement")]
     agree: f64,
+    /// Compare successful calls per second, within this relative difference (e.g. 0.3), for
+    /// scenarios where the rate of successes is the behaviour (circuit breaking).
+    #[serde(default)]
+    ok_rate: Option<f64>,
 }
 
 fn share_tolerance() -> f64 {
@@ -342,9 +385,12 @@ fn c_core(cp: &ControlPlane, s: &Scenario) -> Option<(f64, std::thread::JoinHand
         args.push(format!("--header={h}"));
         args.push(format!("--keys={}", s.keys));
     }
+    for (h, v) in &s.headers {
+        args.push(format!("--static-header={h}={v}"));
+    }
     let mut child = Command::new("python3")
         .args(&args)
-        .env("GRPC_XDS_BOOTSTRAP_CONFIG", cp.bootstrap_json())
+        .env("GRPC_XDS_BOOTSTRAP_CONFIG", bootstrap(cp, s))
         .env_remove("GRPC_XDS_BOOTSTRAP")
         .stdin(std::process::Stdio::piped())
         .stdout(std::process::Stdio::piped())
@@ -370,6 +416,7 @@ fn c_core(cp: &ControlPlane, s: &Scenario) -> Option<(f64, std::thread::JoinHand
 /// pickwise's side: the same calls, from `epoch_ms` for `duration_ms`.
 async fn pickwise(
     bootstrap: String,
+    headers: BTreeMap<String, String>,
     connect_timeout_ms: u64,
     duration_ms: u64,
     header: Option<String>,
@@ -388,7 +435,7 @@ async fn pickwise(
     let out = Arc::new(Mutex::new(Vec::new()));
     let mut tasks = Vec::new();
     for w in 0..WORKERS {
-        let (ch, out, header) = (ch.clone(), out.clone(), header.clone());
+        let (ch, out, header, headers) = (ch.clone(), out.clone(), header.clone(), headers.clone());
         tasks.push(tokio::spawn(async move {
             let mut i = 0;
             let mut mine = Vec::new();
@@ -400,6 +447,12 @@ async fn pickwise(
                     service: String::new(),
                 });
                 req.set_timeout(Duration::from_secs(1));
+                for (h, v) in &headers {
+                    req.metadata_mut().insert(
+                        tonic::metadata::MetadataKey::from_bytes(h.as_bytes()).unwrap(),
+                        v.parse().unwrap(),
+                    );
+                }
                 if let (Some(h), Some(k)) = (&header, &key) {
                     req.metadata_mut().insert(
                         tonic::metadata::MetadataKey::from_bytes(h.as_bytes()).unwrap(),
@@ -431,9 +484,30 @@ async fn pickwise(
 
 /// The scenario's cluster with `policy` (outlier detection if the scenario asks).
 fn cluster(s: &Scenario, policy: PolicyName) -> envoy_types::pb::envoy::config::cluster::v3::Cluster {
-    use envoy_types::pb::envoy::config::cluster::v3::OutlierDetection;
+    cluster_named(s, "backends", policy)
+}
+
+fn cluster_named(
+    s: &Scenario,
+    name: &str,
+    policy: PolicyName,
+) -> envoy_types::pb::envoy::config::cluster::v3::Cluster {
+    use envoy_types::pb::envoy::config::cluster::v3::{
+        circuit_breakers::Thresholds, CircuitBreakers, OutlierDetection,
+    };
     use envoy_types::pb::google::protobuf::{Duration as PbDuration, UInt32Value};
-    let mut c = resources::cluster("backends", policy.policy());
+    let mut c = resources::cluster(name, policy.policy());
+    if s.max_requests > 0 {
+        c.circuit_breakers = Some(CircuitBreakers {
+            thresholds: vec![Thresholds {
+                max_requests: Some(UInt32Value {
+                    value: s.max_requests,
+                }),
+                ..Thresholds::default()
+            }],
+            ..CircuitBreakers::default()
+        });
+    }
     if s.outlier_consecutive_5xx > 0 || s.outlier_failure_percentage > 0 {
         let secs = |seconds| Some(PbDuration { seconds, nanos: 0 });
         let some = |value: u32| (value > 0).then_some(UInt32Value { value });
@@ -458,11 +532,21 @@ fn eds(
     fleet: &Fleet,
     locs: &[Loc],
 ) -> envoy_types::pb::envoy::config::endpoint::v3::ClusterLoadAssignment {
+    eds_named(s, fleet, "backends", locs)
+}
+
+/// [`eds`] for cluster `name`.
+fn eds_named(
+    s: &Scenario,
+    fleet: &Fleet,
+    name: &str,
+    locs: &[Loc],
+) -> envoy_types::pb::envoy::config::endpoint::v3::ClusterLoadAssignment {
     use envoy_types::pb::envoy::config::endpoint::v3::cluster_load_assignment::{
         policy::DropOverload, Policy as EdsPolicy,
     };
     use envoy_types::pb::envoy::r#type::v3::FractionalPercent;
-    let mut e = resources::endpoints("backends", &fleet.localities(locs));
+    let mut e = resources::endpoints(name, &fleet.localities(locs));
     if s.drop_percent > 0 {
         e.policy = Some(EdsPolicy {
             drop_overloads: vec![DropOverload {
@@ -478,6 +562,66 @@ fn eds(
     e
 }
 
+/// The route configuration `name` for the scenario.
+fn routes(s: &Scenario, name: &str) -> envoy_types::pb::envoy::config::route::v3::RouteConfiguration {
+    use envoy_types::pb::envoy::config::route::v3::{
+        header_matcher::HeaderMatchSpecifier, route::Action, route_action::hash_policy,
+        route_action::ClusterSpecifier, route_action::HashPolicy, HeaderMatcher,
+    };
+    use envoy_types::pb::envoy::r#type::matcher::v3::{
+        string_matcher::MatchPattern, RegexMatcher, StringMatcher,
+    };
+    match &s.route {
+        None => resources::route_config_weighted(name, NAME, &[("backends", 1)], s.hash_header.as_deref()),
+        Some(RouteSpec::Weighted { clusters }) => {
+            let list: Vec<(&str, u32)> = clusters.iter().map(|(c, w)| (c.as_str(), *w)).collect();
+            resources::route_config_weighted(name, NAME, &list, s.hash_header.as_deref())
+        }
+        Some(RouteSpec::HeaderRegex {
+            header,
+            regex,
+            cluster,
+        }) => {
+            let mut rc = resources::route_config(name, NAME, "backends");
+            let mut first = rc.virtual_hosts[0].routes[0].clone();
+            if let Some(m) = first.r#match.as_mut() {
+                m.headers = vec![HeaderMatcher {
+                    name: header.clone(),
+                    header_match_specifier: Some(HeaderMatchSpecifier::StringMatch(StringMatcher {
+                        match_pattern: Some(MatchPattern::SafeRegex(RegexMatcher {
+                            regex: regex.clone(),
+                            ..RegexMatcher::default()
+                        })),
+                        ..StringMatcher::default()
+                    })),
+                    ..HeaderMatcher::default()
+                }];
+            }
+            if let Some(Action::Route(ra)) = first.action.as_mut() {
+                ra.cluster_specifier = Some(ClusterSpecifier::Cluster(cluster.clone()));
+            }
+            rc.virtual_hosts[0].routes.insert(0, first);
+            rc
+        }
+        Some(RouteSpec::HashPolicies { policies }) => {
+            let mut rc = resources::route_config(name, NAME, "backends");
+            if let Some(Action::Route(ra)) = rc.virtual_hosts[0].routes[0].action.as_mut() {
+                ra.hash_policy = policies
+                    .iter()
+                    .map(|p| HashPolicy {
+                        policy_specifier: Some(hash_policy::PolicySpecifier::Header(hash_policy::Header {
+                            header_name: p.header.clone(),
+                            regex_rewrite: None,
+                        })),
+                        terminal: p.terminal,
+                    })
+                    .collect();
+            }
+            rc
+        }
+    }
+}
+
 async fn apply(cp: &mut ControlPlane, fleet: &mut Fleet, s: &Scenario, action: &Action) {
     match action {
         Action::Kill { backend } => fleet.live.get_mut(backend).expect("a live backend").kill(),
@@ -489,7 +633,7 @@ async fn apply(cp: &mut ControlPlane, fleet: &mut Fleet, s: &Scenario, action: &
         Action::StopControlPlane => cp.stop().await,
         Action::StartControlPlane => cp.restart().await.expect("control plane restarts"),
         Action::Listener { routes } => cp.set(resources::listener(NAME, routes)),
-        Action::Routes { name } => cp.set(resources::route_config(name, NAME, "backends")),
+        Action::Routes { name } => cp.set(routes(s, name)),
         Action::RemoveCluster => cp.remove(ResourceType::Cluster, "backends"),
         Action::JunkCluster => cp.set_any(
             ResourceType::Cluster,
@@ -507,6 +651,19 @@ async fn apply(cp: &mut ControlPlane, fleet: &mut Fleet, s: &Scenario, action: &
     }
 }
 
+/// The bootstrap both clients read (with `ignore_resource_deletion` if the scenario asks).
+fn bootstrap(cp: &ControlPlane, s: &Scenario) -> String {
+    let json = cp.bootstrap_json();
+    if s.ignore_resource_deletion {
+        json.replace(
+            r#""server_features":["xds_v3"]"#,
+            r#""server_features":["xds_v3","ignore_resource_deletion"]"#,
+        )
+    } else {
+        json
+    }
+}
+
 /// Where the differential table goes (CI prints it).
 fn table_path() -> std::path::PathBuf {
     std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../target/xds-differential.md")
@@ -520,19 +677,19 @@ async fn run(name: &str) {
     let mut fleet = Fleet::start(&s.backends);
     let mut cp = ControlPlane::start().await.expect("control plane");
     cp.set(resources::listener(NAME, "routes"));
-    cp.set(resources::route_config_weighted(
-        "routes",
-        NAME,
-        &[("backends", 1)],
-        s.hash_header.as_deref(),
-    ));
+    cp.set(routes(&s, "routes"));
     cp.set(cluster(&s, s.policy));
     cp.set(eds(&s, &fleet, &s.localities));
+    if let Some(other) = &s.other_localities {
+        cp.set(cluster_named(&s, "other", s.policy));
+        cp.set(eds_named(&s, &fleet, "other", other));
+    }
     let Some((epoch, theirs)) = c_core(&cp, &s) else {
         return;
     };
     let ours = tokio::spawn(pickwise(
-        cp.bootstrap_json(),
+        bootstrap(&cp, &s),
+        s.headers.clone(),
         s.connect_timeout_ms,
         s.duration_ms,
         s.hash_header.clone(),
@@ -586,6 +743,16 @@ async fn run(name: &str) {
                 100.0 * c.error_rate(),
                 100.0 * p.error_rate()
             ));
+        }
+        if let Some(tol) = w.ok_rate {
+            let secs = (w.to_ms - w.from_ms) as f64 / 1000.0;
+            let (x, y) = (
+                (c.calls - c.errors) as f64 / secs,
+                (p.calls - p.errors) as f64 / secs,
+            );
+            if (x - y).abs() > tol * x.max(y).max(1.0) {
+                verdict.push(format!("successful calls/s: C-core {x:.1}, pickwise {y:.1}"));
+            }
         }
         if s.hash_header.is_some() {
             let common: Vec<&String> = c.keys.keys().filter(|k| p.keys.contains_key(*k)).collect();
@@ -656,9 +823,11 @@ macro_rules! scenarios {
 
 scenarios!(
     ads_cluster_deleted_and_restored,
+    ads_cluster_deletion_ignored,
     ads_control_plane_away_and_back,
     ads_invalid_cluster_keeps_last_good,
     ads_undecodable_cluster_fails_rpcs,
+    circuit_breaker_max_requests,
     eds_drop_overloads,
     eds_endpoint_removed,
     eds_health_draining_then_healthy,
@@ -683,4 +852,8 @@ scenarios!(
     ring_hash_warm_up,
     round_robin_ignores_endpoint_weights,
     round_robin_kill_and_restart,
+    routing_hash_policies_combined,
+    routing_hash_policy_terminal,
+    routing_header_safe_regex_full_match,
+    routing_weighted_clusters,
 );

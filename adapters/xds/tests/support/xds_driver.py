@@ -29,6 +29,7 @@ def main():
     p.add_argument("--keys", type=int, default=0)
     p.add_argument("--pace-ms", type=float, default=2.0)
     p.add_argument("--connect-timeout-ms", type=int, default=500)
+    p.add_argument("--static-header", action="append", default=[])
     a = p.parse_args()
     # Imports done: say so, then read the shared start (Unix ms) the test chose.
     print("ready", flush=True)
@@ -54,10 +55,10 @@ def main():
             out = []
             while time.time() * 1000 < end:
                 key = None
-                md = ()
+                md = tuple(tuple(h.split("=", 1)) for h in a.static_header)
                 if a.header and a.keys:
                     key = f"key-{(w + i * a.workers) % a.keys}"
-                    md = ((a.header, key),)
+                    md = md + ((a.header, key),)
                 i += 1
                 start = time.time() * 1000 - a.epoch_ms
                 try:
