@@ -497,3 +497,126 @@ fn a_reconnected_endpoint_starts_with_a_fresh_estimate() {
         "fresh: the default RTT until its first sample"
     );
 }
+
+/// An endpoint moved to another priority by discovery is counted there: moved to a lower,
+/// serving priority it serves; the emptied priority is gone (review finding: it stayed as an
+/// empty "last" priority and every pick failed).
+#[test]
+fn an_endpoint_moved_between_priorities_is_counted_where_it_went() {
+    let mut b = balancer(LbPolicy::RoundRobin);
+    add(&mut b, 0, "a:1", spec(0, 0));
+    add(&mut b, 0, "b:1", spec(1, 0));
+    set(&mut b, 1, "a:1", Connectivity::TransientFailure);
+    set(&mut b, 2, "b:1", Connectivity::Ready);
+    b.insert(3, "b:1".into(), spec(2, 0), Arc::new(EndpointState::new(1)));
+    assert_eq!(b.priority_in_use(), Some(2));
+    assert!(b.picker(4, 0).pick(4, None, &mut SplitMix64::new(1)).is_ok());
+    // Moved into a new priority that is not started: connected when it is.
+    add(&mut b, 5, "c:1", spec(0, 0));
+    b.insert(6, "c:1".into(), spec(3, 0), Arc::new(EndpointState::new(1)));
+    assert_eq!(b.priority_in_use(), Some(2));
+}
+
+/// The largest priority number is an ordinary priority (review finding: `p + 1` overflowed).
+#[test]
+fn priority_u32_max_is_ordinary() {
+    let mut b = balancer(LbPolicy::RoundRobin);
+    add(&mut b, 0, "a:1", spec(u32::MAX, 0));
+    assert_eq!(connects(&mut b), ["a:1"]);
+    set(&mut b, 1, "a:1", Connectivity::Ready);
+    assert_eq!(b.priority_in_use(), Some(u32::MAX));
+    assert!(b.picker(2, 0).pick(2, None, &mut SplitMix64::new(1)).is_ok());
+}
+
+/// The failover timer runs from the start even when the adapter never reports CONNECTING
+/// (review finding: the second round observed IDLE and cleared it).
+#[test]
+fn the_failover_timer_runs_without_connecting_reports() {
+    let mut b = balancer(LbPolicy::RoundRobin);
+    add(&mut b, 0, "c:1", spec(1, 0));
+    add(&mut b, 0, "a:1", spec(0, 0));
+    b.handle_timeout(10 * S);
+    assert_eq!(b.priority_in_use(), Some(1));
+}
+
+/// Ring hash without a key draws a random hash and takes the first READY endpoint clockwise
+/// (gRPC's `usingRandomHash`): it does not wait for a connecting owner.
+#[test]
+fn ring_hash_random_hash_takes_the_first_ready() {
+    let mut b = ring_balancer(OwnerConnecting::Queue);
+    for addr in ["a:1", "b:1", "c:1", "d:1"] {
+        add(&mut b, 0, addr, spec(0, 0));
+    }
+    set(&mut b, 1, "a:1", Connectivity::Ready);
+    let picker = b.picker(2, 0);
+    let mut rng = SplitMix64::new(1);
+    for _ in 0..200 {
+        let e = picker.pick(2, None, &mut rng).expect("the READY one serves");
+        assert!(Arc::ptr_eq(e, b.get(&"a:1".into()).unwrap()));
+    }
+}
+
+/// gRFC A42 ring hash aggregation: two of three TRANSIENT_FAILURE make the priority fail over
+/// at once (round robin's rule would wait 10 s for the one connecting).
+#[test]
+fn ring_hash_priority_with_two_failures_fails_over() {
+    let mut b = ring_balancer(OwnerConnecting::Queue);
+    for addr in ["a:1", "b:1", "c:1"] {
+        add(&mut b, 0, addr, spec(0, 0));
+    }
+    add(&mut b, 0, "z:1", spec(1, 0));
+    set(&mut b, 1, "a:1", Connectivity::TransientFailure);
+    set(&mut b, 1, "b:1", Connectivity::TransientFailure);
+    set(&mut b, 1, "c:1", Connectivity::Connecting);
+    assert_eq!(b.priority_in_use(), Some(1));
+}
+
+/// A locality whose every READY endpoint is ejected is skipped (gRPC reports ejected endpoints
+/// as TRANSIENT_FAILURE to weighted_target).
+#[test]
+fn a_locality_of_ejected_endpoints_gets_no_traffic() {
+    let pool = Arc::new(Pool::new(PoolConfig::default()));
+    let mut b: B = Balancer::new(BalancerConfig::new(LbPolicy::RoundRobin), pool.clone());
+    for (addr, loc) in [("a:1", 0), ("b:1", 1), ("c:1", 1)] {
+        add(&mut b, 0, addr, spec(0, loc));
+        set(&mut b, 0, addr, Connectivity::Ready);
+    }
+    let a = b.get(&"a:1".to_string()).unwrap().clone();
+    for _ in 0..5 {
+        let _ = InFlight::start(&*a, &*pool, 0).complete(1, Outcome::Failure);
+    }
+    assert!(a.is_ejected(2));
+    let got = shares(&mut b, 2, 4_000);
+    assert!(!got.contains_key("a:1"), "{got:?}");
+}
+
+/// Many endpoints: inserting, reporting and removing thousands stays linear (the counts are
+/// incremental; this took seconds when every event rescanned every endpoint).
+#[test]
+fn thousands_of_endpoints_and_events() {
+    let mut b = balancer(LbPolicy::RoundRobin);
+    let n = 3_000;
+    for i in 0..n {
+        add(
+            &mut b,
+            0,
+            &format!("10.0.{}.{}:80", i / 256, i % 256),
+            spec(i % 3, i % 7),
+        );
+    }
+    for i in 0..n {
+        let state = if i % 3 == 0 {
+            Connectivity::TransientFailure
+        } else {
+            Connectivity::Ready
+        };
+        set(&mut b, 1, &format!("10.0.{}.{}:80", i / 256, i % 256), state);
+    }
+    assert_eq!(b.priority_in_use(), Some(1));
+    let picker = b.picker(2, 0);
+    assert!(picker.pick(2, None, &mut SplitMix64::new(1)).is_ok());
+    for i in 0..n / 2 {
+        b.remove(3, &format!("10.0.{}.{}:80", i / 256, i % 256));
+    }
+    assert_eq!(b.len(), n as usize / 2);
+}

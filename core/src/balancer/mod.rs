@@ -67,7 +67,7 @@ use crate::rng::{Rng, SplitMix64};
 use crate::{HashPolicy, Maglev, Ring};
 
 pub use prepared::{Prepared, Unpicked};
-use tree::{aggregate, Child};
+use tree::Child;
 
 const SECOND: u64 = 1_000_000_000;
 
@@ -314,17 +314,21 @@ impl<K: Ord + Clone + AsRef<[u8]>, T: Clone + Borrow<EndpointState>> Balancer<K,
     /// connection and its state (use [`set_payload`](Self::set_payload) to replace the payload).
     pub fn insert(&mut self, now: u64, key: K, spec: EndpointSpec, payload: T) {
         let weight = self.effective_weight(&spec);
-        if let Some(slot) = self.slots.get_mut(&key) {
-            if slot.spec != spec {
-                let moved = slot.spec.priority != spec.priority;
-                slot.spec = spec;
-                slot.payload.borrow().set_weight(weight);
-                self.ring_dirty = true;
-                self.dirty = true;
-                if moved {
-                    self.sync(now);
-                    self.connect_started();
+        if let Some(slot) = self.slots.get(&key) {
+            if slot.spec == spec {
+                return;
+            }
+            slot.payload.borrow().set_weight(weight);
+            let moved_to = (slot.spec.priority != spec.priority).then_some(spec.priority);
+            self.update_slot(&key, |s| s.spec = spec);
+            self.ring_dirty = true;
+            self.dirty = true;
+            if let Some(p) = moved_to {
+                // Now in another priority: connected if that one is started.
+                if self.children.get(&p).is_some_and(|c| c.started) {
+                    self.connect(&key);
                 }
+                self.sync(now);
             }
             return;
         }
@@ -342,17 +346,16 @@ impl<K: Ord + Clone + AsRef<[u8]>, T: Clone + Borrow<EndpointState>> Balancer<K,
                 connected: false,
             },
         );
+        self.tally(priority, Connectivity::Idle, true);
         self.order.push(key.clone());
         // The base of the ejection cap: every endpoint of the cluster, as Envoy counts hosts.
         self.pool.set_endpoints(self.slots.len());
-        self.children.entry(priority).or_default();
         self.ring_dirty = true;
         self.dirty = true;
         if self.children.get(&priority).is_some_and(|c| c.started) {
             self.connect(&key);
         }
         self.sync(now);
-        self.connect_started();
     }
 
     /// Removes an endpoint: its ejection slot is freed and outcomes still in flight never eject
@@ -361,19 +364,17 @@ impl<K: Ord + Clone + AsRef<[u8]>, T: Clone + Borrow<EndpointState>> Balancer<K,
         let Some(slot) = self.slots.remove(key) else {
             return;
         };
+        self.tally(slot.spec.priority, slot.effective(), false);
         let state = slot.payload.borrow();
         state.set_ready(false);
         self.pool.remove(state);
         self.pool.set_endpoints(self.slots.len());
-        self.order.retain(|k| k != key);
-        let priority = slot.spec.priority;
-        if !self.slots.values().any(|s| s.spec.priority == priority) {
-            self.children.remove(&priority);
+        if let Some(i) = self.order.iter().position(|k| k == key) {
+            self.order.remove(i);
         }
         self.ring_dirty = true;
         self.dirty = true;
         self.sync(now);
-        self.connect_started();
     }
 
     /// Replaces what the adapter picks for `key` (a new connection handle); a new picker
@@ -388,30 +389,28 @@ impl<K: Ord + Clone + AsRef<[u8]>, T: Clone + Borrow<EndpointState>> Balancer<K,
     /// A new connectivity state for `key`: from its connection, a health check or discovery's
     /// health status. READY makes it pickable; TRANSIENT_FAILURE is sticky until READY.
     pub fn handle_connectivity(&mut self, now: u64, key: &K, state: Connectivity) {
-        let Some(slot) = self.slots.get_mut(key) else {
+        let Some(slot) = self.slots.get(key) else {
             return;
         };
-        let was = slot.effective();
-        slot.state = state;
-        match state {
-            Connectivity::Ready => {
-                if slot.failing {
-                    // A new connection after a failed one: the old connection's errors (and the
-                    // failure penalty they left in the estimate) never weigh on it (grpc-go keeps
-                    // per-transport state; a reconnected subchannel starts fresh).
-                    slot.payload.borrow().reset_latency();
-                }
-                slot.failing = false;
-            }
-            Connectivity::TransientFailure => slot.failing = true,
-            _ => {}
+        if state == Connectivity::Ready && slot.failing {
+            // A new connection after a failed one: the old connection's errors (and the failure
+            // penalty they left in the estimate) never weigh on it (grpc-go keeps per-transport
+            // state; a reconnected subchannel starts fresh).
+            slot.payload.borrow().reset_latency();
         }
-        slot.payload.borrow().set_ready(state == Connectivity::Ready);
-        if slot.effective() != was || state != Connectivity::Ready {
+        let (was, now_effective) = self.update_slot(key, |slot| {
+            slot.state = state;
+            match state {
+                Connectivity::Ready => slot.failing = false,
+                Connectivity::TransientFailure => slot.failing = true,
+                _ => {}
+            }
+            slot.payload.borrow().set_ready(state == Connectivity::Ready);
+        });
+        if now_effective != was || state != Connectivity::Ready {
             self.dirty = true;
         }
         self.sync(now);
-        self.connect_started();
     }
 
     /// Switches the policy; endpoints, connections and their state are kept, the picker is
@@ -469,7 +468,6 @@ impl<K: Ord + Clone + AsRef<[u8]>, T: Clone + Borrow<EndpointState>> Balancer<K,
         }
         if changed {
             self.sync(now);
-            self.connect_started();
         }
         let retiring: Vec<u32> = self
             .children
@@ -481,17 +479,24 @@ impl<K: Ord + Clone + AsRef<[u8]>, T: Clone + Borrow<EndpointState>> Balancer<K,
             if let Some(c) = self.children.get_mut(&p) {
                 c.retire_at = None;
             }
-            for key in &self.order {
-                let Some(slot) = self.slots.get_mut(key) else {
-                    continue;
-                };
-                if slot.spec.priority == p && slot.connected {
+            let keys: Vec<K> = self
+                .order
+                .iter()
+                .filter(|k| {
+                    self.slots
+                        .get(*k)
+                        .is_some_and(|s| s.spec.priority == p && s.connected)
+                })
+                .cloned()
+                .collect();
+            for key in keys {
+                self.update_slot(&key, |slot| {
                     slot.connected = false;
                     slot.state = Connectivity::Idle;
                     slot.failing = false;
                     slot.payload.borrow().set_ready(false);
-                    self.events.push_back(Event::Disconnect(key.clone()));
-                }
+                });
+                self.events.push_back(Event::Disconnect(key));
             }
         }
     }
@@ -616,32 +621,26 @@ impl<K: Ord + Clone + AsRef<[u8]>, T: Clone + Borrow<EndpointState>> Balancer<K,
     }
 
     fn connect(&mut self, key: &K) {
-        if let Some(slot) = self.slots.get_mut(key) {
-            if !slot.connected {
+        if self.slots.get(key).is_some_and(|s| !s.connected) {
+            self.update_slot(key, |slot| {
                 slot.connected = true;
                 if slot.state == Connectivity::Idle {
                     slot.state = Connectivity::Connecting;
                 }
-                self.events.push_back(Event::Connect(key.clone()));
-            }
+            });
+            self.events.push_back(Event::Connect(key.clone()));
         }
     }
 
-    /// Endpoints of started priorities that were not asked to connect yet.
-    fn connect_started(&mut self) {
-        let started: Vec<u32> = self
-            .children
-            .iter()
-            .filter(|(_, c)| c.started)
-            .map(|(p, _)| *p)
-            .collect();
+    /// Asks every endpoint of priority `p` not yet connected to connect (its child started).
+    fn connect_priority(&mut self, p: u32) {
         let pending: Vec<K> = self
             .order
             .iter()
             .filter(|k| {
                 self.slots
                     .get(*k)
-                    .is_some_and(|s| !s.connected && started.contains(&s.spec.priority))
+                    .is_some_and(|s| !s.connected && s.spec.priority == p)
             })
             .cloned()
             .collect();
@@ -650,13 +649,41 @@ impl<K: Ord + Clone + AsRef<[u8]>, T: Clone + Borrow<EndpointState>> Balancer<K,
         }
     }
 
+    /// Adds (`true`) or removes one endpoint in `state` to priority `p`'s counts; a child exists
+    /// exactly while it has endpoints.
+    fn tally(&mut self, p: u32, state: Connectivity, add: bool) {
+        let child = self.children.entry(p).or_default();
+        let c = &mut child.counts[tree::slot_index(state)];
+        *c = if add {
+            c.saturating_add(1)
+        } else {
+            c.saturating_sub(1)
+        };
+        if child.members() == 0 {
+            self.children.remove(&p);
+        }
+    }
+
+    /// Changes a slot and keeps the counts in step; returns its effective state before and after.
+    fn update_slot(&mut self, key: &K, f: impl FnOnce(&mut Slot<T>)) -> (Connectivity, Connectivity) {
+        let Some(slot) = self.slots.get_mut(key) else {
+            return (Connectivity::Idle, Connectivity::Idle);
+        };
+        let (p0, e0) = (slot.spec.priority, slot.effective());
+        f(slot);
+        let (p1, e1) = (slot.spec.priority, slot.effective());
+        if (p0, e0) != (p1, e1) {
+            self.tally(p1, e1, true);
+            self.tally(p0, e0, false);
+        }
+        (e0, e1)
+    }
+
     fn child_state(&self, priority: u32) -> Connectivity {
-        aggregate(
-            self.slots
-                .values()
-                .filter(|s| s.spec.priority == priority)
-                .map(Slot::effective),
-        )
+        let ring_hash = matches!(self.config.policy, LbPolicy::RingHash { .. });
+        self.children
+            .get(&priority)
+            .map_or(Connectivity::TransientFailure, |c| c.aggregate(ring_hash))
     }
 
     /// grpc-go `syncPriority`: observe each started child's state, then choose the one serving.
@@ -692,10 +719,16 @@ impl<K: Ord + Clone + AsRef<[u8]>, T: Clone + Borrow<EndpointState>> Balancer<K,
                 }
             }
             if let Some(p) = chosen {
-                for (_, c) in self.children.range_mut(p + 1..) {
+                use core::ops::Bound::{Excluded, Unbounded};
+                for (_, c) in self.children.range_mut((Excluded(p), Unbounded)) {
                     if c.started {
                         c.stop(now, retention);
                     }
+                }
+                if started_one {
+                    // Its endpoints connect now, so the next round observes them CONNECTING
+                    // (not IDLE, which would clear the failover timer just started).
+                    self.connect_priority(p);
                 }
             }
             if chosen != self.in_use {

@@ -2,6 +2,7 @@
 //! priority already chosen, its ring or table built, localities with a READY endpoint and their
 //! weighted schedules ready. A pick allocates nothing and takes no lock.
 
+use alloc::collections::BTreeMap;
 use alloc::sync::Arc;
 use alloc::vec::Vec;
 use core::borrow::Borrow;
@@ -81,23 +82,25 @@ pub(super) struct Inputs<'a, T> {
 pub(super) fn build<T: Clone + Borrow<EndpointState>>(i: Inputs<'_, T>) -> Prepared<T> {
     let members: Vec<T> = i.slots.iter().map(|s| s.payload.clone()).collect();
     let states: Vec<Connectivity> = i.slots.iter().map(|s| s.effective()).collect();
-    // Localities in order of first appearance, each with its weight.
-    let mut order: Vec<(u32, u32)> = Vec::new();
+    // Localities in order of first appearance, each with its weight and READY members (one
+    // pass: a map from locality id to its group, so 10k localities cost O(n log n)).
+    let mut index: BTreeMap<u32, usize> = BTreeMap::new();
+    let mut groups: Vec<(u32, Vec<&Slot<T>>)> = Vec::new();
     for s in i.slots {
-        if !order.iter().any(|(id, _)| *id == s.spec.locality) {
-            order.push((s.spec.locality, s.spec.locality_weight.max(1)));
+        let g = *index.entry(s.spec.locality).or_insert_with(|| {
+            groups.push((s.spec.locality_weight.max(1), Vec::new()));
+            groups.len() - 1
+        });
+        if s.state == Connectivity::Ready {
+            groups[g].1.push(s);
         }
     }
     let (mut ready, mut ready_w, mut localities, mut loc_w) =
         (Vec::new(), Vec::new(), Vec::new(), Vec::new());
-    for (id, weight) in order {
+    for (weight, members) in groups {
         let start = ready.len();
         let mut raw: Vec<u32> = Vec::new();
-        for s in i
-            .slots
-            .iter()
-            .filter(|s| s.spec.locality == id && s.state == Connectivity::Ready)
-        {
+        for s in members {
             ready.push(s.payload.clone());
             raw.push(s.spec.weight.max(1));
         }
@@ -154,7 +157,7 @@ impl<T: Borrow<EndpointState>> Prepared<T> {
             _ => None,
         };
         if let Some(h) = hash {
-            return self.pick_hashed(now, h, rng);
+            return self.pick_hashed(now, h, key.is_none(), rng);
         }
         if self.localities.is_empty() {
             return Err(self.unpicked());
@@ -162,9 +165,13 @@ impl<T: Borrow<EndpointState>> Prepared<T> {
         let loc = if self.localities.len() == 1 {
             0
         } else {
-            let seq = &self.cursors[self.localities.len()];
-            Stride::new(&self.locality_weights, seq)
-                .next(rng, |_| true)
+            // A locality whose READY endpoints are all ejected is out of the draw (gRPC reports
+            // an ejected endpoint as TRANSIENT_FAILURE, so weighted_target skips its locality);
+            // only when every locality is in that state does the draw ignore ejection.
+            let stride = Stride::new(&self.locality_weights, &self.cursors[self.localities.len()]);
+            stride
+                .next(rng, |l| self.locality_available(l, now))
+                .or_else(|| stride.next(rng, |_| true))
                 .unwrap_or(0)
         };
         let l = &self.localities[loc];
@@ -176,10 +183,23 @@ impl<T: Borrow<EndpointState>> Prepared<T> {
         picker.pick(now, None, rng).map_err(|_| self.unpicked())
     }
 
-    fn pick_hashed(&self, now: u64, h: u64, rng: &mut impl Rng) -> Result<&T, Unpicked> {
+    /// Whether locality `l` has a READY endpoint that is not ejected at `now`.
+    fn locality_available(&self, l: usize, now: u64) -> bool {
+        self.localities.get(l).is_some_and(|loc| {
+            self.ready[loc.ready.clone()]
+                .iter()
+                .any(|e| self.pool.is_available(e.borrow(), now))
+        })
+    }
+
+    /// A ring or Maglev pick for hash `h`. `random`: the hash was drawn because the request had
+    /// no key; then, as gRPC's ring hash picker does, the first READY endpoint clockwise serves
+    /// (no owner to wait for), and the request waits only if nothing is READY but something
+    /// connects.
+    fn pick_hashed(&self, now: u64, h: u64, random: bool, rng: &mut impl Rng) -> Result<&T, Unpicked> {
         let mut picker = Picker::new(&self.policy, &self.members, &self.pool).with_candidates(&self.ready);
         if let Some(ring) = &self.ring {
-            if self.owner_connecting == OwnerConnecting::Queue {
+            if self.owner_connecting == OwnerConnecting::Queue && !random {
                 // gRFC A61: the first endpoint clockwise not in TRANSIENT_FAILURE decides; if it
                 // is connecting, the request waits for it.
                 let owner = ring.view().find(h, |i| {
@@ -255,5 +275,56 @@ impl<T: Borrow<EndpointState>> Prepared<T> {
     /// The ring, for ring-hash pickers.
     pub fn ring(&self) -> Option<&Ring> {
         self.ring.as_deref()
+    }
+
+    /// The Maglev table, for Maglev pickers: its slots index [`members`](Self::members) (an
+    /// adapter walks the next slots' owners when its own check refuses the pick, as Pingora's
+    /// retry exclusion does).
+    pub fn maglev(&self) -> Option<&Maglev> {
+        self.maglev.as_deref()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use alloc::string::{String, ToString};
+
+    use super::super::{Balancer, BalancerConfig, EndpointSpec};
+    use super::*;
+    use crate::PoolConfig;
+
+    #[test]
+    fn maglev_table_slots_index_the_members() {
+        let policy = LbPolicy::Maglev {
+            table_size: 251,
+            no_key: NoKey::P2c,
+        };
+        let pool = Arc::new(Pool::new(PoolConfig::default()));
+        let mut b: Balancer<String, Arc<EndpointState>> = Balancer::new(BalancerConfig::new(policy), pool);
+        for addr in ["a:1", "b:1", "c:1"] {
+            b.insert(
+                0,
+                addr.to_string(),
+                EndpointSpec::default(),
+                Arc::new(EndpointState::new(1)),
+            );
+            b.handle_connectivity(0, &addr.to_string(), Connectivity::Ready);
+        }
+        let p = b.picker(0, 1);
+        let table = p.maglev().expect("a Maglev picker has a table").table();
+        assert_eq!(table.len(), 251);
+        assert!(table.iter().all(|&o| (o as usize) < p.members().len()));
+        // The pick for a hash is the owner of its slot.
+        let h = 12_345u64;
+        let owner = &p.members()[table[(h % 251) as usize] as usize];
+        let picked = p.pick(0, Some(h), &mut || 0).unwrap();
+        assert!(Arc::ptr_eq(picked, owner));
+        assert!(p.ring().is_none());
+        let rr = Balancer::<String, Arc<EndpointState>>::new(
+            BalancerConfig::new(LbPolicy::RoundRobin),
+            Arc::new(Pool::new(PoolConfig::default())),
+        )
+        .picker(0, 1);
+        assert!(rr.maglev().is_none());
     }
 }

@@ -29,6 +29,19 @@ pub(crate) struct Child {
     pub(crate) retire_at: Option<u64>,
     /// Its aggregate state as last evaluated.
     pub(crate) state: Connectivity,
+    /// Its endpoints by effective state (Idle, Connecting, Ready, TransientFailure), kept
+    /// incrementally so a state change costs O(1), not a scan of every endpoint.
+    pub(crate) counts: [u32; 4],
+}
+
+/// The index of `state` in [`Child::counts`].
+pub(crate) fn slot_index(state: Connectivity) -> usize {
+    match state {
+        Connectivity::Idle => 0,
+        Connectivity::Connecting => 1,
+        Connectivity::Ready => 2,
+        Connectivity::TransientFailure => 3,
+    }
 }
 
 impl Child {
@@ -78,6 +91,40 @@ impl Child {
     }
 }
 
+impl Child {
+    /// Endpoints in the child.
+    pub(crate) fn members(&self) -> u32 {
+        self.counts.iter().sum()
+    }
+
+    /// The child's aggregate state from its counts: round robin's rules ([`aggregate`]), or for
+    /// ring hash gRFC A42's (grpc-go `ringhash.go` `aggregatedStateLocked`): READY if any; else
+    /// TRANSIENT_FAILURE if two or more are; else CONNECTING if any is, or if exactly one of
+    /// several failed (the ring walks past it); else IDLE if any; else TRANSIENT_FAILURE.
+    pub(crate) fn aggregate(&self, ring_hash: bool) -> Connectivity {
+        let [idle, connecting, ready, tf] = self.counts;
+        if !ring_hash {
+            let states = [
+                (idle > 0).then_some(Connectivity::Idle),
+                (connecting > 0).then_some(Connectivity::Connecting),
+                (ready > 0).then_some(Connectivity::Ready),
+            ];
+            return aggregate(states.into_iter().flatten());
+        }
+        if ready > 0 {
+            Connectivity::Ready
+        } else if tf > 1 {
+            Connectivity::TransientFailure
+        } else if connecting > 0 || (tf == 1 && self.members() > 1) {
+            Connectivity::Connecting
+        } else if idle > 0 {
+            Connectivity::Idle
+        } else {
+            Connectivity::TransientFailure
+        }
+    }
+}
+
 /// The aggregate of endpoint states (grpc-go `endpointsharding` / `balancer/base`): READY if any
 /// is; else CONNECTING if any is (sticky failures count as failing); else IDLE if any is; else
 /// TRANSIENT_FAILURE (also for no endpoints).
@@ -119,6 +166,27 @@ mod tests {
         // READY -> CONNECTING (connection lost): a fresh timer.
         c.observe(Connectivity::Connecting, 4, 10);
         assert_eq!(c.init_deadline, Some(14));
+    }
+
+    #[test]
+    fn ring_hash_aggregation_is_a42s() {
+        let child = |counts| Child {
+            counts,
+            ..Child::default()
+        };
+        // Two failed, one connecting: TRANSIENT_FAILURE for ring hash, CONNECTING otherwise.
+        assert_eq!(
+            child([0, 1, 0, 2]).aggregate(true),
+            Connectivity::TransientFailure
+        );
+        assert_eq!(child([0, 1, 0, 2]).aggregate(false), Connectivity::Connecting);
+        // One of several failed, the rest idle: CONNECTING (the ring walks past it).
+        assert_eq!(child([2, 0, 0, 1]).aggregate(true), Connectivity::Connecting);
+        assert_eq!(
+            child([0, 0, 0, 1]).aggregate(true),
+            Connectivity::TransientFailure
+        );
+        assert_eq!(child([1, 0, 1, 3]).aggregate(true), Connectivity::Ready);
     }
 
     #[test]
