@@ -1,4 +1,5 @@
-//! Per-endpoint state that survives picker rebuilds, and the in-flight guard.
+//! Per-endpoint state that survives picker rebuilds (the in-flight guard that counts requests on
+//! it is in [`inflight`](crate::inflight), the clock helpers in [`time`](crate::time)).
 //!
 //! Everything is an atomic, so picks take `&self`: no lock, no allocation. Each [`EndpointState`] is
 //! aligned to a 64-byte cache line so two threads completing requests on different endpoints never
@@ -21,14 +22,15 @@
 //! newer ejection (no ABA). `REMOVED` is set by [`Pool::remove`] and is checked in the same
 //! atomic steps, so an endpoint's ejection slot is freed exactly once and a removed endpoint is
 //! never ejected again. The `loom` model in `tests/loom.rs` checks these interleavings.
+//!
+//! [`Pool::sweep`]: crate::Pool::sweep
+//! [`Pool::remove`]: crate::Pool::remove
 
-use core::borrow::Borrow;
-
-use crate::pool::Pool;
 use crate::sync::{
     read, AtomicU32, Counter,
     Ordering::{AcqRel, Acquire, Relaxed, Release},
 };
+use crate::time::{elapsed_ms, millis};
 
 const READY: u32 = 1;
 const EJECTED: u32 = 1 << 1;
@@ -37,27 +39,6 @@ const EJECTING: u32 = 1 << 2;
 /// Removed from the pool: never ejected again.
 const REMOVED: u32 = 1 << 3;
 const SEQ_ONE: u32 = 1 << 8;
-
-/// Intervals measured backwards by at most this much read as 0 (a clock that stepped back).
-const BACKWARDS_MS: u32 = 1 << 20;
-
-/// Caller's clock in nanoseconds to the wrapping millisecond stamp stored in atomics.
-#[inline]
-pub(crate) fn millis(now_ns: u64) -> u32 {
-    (now_ns / 1_000_000) as u32
-}
-
-/// Milliseconds from stamp `since` to `now_ms`, unsigned (exact up to 49 days); a small backwards
-/// step reads as 0.
-#[inline]
-pub(crate) fn elapsed_ms(now_ms: u32, since: u32) -> u32 {
-    let d = now_ms.wrapping_sub(since);
-    if d > u32::MAX - BACKWARDS_MS {
-        0
-    } else {
-        d
-    }
-}
 
 /// What [`EndpointState::availability`] saw.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -94,6 +75,8 @@ pub enum Outcome {
 /// Exact under any concurrency: the in-flight count, failure counts and ejection. Approximate when
 /// requests on one endpoint race: the latency estimate and the `picks` statistic use plain stores
 /// (last writer wins) to keep each request at two atomic read-modify-writes.
+///
+/// [`Pool::remove`]: crate::Pool::remove
 #[derive(Debug)]
 #[repr(align(64))]
 pub struct EndpointState {
@@ -181,7 +164,7 @@ impl EndpointState {
         }
     }
 
-    /// Whether [`Pool::remove`] has removed this endpoint.
+    /// Whether [`Pool::remove`](crate::Pool::remove) has removed this endpoint.
     pub fn is_removed(&self) -> bool {
         self.flags.load(Relaxed) & REMOVED != 0
     }
@@ -262,7 +245,7 @@ impl EndpointState {
     }
 
     /// The latency estimate in nanoseconds as last stored (not decayed), `None` before the first
-    /// sample. [`Pool::estimate`] gives the value the cost uses.
+    /// sample. [`Pool::estimate`](crate::Pool::estimate) gives the value the cost uses.
     pub fn latency_ns(&self) -> Option<f32> {
         let bits = self.latency.load(Relaxed);
         (bits != 0).then(|| f32::from_bits(bits))
@@ -455,121 +438,6 @@ impl EndpointState {
             {
                 self.backoff_at.store(now_ms, Relaxed);
             }
-        }
-    }
-}
-
-/// An in-flight request: holds one slot of an endpoint's in-flight count until dropped.
-///
-/// [`complete`](Self::complete) records the latency and outcome; dropping without completing (a
-/// cancelled request) only releases the slot. Either way the count is decremented exactly once.
-/// For streams, call [`responded`](Self::responded) when the response headers arrive: the latency
-/// sample is taken then (tower's `CompleteOnResponse`), while the slot stays held until the stream
-/// ends, so a long stream does not make its endpoint look slow. `E` and `P` are anything that
-/// borrows the endpoint state and the pool: references, or `Arc`s for guards that move into futures.
-///
-/// ```
-/// use pickwise::{EndpointState, InFlight, Outcome, Pool, PoolConfig};
-///
-/// let pool = Pool::new(PoolConfig::default());
-/// let endpoint = EndpointState::new(1);
-/// let guard = InFlight::start(&endpoint, &pool, 0);
-/// assert_eq!(endpoint.in_flight(), 1);
-/// guard.complete(5_000_000, Outcome::Success); // 5 ms later
-/// assert_eq!(endpoint.in_flight(), 0);
-/// assert_eq!(endpoint.latency_ns(), Some(5_000_000.0));
-/// ```
-#[derive(Debug)]
-#[must_use = "dropping the guard ends the request at once"]
-pub struct InFlight<E: Borrow<EndpointState>, P: Borrow<Pool>> {
-    endpoint: E,
-    pool: P,
-    start: u64,
-    counted_total: bool,
-    /// The latency sampled at response headers, if [`responded`](Self::responded) was called.
-    sampled: Option<u64>,
-}
-
-/// What [`InFlight::complete`] recorded.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Completion {
-    /// `now - start`, saturating at 0 if time went backwards.
-    pub latency_ns: u64,
-    /// Whether this completion ejected the endpoint.
-    pub ejected: bool,
-}
-
-impl<E: Borrow<EndpointState>, P: Borrow<Pool>> InFlight<E, P> {
-    /// Takes an in-flight slot on `endpoint` at time `now` (nanoseconds).
-    #[inline]
-    pub fn start(endpoint: E, pool: P, now: u64) -> Self {
-        endpoint.borrow().acquire();
-        let counted_total = pool.borrow().acquire_total();
-        Self {
-            endpoint,
-            pool,
-            start: now,
-            counted_total,
-            sampled: None,
-        }
-    }
-
-    /// The endpoint this request runs on.
-    pub fn endpoint(&self) -> &E {
-        &self.endpoint
-    }
-
-    /// The pool this request counts in.
-    pub fn pool(&self) -> &P {
-        &self.pool
-    }
-
-    /// When the request started.
-    pub fn started_at(&self) -> u64 {
-        self.start
-    }
-
-    /// The response has begun at `now` (headers arrived) and looks successful so far: records
-    /// the latency sample now, as a success sample (call it only for a success: not for an
-    /// informational 1xx, not for a 5xx). The slot stays held; [`complete`](Self::complete) then
-    /// records only the outcome, and a failure there (a `grpc-status` in trailers) the failure
-    /// penalty on this header latency. Later calls do nothing.
-    pub fn responded(&mut self, now: u64) {
-        if self.sampled.is_none() {
-            let latency_ns = now.saturating_sub(self.start);
-            self.sampled = Some(latency_ns);
-            self.pool
-                .borrow()
-                .record_latency(self.endpoint.borrow(), now, latency_ns, false);
-        }
-    }
-
-    /// Ends the request at `now` with `outcome`; releases the slot.
-    #[inline]
-    pub fn complete(self, now: u64, outcome: Outcome) -> Completion {
-        let latency_ns = now.saturating_sub(self.start);
-        let sample = match (self.sampled, outcome) {
-            (None, _) => Some(latency_ns),
-            // Sampled as a success at headers, failed after: the penalty, on the header latency
-            // (a long stream's duration is no latency).
-            (Some(at_headers), Outcome::Failure) => Some(at_headers),
-            (Some(_), _) => None,
-        };
-        let ejected = self
-            .pool
-            .borrow()
-            .record(self.endpoint.borrow(), now, sample, outcome);
-        Completion { latency_ns, ejected }
-        // Drop releases the slot.
-    }
-}
-
-impl<E: Borrow<EndpointState>, P: Borrow<Pool>> Drop for InFlight<E, P> {
-    #[inline]
-    fn drop(&mut self) {
-        self.endpoint.borrow().release();
-        if self.counted_total {
-            self.pool.borrow().release_total();
         }
     }
 }

@@ -61,6 +61,7 @@ mod endpoint;
 mod error;
 pub mod hash;
 pub mod hashing;
+mod inflight;
 #[cfg(feature = "alloc")]
 pub mod maglev;
 mod math;
@@ -73,10 +74,12 @@ mod rng;
 pub mod schedule;
 pub mod subset;
 mod sync;
+mod time;
 
-pub use endpoint::{Completion, EndpointState, InFlight, Outcome};
+pub use endpoint::{EndpointState, Outcome};
 pub use error::RingError;
 pub use hashing::{HashPolicy, RingPicker};
+pub use inflight::{Completion, InFlight};
 #[cfg(feature = "alloc")]
 pub use maglev::{Maglev, MaglevError};
 pub use outcome::Observed;

@@ -27,9 +27,10 @@
 use core::borrow::Borrow;
 use core::fmt;
 
-use crate::endpoint::{elapsed_ms, millis, EndpointState};
+use crate::endpoint::EndpointState;
 use crate::pool::{Policy, Pool, FORCE_PICK_MS};
 use crate::rng::{two_distinct, Rng};
+use crate::time::{elapsed_ms, millis};
 
 /// Why a picker returned no endpoint.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

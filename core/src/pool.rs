@@ -61,9 +61,10 @@
 //! Un-ejection happens exactly when the time is up (at the next pick that looks, or
 //! [`Pool::sweep`]), not at the next interval tick as in Envoy; a deliberate improvement.
 
-use crate::endpoint::{elapsed_ms, millis, Availability, EndpointState, Outcome};
+use crate::endpoint::{Availability, EndpointState, Outcome};
 use crate::math::{exp_neg, sqrt};
 use crate::sync::{AtomicU32, Ordering::Relaxed};
+use crate::time::{elapsed_ms, millis};
 
 /// Stamps older than this are re-based by [`Pool::sweep`], so 32-bit stamps never wrap.
 const REBASE_MS: u32 = 1 << 31;
