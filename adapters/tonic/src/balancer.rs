@@ -344,8 +344,11 @@ impl Balancer {
                         if let Some(t) = e.task.take() {
                             t.abort();
                         }
+                        // Fresh when started again (no stale sticky failure), and the picker
+                        // drops the connection handle so the connection really closes.
                         e.seen = None;
-                        e.sub.core.set_ready(false);
+                        e.sub.reset_idle();
+                        self.core.set_payload(&addr, member(&e.sub));
                         tracing::debug!(endpoint = %addr, "closed: its priority is no longer used");
                     }
                 }

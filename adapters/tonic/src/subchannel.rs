@@ -145,6 +145,17 @@ impl Subchannel {
         self.state.store(state as u8, Ordering::Release);
     }
 
+    /// Back to IDLE with no connection and no failure (the balancer closed it: its priority is
+    /// no longer used); a later start begins afresh, as a new subchannel would.
+    pub(crate) fn reset_idle(&self) {
+        if let Ok(mut c) = self.channel.lock() {
+            *c = None;
+        }
+        self.failing.store(false, Ordering::Release);
+        self.core.set_ready(false);
+        self.state.store(ConnectivityState::Idle as u8, Ordering::Release);
+    }
+
     /// A draining connection leaves: CONNECTING, without its channel, while the replacement
     /// connects. Unlike [`set`](Self::set) it leaves the endpoint's ready flag to the balancer
     /// (which lowers it when it publishes the picker without this connection), so a pick from
@@ -318,12 +329,14 @@ pub(crate) async fn run(sub: Arc<Subchannel>, id: u64, events: mpsc::UnboundedSe
             draining = true;
             continue;
         }
-        tracing::info!(endpoint = %sub.addr, reason, "endpoint disconnected; reconnecting");
-        publish(
-            ConnectivityState::TransientFailure,
-            None,
-            Some(reason.to_string()),
-        );
+        // A READY connection lost is not yet a failure (grpc-go pick_first: READY -> IDLE, then
+        // CONNECTING at once): the endpoint reconnects now and reports TRANSIENT_FAILURE only if
+        // that attempt fails. So a connection reset on a live server neither fails fast-fail
+        // RPCs nor fails its priority over; a dead server's refused reconnect does, at once.
+        tracing::info!(endpoint = %sub.addr, reason, "connection lost; reconnecting");
+        if let Ok(mut last) = sub.last_error.lock() {
+            *last = Some(reason.to_string());
+        }
     }
 }
 
