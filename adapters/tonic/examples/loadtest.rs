@@ -6,19 +6,26 @@
 //!
 //! ```text
 //! cargo run --release -p pickwise-tonic --example loadtest -- [--targets host:port,...]
-//!     [--policy NAME]... [--duration SECS] [--concurrency N] [--healthy] [--json]
+//!     [--policy NAME]... [--duration SECS] [--concurrency N] [--healthy] [--fail-percent P]
+//!     [--failure-penalty K] [--json]
 //! ```
 //!
 //! pickwise runs use a 100 ms..1 s reconnect backoff and a 1 s base ejection, so a run of a few
 //! seconds shows the killed backend coming back. `--healthy` keeps the embedded backends equal
 //! and alive (no slow one, no kill): the setting for measuring overhead.
 //!
+//! `--fail-percent P` is issue 16's partial-failure scenario: the embedded backends are equal and
+//! alive, and backend 3 answers P% of its calls with UNAVAILABLE at once (faster than a success).
+//! `--fail-percent 30 --concurrency 32 --policy p2c-peak-ewma --policy round-robin` gives the
+//! figures `tests/partial_failure.rs` checks. The `err %` column is errors / (successes + errors).
+//!
 //! With `--targets`, `per_backend` counts come from pickwise's own statistics (requests started);
 //! tonic's `balance_list` does not report where requests went, so its map is empty.
 //!
-//! Policies: `p2c-peak-ewma`, `p2c-least-request`, `ring-hash`, `tonic-balance-list` (tonic's own
-//! `Channel::balance_list`), and for the overhead comparison `direct` (one tonic `Channel` to the
-//! first target) and `pickwise-single` (pickwise over that same target).
+//! Policies: `p2c-peak-ewma`, `p2c-least-request`, `ring-hash`, `round-robin` (pickwise's),
+//! `tonic-balance-list` (tonic's own `Channel::balance_list`), and for the overhead comparison
+//! `direct` (one tonic `Channel` to the first target) and `pickwise-single` (pickwise over that
+//! same target).
 
 #[path = "../tests/support/backend.rs"]
 mod backend;
@@ -32,14 +39,15 @@ use std::time::{Duration, Instant};
 
 use backend::Backend;
 use http::HeaderName;
-use pickwise_tonic::{Backoff, Builder, HashPolicy, OutlierConfig, Policy, RingConfig};
+use pickwise_tonic::{Backoff, Builder, HashPolicy, OutlierConfig, Policy, PoolConfig, RingConfig};
 use tonic::transport::{Channel, Endpoint};
 use tonic_health::pb::{health_client::HealthClient, HealthCheckRequest};
 
-const ALL: [&str; 6] = [
+const ALL: [&str; 7] = [
     "p2c-peak-ewma",
     "p2c-least-request",
     "ring-hash",
+    "round-robin",
     "tonic-balance-list",
     "direct",
     "pickwise-single",
@@ -64,6 +72,14 @@ struct Args {
     /// Keep the embedded backends equal and alive (no slow one, no kill): for measuring overhead.
     #[arg(long)]
     healthy: bool,
+    /// Partial failure: the embedded backends are equal and alive, and backend 3 answers this
+    /// percentage of calls with UNAVAILABLE at once.
+    #[arg(long, value_name = "P", value_parser = clap::value_parser!(u64).range(0..=100), conflicts_with = "targets")]
+    fail_percent: Option<u64>,
+    /// pickwise's failure penalty (`PoolConfig::failure_penalty`: a failed call's latency sample
+    /// is this multiple of its latency; 1 = a failure only never lowers the estimate).
+    #[arg(long, value_name = "K", default_value_t = pickwise_tonic::pickwise::pool::DEFAULT_FAILURE_PENALTY)]
+    failure_penalty: f32,
     /// One JSON object per policy instead of the table.
     #[arg(long)]
     json: bool,
@@ -109,6 +125,11 @@ struct Run {
 }
 
 impl Run {
+    /// Errors per call, in percent.
+    fn error_percent(&self) -> f64 {
+        100.0 * self.errors as f64 / (self.requests + self.errors).max(1) as f64
+    }
+
     fn pct_ms(&self, p: f64) -> f64 {
         if self.latencies_us.is_empty() {
             return 0.0;
@@ -145,9 +166,13 @@ fn endpoint(addr: &str) -> Endpoint {
         .tcp_nodelay(true)
 }
 
-async fn make_channel(policy: &str, targets: &[String]) -> Result<AnyChannel, String> {
+async fn make_channel(policy: &str, targets: &[String], failure_penalty: f32) -> Result<AnyChannel, String> {
     let pw = || {
         Builder::new()
+            .pool(PoolConfig {
+                failure_penalty,
+                ..PoolConfig::default()
+            })
             .backoff(Backoff {
                 initial: Duration::from_millis(100),
                 max: Duration::from_secs(1),
@@ -170,6 +195,7 @@ async fn make_channel(policy: &str, targets: &[String]) -> Result<AnyChannel, St
                 .hash_header(HeaderName::from_static("x-key"))
                 .build_static(targets.to_vec()),
         ),
+        "round-robin" => AnyChannel::Pickwise(pw().round_robin().build_static(targets.to_vec())),
         "pickwise-single" => {
             AnyChannel::Pickwise(pw().p2c(Policy::PeakEwma).build_static([targets[0].clone()]))
         }
@@ -189,16 +215,32 @@ async fn make_channel(policy: &str, targets: &[String]) -> Result<AnyChannel, St
     Ok(ch)
 }
 
+/// How every policy is run.
+#[derive(Clone, Copy)]
+struct Settings {
+    duration: Duration,
+    concurrency: usize,
+    /// Draw the live progress line.
+    progress: bool,
+    /// Run the fault script (backend 3 killed halfway, restarted at three quarters).
+    faults: bool,
+    failure_penalty: f32,
+}
+
 async fn run_policy(
     policy: &str,
     targets: &[String],
     backends: &mut [Backend],
-    duration: Duration,
-    concurrency: usize,
-    progress: bool,
-    faults: bool,
+    settings: &Settings,
 ) -> Result<Run, String> {
-    let channel = make_channel(policy, targets).await?;
+    let Settings {
+        duration,
+        concurrency,
+        progress,
+        faults,
+        failure_penalty,
+    } = *settings;
+    let channel = make_channel(policy, targets, failure_penalty).await?;
     let hits_before: Vec<u64> = backends.iter().map(Backend::hits).collect();
     let picks_before = pickwise_picks(&channel);
     let requests = Arc::new(AtomicU64::new(0));
@@ -341,7 +383,9 @@ fn main() -> ExitCode {
         Some(t) => t.clone(),
         None => {
             backends = (0..4).map(|_| Backend::start()).collect();
-            if !args.healthy {
+            if let Some(pct) = args.fail_percent {
+                backends[3].set_fail_percent(pct);
+            } else if !args.healthy {
                 backends[1].set_delay(20);
             }
             backends.iter().map(|b| b.addr.to_string()).collect()
@@ -350,6 +394,11 @@ fn main() -> ExitCode {
     if !args.json {
         match &args.targets {
             Some(_) => println!("targets: {}", targets.join(", ")),
+            None if args.fail_percent.is_some() => println!(
+                "4 local backends: {} (backend 3 answers {}% of calls UNAVAILABLE at once)",
+                targets.join(", "),
+                args.fail_percent.unwrap_or(0)
+            ),
             None if args.healthy => println!("4 equal local backends: {}", targets.join(", ")),
             None => println!(
                 "4 local backends: {} (backend 1 +20 ms; backend 3 killed at 1/2 of each run, restarted at 3/4)",
@@ -364,17 +413,16 @@ fn main() -> ExitCode {
     }
     // The live progress line only on a terminal: piped output has the table alone.
     let progress = !args.json && std::io::stderr().is_terminal();
+    let settings = Settings {
+        duration: args.duration,
+        concurrency: args.concurrency as usize,
+        progress,
+        faults: !args.healthy && args.fail_percent.is_none(),
+        failure_penalty: args.failure_penalty,
+    };
     let mut rows = Vec::new();
     for policy in &args.policies {
-        match rt.block_on(run_policy(
-            policy,
-            &targets,
-            &mut backends,
-            args.duration,
-            args.concurrency as usize,
-            progress,
-            !args.healthy,
-        )) {
+        match rt.block_on(run_policy(policy, &targets, &mut backends, &settings)) {
             Ok(run) => rows.push(run),
             Err(e) => {
                 eprintln!("loadtest: {policy}: {e}");
@@ -390,10 +438,11 @@ fn main() -> ExitCode {
                 .map(|(k, v)| format!("{}:{v}", json_string(k)))
                 .collect();
             println!(
-                "{{\"policy\":{},\"requests\":{},\"errors\":{},\"rps\":{:.1},\"p50_ms\":{:.3},\"p99_ms\":{:.3},\"per_backend\":{{{}}}}}",
+                "{{\"policy\":{},\"requests\":{},\"errors\":{},\"error_percent\":{:.3},\"rps\":{:.1},\"p50_ms\":{:.3},\"p99_ms\":{:.3},\"per_backend\":{{{}}}}}",
                 json_string(&r.policy),
                 r.requests,
                 r.errors,
+                r.error_percent(),
                 r.requests as f64 / r.secs,
                 r.pct_ms(0.5),
                 r.pct_ms(0.99),
@@ -403,12 +452,13 @@ fn main() -> ExitCode {
     } else {
         let names: Vec<String> = (0..targets.len()).map(|i| format!("b{i}")).collect();
         println!(
-            "{:<20} {:>10} {:>8} {:>8} {:>7}  share per backend ({})",
+            "{:<20} {:>10} {:>8} {:>8} {:>7} {:>7}  share per backend ({})",
             "policy",
             "req/s",
             "p50 ms",
             "p99 ms",
             "errors",
+            "err %",
             names
                 .iter()
                 .zip(&targets)
@@ -430,12 +480,13 @@ fn main() -> ExitCode {
                 })
                 .collect();
             println!(
-                "{:<20} {:>10.0} {:>8.2} {:>8.2} {:>7}  {}",
+                "{:<20} {:>10.0} {:>8.2} {:>8.2} {:>7} {:>7.3}  {}",
                 r.policy,
                 r.requests as f64 / r.secs,
                 r.pct_ms(0.5),
                 r.pct_ms(0.99),
                 r.errors,
+                r.error_percent(),
                 shares.join("  ")
             );
         }

@@ -1,5 +1,6 @@
 //! The `loadtest` example as users run it: `--help` exits 0, bad arguments exit 2, and piped
-//! output carries the table alone (the progress line is drawn only on a terminal).
+//! output carries the table alone (the progress line is drawn only on a terminal); the
+//! `--fail-percent` scenario reports errors per policy.
 
 use std::path::PathBuf;
 use std::process::Command;
@@ -19,6 +20,8 @@ fn help_and_bad_arguments() {
         &["--policy", "nope"][..],
         &["--duration", "0"],
         &["--concurrency", "0"],
+        &["--fail-percent", "101"],
+        &["--fail-percent", "30", "--targets", "127.0.0.1:1"],
         &["--wat"],
     ] {
         let out = loadtest().args(bad).output().unwrap();
@@ -50,4 +53,41 @@ fn piped_output_has_no_progress_line() {
         "{stdout:?} {stderr:?}"
     );
     assert!(stdout.contains("p2c-least-request"), "{stdout}");
+}
+
+/// Issue 16's scenario: backend 3 fails 30% of its calls fast; the table gives each policy's
+/// errors as a percentage of its calls, and the failing backend's share.
+#[test]
+fn fail_percent_scenario_reports_errors_per_policy() {
+    let out = loadtest()
+        .args([
+            "--policy",
+            "round-robin",
+            "--policy",
+            "p2c-peak-ewma",
+            "--duration",
+            "0.3",
+            "--concurrency",
+            "4",
+            "--fail-percent",
+            "30",
+        ])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let stdout = String::from_utf8(out.stdout).unwrap();
+    assert!(
+        stdout.contains("backend 3 answers 30% of calls UNAVAILABLE"),
+        "{stdout}"
+    );
+    let header = stdout.lines().find(|l| l.starts_with("policy")).expect(&stdout);
+    assert!(header.contains("err %"), "{stdout}");
+    let row = stdout
+        .lines()
+        .find(|l| l.starts_with("round-robin"))
+        .expect(&stdout);
+    // Round robin sends the failing backend calls until outlier detection ejects it: some fail.
+    let errors: u64 = row.split_whitespace().nth(4).unwrap().parse().unwrap();
+    assert!(errors > 0, "{stdout}");
+    assert!(stdout.lines().any(|l| l.starts_with("p2c-peak-ewma")), "{stdout}");
 }
