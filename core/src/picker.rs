@@ -205,7 +205,7 @@ impl<'a, E: Borrow<EndpointState>> Picker<'a, E> {
 
     /// Weighted round robin over the candidates: `weights` are theirs, scaled by
     /// [`schedule::scale`](crate::schedule::scale) (one per candidate, same order), scheduled by
-    /// the static stride scheduler ([`Stride`](crate::schedule::Stride), O(1) amortised) on the
+    /// the static stride scheduler ([`crate::schedule::Stride`], O(1) amortised) on the
     /// shared cursor. Ignored when the lengths differ.
     pub fn with_weights(mut self, weights: &'a [u16]) -> Self {
         self.rr_weights = Some(weights);

@@ -18,7 +18,7 @@
 //! `now` is the caller's monotonic clock in nanoseconds and must not go backwards.
 //!
 //! # The tree (gRPC's, as grpc-go builds it for xDS)
-//! `priority` ([`tree`] rules: failover on TRANSIENT_FAILURE, the 10 s failover timer, lower
+//! `priority` (`tree.rs` rules: failover on TRANSIENT_FAILURE, the 10 s failover timer, lower
 //! priorities started only when needed and closed 15 s after they stop serving) ->
 //! `weighted_target` (localities by weight, among those with a READY endpoint) -> leaf policy
 //! (round robin, weighted by endpoint weight when weights differ; P2C) — or, for ring hash and

@@ -36,7 +36,8 @@ struct Locality {
     weighted: bool,
 }
 
-/// An immutable picker. See the [module docs](self).
+/// An immutable picker: the serving priority chosen, its ring or table built, localities with a
+/// READY endpoint and their weighted schedules ready. A pick allocates nothing, takes no lock.
 #[derive(Debug)]
 pub struct Prepared<T> {
     policy: LbPolicy,
