@@ -229,7 +229,7 @@ impl Client {
         let channel = match endpoint.connect().await {
             Ok(c) => c,
             Err(e) => {
-                tracing::warn!(%uri, error = %pickwise_error_chain(&e), "cannot reach the xDS server");
+                tracing::warn!(%uri, error = %pickwise_tonic::error_chain(&e), "cannot reach the xDS server");
                 return false;
             }
         };
@@ -601,15 +601,4 @@ async fn sleep_until_opt(at: Option<Instant>) {
         Some(at) => tokio::time::sleep_until(at).await,
         None => std::future::pending().await,
     }
-}
-
-fn pickwise_error_chain(e: &(dyn std::error::Error + 'static)) -> String {
-    let mut s = e.to_string();
-    let mut src = e.source();
-    while let Some(inner) = src {
-        s.push_str(": ");
-        s.push_str(&inner.to_string());
-        src = inner.source();
-    }
-    s
 }

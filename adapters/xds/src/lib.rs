@@ -46,17 +46,21 @@
 #![deny(missing_docs)]
 
 pub mod bootstrap;
+mod builder;
 mod channel;
 mod client;
 mod cluster;
 pub mod control_plane;
+mod dispatch;
+mod manager;
 pub mod resource;
 mod routing;
 
 use std::fmt;
 
 pub use bootstrap::{Bootstrap, BootstrapError};
-pub use channel::{XdsBody, XdsBuilder, XdsChannel, XdsFuture, XdsStatus};
+pub use builder::XdsBuilder;
+pub use channel::{XdsBody, XdsChannel, XdsFuture, XdsStatus};
 pub use client::{AdsBackoff, AdsKeepalive};
 
 /// Why an xDS channel could not be built.
