@@ -11,9 +11,9 @@
 //! over four backends a healthy one carries about 10, so the penalty buys only about 30 / 10 = 3
 //! times the cost, less when the failure answers faster than a success, and a healthy endpoint's
 //! latency spike (peak-EWMA keeps peaks for seconds) erases the rest. Measured in debug builds on
-//! two busy cores: most runs 0.05-0.5%, but one or two runs in ten lose 1.0-1.8%, with the
-//! failing backend at 3-5% of the calls; with a failure penalty of 300 every run stays under
-//! 0.25%. Hence `#[ignore]` until the core's penalty accounts for load: run it with
+//! two shared cores: most runs 0.05-0.9%, but 0 to 4 runs in ten (more when the machine is busy)
+//! lose 1.0-1.8%, with the failing backend at 3-7% of the calls; with a failure penalty of 300
+//! every run stayed under 0.25%. Release builds: 0.01-0.7% (the example: 1 run in 10 at 1.06%). Hence `#[ignore]` until the core's penalty accounts for load: run it with
 //! `cargo test -p pickwise-tonic --test partial_failure -- --ignored --nocapture`.
 
 mod support;
@@ -47,7 +47,7 @@ async fn run(backends: &[Backend], policy: LbPolicy) -> (f64, u64, f64) {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "issue 16: not met yet, 1-2 runs in 10 exceed 1% at 32 in flight (see the module docs)"]
+#[ignore = "issue 16: not met yet, up to 4 runs in 10 exceed 1% at 32 in flight (see the module docs)"]
 async fn a_partly_failing_backend_costs_under_one_percent_under_peak_ewma() {
     let _serial = serial().await;
     let backends: Vec<Backend> = (0..4).map(|_| Backend::start()).collect();
