@@ -44,12 +44,15 @@
 //! `max_stream_duration` (gRFC A31) bound each RPC's deadline.
 #![forbid(unsafe_code)]
 #![deny(missing_docs)]
+#![cfg_attr(docsrs, feature(doc_cfg))]
 
 pub mod bootstrap;
 mod builder;
 mod channel;
 mod client;
 mod cluster;
+#[cfg(feature = "control-plane")]
+#[cfg_attr(docsrs, doc(cfg(feature = "control-plane")))]
 pub mod control_plane;
 mod dispatch;
 mod manager;
