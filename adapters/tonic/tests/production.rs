@@ -105,9 +105,8 @@ fn parse_ms(v: &str) -> u64 {
 /// One RPC's deadline never tears down the connection (grpc-go: per-RPC errors do not change
 /// connectivity): 50 calls with a 10 ms deadline against a backend that answers after 1 s (a
 /// call is served in time only if the test stalls for a second; 30 ms was not enough under load)
-/// use one connection and publish no new
-/// pickers; the old code reconnected on each (about 90 pickers). The deadline still counts as a
-/// failure for the cost policy (go-zero's list).
+/// use one connection and publish no new pickers; the old code reconnected on each (about 90
+/// pickers). The deadline still counts as a failure for the cost policy (go-zero's list).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn short_deadlines_never_tear_down_the_connection() {
     let _serial = serial().await;
