@@ -2,16 +2,19 @@
 //!
 //! Pingora keeps health apart from the selector: `select` asks the selector's iterator for
 //! backends and skips those its health checks marked down, and a health change does not rebuild
-//! the selector. Without this bridge the picker keeps choosing a down backend (nothing in flight,
-//! its estimate decaying: it looks cheapest), Pingora refuses it, and the iterator's next backend
-//! takes its share (measured: one live neighbour of two dead backends took 0.63 of the traffic
-//! instead of 0.33).
+//! the selector (pingora-load-balancing 0.9.1: `LoadBalancer::update` runs the rebuild callback
+//! only when the membership changed). Without this bridge the picker keeps choosing a down
+//! backend (nothing in flight, its estimate decaying: it looks cheapest), Pingora refuses it, and
+//! the iterator's next backend takes its share (measured: one live neighbour of two dead backends
+//! took 0.63 of the traffic instead of 0.33).
 //!
 //! [`Shared::health_observer`] returns a `HealthObserveCallback` for Pingora's
-//! `TcpHealthCheck` / `HttpHealthCheck` (`health_changed_callback`): every health flip marks the
-//! backend's [`EndpointState`](pickwise::EndpointState) ready or not, so picks skip it and the
-//! bounded-load shares are re-based on the ready backends. [`tcp_health_check`] builds Pingora's
-//! TCP check with it installed; for an `HttpHealthCheck` set
+//! `TcpHealthCheck` / `HttpHealthCheck` (`health_changed_callback`): every health flip becomes a
+//! connectivity event for the group's core balancer (healthy: READY, down: TRANSIENT_FAILURE),
+//! which marks the backend's [`EndpointState`](pickwise::EndpointState) ready or not and prepares
+//! a new picker (ready backends, bounded-load shares over their weight); the group publishes it,
+//! and every selector picks from it at once. [`tcp_health_check`] builds Pingora's TCP check
+//! with it installed; for an `HttpHealthCheck` set
 //! `check.health_changed_callback = Some(shared.health_observer())`.
 //!
 //! ```no_run
@@ -34,7 +37,8 @@ use pingora::lb::Backend;
 
 use crate::state::Shared;
 
-/// Pingora's `HealthObserve` for one [`Shared`]: health flips become endpoint readiness.
+/// Pingora's `HealthObserve` for one [`Shared`]: health flips become connectivity events for
+/// its core balancer.
 #[derive(Debug, Clone)]
 pub struct HealthObserver {
     shared: Arc<Shared>,
@@ -50,9 +54,7 @@ impl HealthObserver {
 #[async_trait]
 impl HealthObserve for HealthObserver {
     async fn observe(&self, target: &Backend, healthy: bool) {
-        if let Some(addr) = target.addr.as_inet() {
-            self.shared.set_health(*addr, healthy);
-        }
+        self.shared.set_health(target, healthy);
     }
 }
 

@@ -1,14 +1,18 @@
 //! # pickwise-pingora
 //!
 //! pickwise's load balancing inside [Pingora](https://github.com/cloudflare/pingora) proxies:
-//! a `BackendSelection` ([`Selector`]) whose decision is the `pickwise` core's
-//! [`Picker`](pickwise::Picker) — power of two choices with least-request, peak-EWMA or go-zero
-//! costs, round robin, Envoy-compatible ring hash (byte-identical to Envoy's and the core's;
-//! plain, bounded load or affinity) and Maglev — with passive outlier ejection.
+//! a `BackendSelection` ([`Selector`]) driven by the `pickwise` core's sans-IO
+//! [`Balancer`](pickwise::balancer::Balancer) — power of two choices with least-request,
+//! peak-EWMA or go-zero costs, (weighted) round robin, Envoy-compatible ring hash (byte-identical
+//! to Envoy's and the core's; plain, bounded load or affinity) and Maglev — with passive outlier
+//! ejection. This crate only translates Pingora's world into the core's events: backend sets into
+//! membership, health results into readiness, hooks into outcomes; the core decides.
 //!
 //! - **State survives rebuilds.** Pingora's `LoadBalancer::update` rebuilds the selector from
-//!   scratch on every discovery or health change; load, latency and ejection live in a
-//!   [`Shared`] passed as the selection config, keyed by backend address.
+//!   scratch on every discovery change; the group's core balancer (load, latency, ejection,
+//!   readiness, timers) lives in a [`Shared`] passed as the selection config, and each rebuild
+//!   hands it the new backend set (`insert` / `remove`). Selectors pick with the
+//!   [`Prepared`](pickwise::balancer::Prepared) picker the group published last.
 //! - **Completion feedback.** `select` returns a `Backend` and has no completion callback; the
 //!   group finds the backend's state without a lock, a [`Lease`] holds the in-flight slot, and
 //!   [`Tracker`] records the outcome from the `ProxyHttp` hooks, classified by the core's
@@ -18,11 +22,13 @@
 //!   retried elsewhere.
 //! - **Retries** go elsewhere: [`Tracker::select`] never returns a backend an earlier attempt of
 //!   the request used while another healthy one exists (Envoy's `previous_hosts` predicate).
-//! - **Health.** Pingora's health checks report to the picker through
-//!   [`Shared::health_observer`] ([`tcp_health_check`] installs it), so a backend they mark down
-//!   is not picked at all (rather than picked, refused and replaced by its neighbour).
-//! - **Timers.** The pool's upkeep (ejection-multiplier decay, stamp re-basing) runs from lease
-//!   starts and completions when due ([`Shared::handle_timeout`]); nothing to schedule.
+//! - **Health.** Pingora's health checks report to the core balancer through
+//!   [`Shared::health_observer`] ([`tcp_health_check`] installs it) and a new picker is published
+//!   at once, so a backend they mark down is not picked at all (rather than picked, refused and
+//!   replaced by its neighbour).
+//! - **Timers.** The core balancer's timers (ejection expiry, multiplier decay, stamp
+//!   re-basing, gRFC A50 detection) run from lease starts and completions when due
+//!   ([`Shared::handle_timeout`]); nothing to schedule.
 //! - **Discovery**: Pingora's `discovery::Static`, or [`StreamDiscovery`] from any stream of
 //!   endpoint changes.
 //!

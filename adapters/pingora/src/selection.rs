@@ -1,11 +1,15 @@
-//! [`Selector`]: a Pingora `BackendSelection` whose decision is the core's
-//! [`Picker`](pickwise::Picker): P2C with least-request / peak-EWMA / go-zero costs, (weighted)
-//! round robin, Envoy-compatible ring hash (plain, bounded load, affinity) and Maglev.
+//! [`Selector`]: a Pingora `BackendSelection` that picks with the core balancer's
+//! [`Prepared`](pickwise::balancer::Prepared) picker: P2C with least-request / peak-EWMA /
+//! go-zero costs, (weighted) round robin, Envoy-compatible ring hash (plain, bounded load,
+//! affinity) and Maglev. The adapter builds no ring or table and decides no readiness: the core
+//! does ([`Shared`]).
 //!
 //! Build it through `LoadBalancer::from_backends_with_config(backends, Some(shared))` with one
 //! [`Shared`] per upstream group: Pingora rebuilds the selector on every discovery change, and
-//! the per-backend state lives in `Shared`, so it survives; a [`Lease`](crate::Lease) finds a
-//! selected backend's state there without a lock.
+//! each build hands the new backend set to the group's core balancer, whose state survives; every
+//! `iter` picks with the picker the group published last (so a health flip, which Pingora does
+//! not rebuild for, counts at once). A [`Lease`](crate::Lease) finds a selected backend's state
+//! without a lock.
 //!
 //! **The iterator.** Pingora's `select` walks the selection's iterator until a backend passes
 //! its `accept` (its health checks, or [`Tracker::select`](crate::Tracker::select)'s exclusion
@@ -20,37 +24,37 @@
 use std::collections::BTreeSet;
 use std::sync::Arc;
 
-use pickwise::{EndpointState, LbPolicy, Maglev, Picker, PoolConfig, Ring};
+use arc_swap::Guard;
+use pickwise::{LbPolicy, PoolConfig, Ring};
 use pingora::lb::selection::{BackendIter, BackendSelection};
 use pingora::lb::Backend;
 
-use crate::state::Shared;
+use crate::state::{Member, Picker, Shared};
 
 /// How many offered backends an iterator remembers exactly (beyond that Pingora's own
 /// de-duplication takes over).
 const SEEN: usize = 8;
 
-/// A pickwise backend selection: builds the ring or Maglev table its policy needs and picks with
-/// the core [`Picker`]. Build it with a [`Shared`] (see the crate docs).
+/// A pickwise backend selection: hands each backend set to the group's core balancer and picks
+/// with the picker it publishes. Build it with a [`Shared`] (see the crate docs).
 #[derive(Debug)]
 pub struct Selector {
     shared: Arc<Shared>,
+    /// The picker this build published (what [`ring`](Self::ring) shows).
+    built: Arc<Picker>,
+    /// Its members' backends, in the order ring owners and Maglev slots index.
     backends: Vec<Backend>,
-    states: Vec<Arc<EndpointState>>,
-    ring: Option<Ring>,
-    maglev: Option<Maglev>,
-    /// Weighted round robin's scaled weights, one per backend; `None` when the weights are equal
-    /// or the policy is not round robin.
-    rr_weights: Option<Vec<u16>>,
 }
 
 impl Selector {
-    /// The ring of a ring-hash selector (ring owners index the backends in address order).
+    /// The ring of a ring-hash selector, as built for this backend set (ring owners index
+    /// [`backends`](Self::backends)).
     pub fn ring(&self) -> Option<&Ring> {
-        self.ring.as_ref()
+        self.built.ring()
     }
 
-    /// The backends, in the order ring owners and Maglev slots index.
+    /// The backends, in the order ring owners and Maglev slots index (the order the group's core
+    /// balancer first saw them: address order for backends of the first build).
     pub fn backends(&self) -> &[Backend] {
         &self.backends
     }
@@ -67,66 +71,27 @@ impl BackendSelection for Selector {
     }
 
     fn build_with_config(backends: &BTreeSet<Backend>, shared: &Arc<Shared>) -> Self {
-        // Envoy's host key: "ip:port". The BTreeSet is ordered, so every rebuild of the same set
-        // gives the same ring (Envoy mode keeps input order).
-        let keys: Vec<(String, u32)> = backends
-            .iter()
-            .map(|b| (b.addr.to_string(), b.weight.clamp(1, u32::MAX as usize) as u32))
-            .collect();
-        let states = shared.states_for(&keys);
-        let backends: Vec<Backend> = backends.iter().cloned().collect();
-        let (mut ring, mut maglev, mut rr_weights) = (None, None, None);
-        match shared.policy {
-            LbPolicy::RingHash { ring: cfg, .. } if !keys.is_empty() => match Ring::build(&keys, &cfg) {
-                Ok(r) => ring = Some(r),
-                Err(e) => tracing::error!(error = %e, "pickwise: cannot build the ring; picking by P2C"),
-            },
-            LbPolicy::Maglev { table_size, .. } if !keys.is_empty() => match Maglev::build(&keys, table_size)
-            {
-                Ok(t) => maglev = Some(t),
-                Err(e) => {
-                    tracing::error!(error = %e, "pickwise: cannot build the Maglev table; picking by P2C")
-                }
-            },
-            LbPolicy::RoundRobin => {
-                let weights: Vec<u32> = keys.iter().map(|(_, w)| *w).collect();
-                let mut scaled = vec![0u16; weights.len()];
-                if !pickwise::schedule::scale(&weights, &mut scaled) {
-                    rr_weights = Some(scaled);
-                }
-            }
-            _ => {}
-        }
+        let built = shared.rebuild(backends);
+        let backends = built.members().iter().map(|m| m.backend.clone()).collect();
         Self {
             shared: shared.clone(),
+            built,
             backends,
-            states,
-            ring,
-            maglev,
-            rr_weights,
         }
     }
 
     fn iter(self: &Arc<Self>, key: &[u8]) -> SelectorIter {
         let hash = (!key.is_empty()).then(|| pickwise::hash::xxh64(key));
-        let shared = &self.shared;
-        let mut picker = Picker::new(&shared.policy, &self.states, &shared.pool).with_cursor(&shared.cursor);
-        if let Some(r) = &self.ring {
-            // Bounded-load shares are of the ready backends' weight (kept by `Shared`).
-            picker = picker.with_ring(r.view(), shared.ready_weight());
-        }
-        if let Some(t) = &self.maglev {
-            picker = picker.with_table(t.table());
-        }
-        if let Some(w) = &self.rr_weights {
-            picker = picker.with_weights(w);
-        }
+        let picker = self.shared.picker();
+        let now = self.shared.now();
         let first = picker
-            .pick_with_clock(|| shared.now(), hash, &mut || fastrand::u64(..))
+            .pick(now, hash, &mut || fastrand::u64(..))
             .ok()
-            .and_then(|e| index_in(&self.states, e));
+            .and_then(|m| locate(&picker, m));
         SelectorIter {
             selector: self.clone(),
+            picker,
+            now,
             hash,
             first,
             offered: 0,
@@ -134,6 +99,36 @@ impl BackendSelection for Selector {
             walk: None,
         }
     }
+}
+
+/// Where a picked member sits in the picker: the pick is a reference into its members or its
+/// ready members.
+#[derive(Clone, Copy, Debug)]
+enum Slot {
+    Member(usize),
+    Ready(usize),
+}
+
+impl Slot {
+    fn get(self, picker: &Picker) -> Option<&Member> {
+        match self {
+            Self::Member(i) => picker.members().get(i),
+            Self::Ready(i) => picker.ready().get(i),
+        }
+    }
+}
+
+fn locate(picker: &Picker, m: &Member) -> Option<Slot> {
+    index_in(picker.members(), m)
+        .map(Slot::Member)
+        .or_else(|| index_in(picker.ready(), m).map(Slot::Ready))
+        .or_else(|| {
+            let i = picker
+                .members()
+                .iter()
+                .position(|x| Arc::ptr_eq(&x.state, &m.state))?;
+            Some(Slot::Member(i))
+        })
 }
 
 /// The backends in preference order: the pick, then — only if Pingora refuses it (health,
@@ -144,61 +139,69 @@ impl BackendSelection for Selector {
 #[derive(Debug)]
 pub struct SelectorIter {
     selector: Arc<Selector>,
+    /// The group's picker when the iterator was made.
+    picker: Guard<Arc<Picker>>,
+    now: u64,
     hash: Option<u64>,
-    first: Option<usize>,
+    first: Option<Slot>,
     /// Backends offered so far.
     offered: usize,
-    /// The first [`SEEN`] of them.
-    seen: [u32; SEEN],
-    /// The random order of fallback choices: `(next position, start, stride)`.
+    /// The endpoint states (their addresses) of the first [`SEEN`] of them.
+    seen: [usize; SEEN],
+    /// The random order of fallback choices over the members: `(next position, start, stride)`.
     walk: Option<(usize, usize, usize)>,
 }
 
 impl BackendIter for SelectorIter {
     fn next(&mut self) -> Option<&Backend> {
-        let n = self.selector.backends.len();
-        if self.offered >= n {
+        if self.offered >= self.picker.members().len() {
             return None;
         }
-        let i = match (self.offered, self.first) {
-            (0, Some(i)) => i,
-            _ => self.fallback()?,
+        let slot = match (self.offered, self.first) {
+            (0, Some(first)) => first,
+            _ => Slot::Member(self.fallback()?),
         };
-        if let Some(slot) = self.seen.get_mut(self.offered) {
-            *slot = i as u32;
+        let member = slot.get(&self.picker)?;
+        if let Some(seen) = self.seen.get_mut(self.offered) {
+            *seen = id(member);
         }
         self.offered += 1;
-        self.selector.backends.get(i)
+        Some(&member.backend)
     }
+}
+
+/// A member's identity within one picker: its endpoint state's address.
+fn id(m: &Member) -> usize {
+    Arc::as_ptr(&m.state) as usize
 }
 
 impl SelectorIter {
     fn was_offered(&self, i: usize) -> bool {
-        self.seen[..self.offered.min(SEEN)].contains(&(i as u32))
+        self.picker
+            .members()
+            .get(i)
+            .is_some_and(|m| self.seen[..self.offered.min(SEEN)].contains(&id(m)))
     }
 
-    /// The next choice among the backends not offered yet, available ones first.
+    /// The next choice among the members not offered yet, available ones first.
     fn fallback(&mut self) -> Option<usize> {
-        let sel = self.selector.clone();
-        let n = sel.backends.len();
-        let shared = &sel.shared;
-        let now = shared.now();
-        let available = |i: usize| {
-            sel.states
-                .get(i)
-                .is_some_and(|s| shared.pool.is_available(s, now))
-        };
-        match (&shared.policy, self.hash) {
-            (LbPolicy::RingHash { .. }, Some(h)) if sel.ring.is_some() => {
-                let ring = sel.ring.as_ref()?.view();
+        let picker = Arc::clone(&self.picker);
+        let members = picker.members();
+        let n = members.len();
+        let pool = Arc::clone(&self.selector.shared.pool);
+        let now = self.now;
+        let available = |i: usize| members.get(i).is_some_and(|m| pool.is_available(&m.state, now));
+        match (picker.policy(), self.hash) {
+            (LbPolicy::RingHash { .. }, Some(h)) if picker.ring().is_some() => {
+                let ring = picker.ring()?.view();
                 let fresh = |i: u32| !self.was_offered(i as usize);
                 ring.find(h, |i| fresh(i) && available(i as usize))
                     .or_else(|| ring.find(h, fresh))
                     .map(|i| i as usize)
                     .or_else(|| self.walk_next(n, |_| true))
             }
-            (LbPolicy::Maglev { .. }, Some(h)) if sel.maglev.is_some() => {
-                let table = sel.maglev.as_ref()?.table();
+            (LbPolicy::Maglev { .. }, Some(h)) if picker.maglev().is_some() => {
+                let table = picker.maglev()?.table();
                 let m = table.len().max(1);
                 let start = (h % m as u64) as usize;
                 let owner = |k: usize| table.get((start + k) % m).map(|&o| o as usize);
@@ -220,18 +223,18 @@ impl SelectorIter {
                 let Some(b) = self.walk_next(n, available) else {
                     return Some(a);
                 };
-                let cost = |i: usize| sel.states.get(i).map_or(f32::MAX, |s| shared.pool.cost(s, now));
+                let cost = |i: usize| members.get(i).map_or(f32::MAX, |m| pool.cost(&m.state, now));
                 let (win, lose) = if cost(a) <= cost(b) { (a, b) } else { (b, a) };
                 // The loser stays in the running: step the walk back over it.
-                self.unwalk(lose);
+                self.unwalk(lose, n);
                 Some(win)
             }
         }
     }
 
-    /// The next backend in this iterator's random order (a random start and a random stride
+    /// The next member in this iterator's random order (a random start and a random stride
     /// coprime with `n`: a permutation) that was not offered and passes `accept`; restarts the
-    /// order for each call so skipped backends stay candidates.
+    /// order for each call so skipped members stay candidates.
     fn walk_next(&mut self, n: usize, accept: impl Fn(usize) -> bool) -> Option<usize> {
         if n == 0 {
             return None;
@@ -255,9 +258,9 @@ impl SelectorIter {
     }
 
     /// Moves the walk back to `i` (a P2C loser), so the next call may offer it.
-    fn unwalk(&mut self, i: usize) {
+    fn unwalk(&mut self, i: usize, n: usize) {
         if let Some((pos, start, stride)) = self.walk.as_mut() {
-            let n = self.selector.backends.len().max(1);
+            let n = n.max(1);
             // position k of i: start + k * stride = i (mod n); the walk is short, find it.
             if let Some(k) = (0..n).find(|&k| (*start + k * *stride) % n == i) {
                 *pos = k;
@@ -273,7 +276,8 @@ fn gcd(mut a: usize, mut b: usize) -> usize {
     a
 }
 
-/// The position of `e` in `slice` (an element reference the picker returned), in O(1).
+/// The position of `e` in `slice` (an element reference the picker returned), in O(1); `None`
+/// if `e` is not an element of `slice`.
 fn index_in<T>(slice: &[T], e: &T) -> Option<usize> {
     let size = std::mem::size_of::<T>().max(1);
     let offset = (e as *const T as usize).checked_sub(slice.as_ptr() as usize)?;

@@ -1,81 +1,113 @@
-//! What survives Pingora's selector rebuilds: the policy, the [`Pool`], one [`EndpointState`] per
-//! backend address, the readiness Pingora's health checks report, and the pool's timer.
+//! What survives Pingora's selector rebuilds: one core [`Balancer`] per upstream group (endpoint
+//! state, readiness, timers, the prepared picker) and the picker it last published.
 //!
-//! `LoadBalancer::update` rebuilds the selector from scratch on every discovery change; the
-//! selector takes the states of the backends it keeps from here, so load, latency estimates and
-//! ejections carry over, and the states of backends that left are removed from the pool (their
-//! ejection slots freed). Health results arrive through [`Shared::health_observer`] (Pingora does
-//! not rebuild on a health change) and mark states ready or not, so the picker never chooses a
-//! backend Pingora would refuse.
+//! This module only translates. `LoadBalancer::update` rebuilds the selector from scratch on every
+//! membership change; [`Shared::rebuild`] turns the new backend set into core `insert` / `remove`
+//! events (a backend is READY on insert unless Pingora's health check last reported it down), so
+//! load, latency estimates and ejections of the backends that stay carry over, and those that left
+//! free their ejection slots. Pingora's health results arrive through
+//! [`Shared::health_observer`] as `handle_connectivity` events. After each event the core's new
+//! [`Prepared`] picker is published here (arc-swap); [`Selector`](crate::Selector)s read the
+//! current one on every `iter`, so a health flip takes effect at once although Pingora 0.9 does
+//! not rebuild the selector for it (its `update` runs the rebuild callback only when membership
+//! changes).
 //!
-//! **Timers.** The pool needs [`Pool::sweep`] every so often (ejection-multiplier decay, stamp
-//! re-basing, expired ejections). Nothing has to remember it: every lease start and every
-//! [`Tracker`](crate::Tracker) completion already reads the clock and calls
-//! [`Shared::handle_timeout`], which costs one atomic load until the deadline
-//! ([`Shared::poll_timeout`]) passes; then one thread (a try-lock) sweeps. Picks never sweep.
+//! The core balancer sits behind a mutex that only rebuilds, health reports and timers take;
+//! picks read the published picker and never lock.
+//!
+//! **Timers.** The core needs [`Balancer::handle_timeout`] now and then (ejection expiry,
+//! multiplier decay, stamp re-basing, gRFC A50's interval detection). Nothing has to remember it:
+//! every lease start and every [`Tracker`](crate::Tracker) completion already reads the clock and
+//! calls [`Shared::handle_timeout`], which costs one atomic load until the core's deadline
+//! ([`Shared::poll_timeout`]) passes; then one thread (a try-lock) runs it. Picks never do.
 
-use std::collections::{HashMap, HashSet};
+use std::borrow::Borrow;
+use std::collections::{BTreeSet, HashMap, HashSet};
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError, TryLockError};
 use std::time::Instant;
 
-use arc_swap::ArcSwap;
+use arc_swap::{ArcSwap, Guard};
+use pingora::lb::Backend;
 
+use pickwise::balancer::{Balancer, BalancerConfig, Connectivity, EndpointSpec, OwnerConnecting, Prepared};
 use pickwise::{EndpointState, LbPolicy, Pool, PoolConfig};
 
-/// The longest time between two sweeps, in milliseconds (the outlier interval if shorter).
+/// The longest time between two runs of the core's upkeep, in milliseconds (the outlier interval
+/// if shorter).
 const MAX_SWEEP_MS: u64 = 1_000;
+
+/// What the core balancer picks: a backend and its endpoint state.
+#[derive(Clone, Debug)]
+pub(crate) struct Member {
+    pub(crate) state: Arc<EndpointState>,
+    pub(crate) backend: Backend,
+}
+
+impl Borrow<EndpointState> for Member {
+    fn borrow(&self) -> &EndpointState {
+        &self.state
+    }
+}
+
+/// The picker [`Shared`] publishes.
+pub(crate) type Picker = Prepared<Member>;
+
+/// What the mutex guards.
+#[derive(Debug)]
+struct Core {
+    balancer: Balancer<String, Member>,
+    /// Backends Pingora's health checks last reported down, applied to backends inserted later.
+    down: HashSet<String>,
+    /// The latest `now` given to the balancer (callers on other threads may read the clock a
+    /// little earlier; the core's time must not go backwards).
+    now: u64,
+}
 
 /// Shared state of one pickwise selection: build one per upstream group and pass it as the
 /// `LoadBalancer`'s selection config.
 #[derive(Debug)]
 pub struct Shared {
-    pub(crate) policy: LbPolicy,
-    pub(crate) pool: Pool,
-    states: Mutex<HashMap<String, Arc<EndpointState>>>,
-    /// The same states by socket address, for leases: read lock-free on every request.
+    policy: LbPolicy,
+    pub(crate) pool: Arc<Pool>,
+    core: Mutex<Core>,
+    /// The core's picker as last published: read lock-free on every `iter`.
+    picker: ArcSwap<Picker>,
+    /// The endpoint states by socket address, for leases: read lock-free on every request.
     by_addr: ArcSwap<HashMap<SocketAddr, Arc<EndpointState>>>,
-    /// Backends Pingora's health checks last reported down, applied to states built later.
-    down: Mutex<HashSet<SocketAddr>>,
-    /// Sum of the weights of the ready backends: the base of bounded-load shares.
-    ready_weight: AtomicU64,
-    pub(crate) cursor: AtomicU32,
-    /// When the next sweep is due, on [`now`](Self::now)'s clock.
-    next_sweep: AtomicU64,
-    /// Held by the one thread sweeping.
-    sweeping: AtomicBool,
-    sweep_every_ns: u64,
+    /// When the core's [`handle_timeout`](Balancer::handle_timeout) is next due, on
+    /// [`now`](Self::now)'s clock.
+    next_timeout: AtomicU64,
     epoch: Instant,
 }
 
 impl Shared {
-    /// State for `policy` with pool settings `pool` (cost policy, outlier detection). For
-    /// `LbPolicy::P2c(cost)` the pool's cost policy is set to `cost`; bounded-load ring hash turns
-    /// on the pool's in-flight total.
-    pub fn new(policy: LbPolicy, mut pool: PoolConfig) -> Arc<Self> {
-        if let LbPolicy::P2c(cost) = policy {
-            pool.policy = cost;
-        }
-        if let LbPolicy::RingHash {
-            load: pickwise::HashPolicy::Bounded { .. },
-            ..
-        } = policy
-        {
-            pool.track_total = true;
-        }
+    /// State for `policy` with pool settings `pool` (cost policy, outlier detection). The core
+    /// balancer sets the pool's cost policy to `cost` for `LbPolicy::P2c(cost)` and turns on the
+    /// pool's in-flight total for bounded-load ring hash. A ring-hash key whose owner is not ready
+    /// walks on clockwise (Envoy's behaviour, [`OwnerConnecting::Walk`]): a proxy does not queue.
+    pub fn new(policy: LbPolicy, pool: PoolConfig) -> Arc<Self> {
         let sweep_ms = u64::from(pool.outlier.interval_ms).clamp(1, MAX_SWEEP_MS);
+        let pool = Arc::new(Pool::new(pool));
+        let config = BalancerConfig {
+            owner_connecting: OwnerConnecting::Walk,
+            sweep_ns: sweep_ms * 1_000_000,
+            ..BalancerConfig::new(policy)
+        };
+        let mut balancer = Balancer::new(config, pool.clone());
+        let picker = balancer.picker(0, fastrand::u64(..));
         Arc::new(Self {
             policy,
-            pool: Pool::new(pool),
-            states: Mutex::new(HashMap::new()),
+            pool,
+            core: Mutex::new(Core {
+                balancer,
+                down: HashSet::new(),
+                now: 0,
+            }),
+            picker: ArcSwap::from_pointee(picker),
             by_addr: ArcSwap::from_pointee(HashMap::new()),
-            down: Mutex::new(HashSet::new()),
-            ready_weight: AtomicU64::new(0),
-            cursor: AtomicU32::new(0),
-            next_sweep: AtomicU64::new(0),
-            sweeping: AtomicBool::new(false),
-            sweep_every_ns: sweep_ms * 1_000_000,
+            next_timeout: AtomicU64::new(0),
             epoch: Instant::now(),
         })
     }
@@ -105,117 +137,166 @@ impl Shared {
         self.by_addr.load().get(addr).cloned()
     }
 
+    /// The current picker (lock-free; hold the guard briefly, as an iterator does).
+    pub(crate) fn picker(&self) -> Guard<Arc<Picker>> {
+        self.picker.load()
+    }
+
     /// The sum of the weights of the backends that are ready (not reported down by Pingora's
     /// health checks): what bounded-load shares divide (Envoy normalises over healthy hosts).
+    /// Sums the current picker's ready backends (O(backends); not for the pick path).
     pub fn ready_weight(&self) -> u64 {
-        self.ready_weight.load(Ordering::Relaxed)
+        self.picker
+            .load()
+            .ready()
+            .iter()
+            .map(|m| u64::from(m.state.weight()))
+            .sum()
     }
 
-    /// When [`handle_timeout`](Self::handle_timeout) next has work, on [`now`](Self::now)'s clock.
+    /// When [`handle_timeout`](Self::handle_timeout) next has work, on [`now`](Self::now)'s clock
+    /// (0: at once).
     pub fn poll_timeout(&self) -> u64 {
-        self.next_sweep.load(Ordering::Relaxed)
+        self.next_timeout.load(Ordering::Relaxed)
     }
 
-    /// Runs the pool's upkeep ([`Pool::sweep`]: expired ejections, ejection-multiplier decay,
-    /// stamp re-basing) if it is due at `now`; otherwise one atomic load. One caller sweeps at a
-    /// time (a try-lock; the others return at once). Leases and [`Tracker`](crate::Tracker)
-    /// completions call it, so a proxy with traffic needs nothing else; call it from a timer
-    /// only if traffic may stop for weeks.
+    /// Runs the core balancer's timers ([`Balancer::handle_timeout`]: expired ejections,
+    /// ejection-multiplier decay, stamp re-basing, gRFC A50's interval detection) if they are due
+    /// at `now`, and publishes the picker if that changed it; otherwise one atomic load. One
+    /// caller runs them at a time (a try-lock; the others return at once). Leases and
+    /// [`Tracker`](crate::Tracker) completions call it, so a proxy with traffic needs nothing
+    /// else; call it from a timer only if traffic may stop for weeks.
     pub fn handle_timeout(&self, now: u64) {
-        if now < self.next_sweep.load(Ordering::Relaxed) {
+        if now < self.next_timeout.load(Ordering::Relaxed) {
             return;
         }
-        if self
-            .sweeping
-            .compare_exchange(false, true, Ordering::Acquire, Ordering::Relaxed)
-            .is_err()
-        {
-            return;
-        }
-        self.next_sweep
-            .store(now.saturating_add(self.sweep_every_ns), Ordering::Relaxed);
-        let states = self.by_addr.load();
-        self.pool.sweep(now, states.values().map(|s| &**s));
-        self.sweeping.store(false, Ordering::Release);
-    }
-
-    /// Pingora's health check flipped `addr` to `healthy`: marks its state ready or not and
-    /// re-sums the ready weight. Not on the pick path (health checks run in the background).
-    pub(crate) fn set_health(&self, addr: SocketAddr, healthy: bool) {
-        // Held while the states are marked, so a rebuild (which holds it too) cannot build a
-        // state from the old set and publish it after this report.
-        let mut down = self.down.lock().ok();
-        if let Some(down) = down.as_mut() {
-            if healthy {
-                down.remove(&addr);
-            } else {
-                down.insert(addr);
-            }
-        }
-        let states = self.by_addr.load();
-        if let Some(s) = states.get(&addr) {
-            s.set_ready(healthy);
-        }
-        self.sum_ready(states.values());
-    }
-
-    fn sum_ready<'a>(&self, states: impl Iterator<Item = &'a Arc<EndpointState>>) {
-        let sum = states
-            .filter(|s| s.is_ready())
-            .map(|s| u64::from(s.weight()))
-            .sum();
-        self.ready_weight.store(sum, Ordering::Relaxed);
-    }
-
-    /// States for `backends` (address, weight), reusing known ones; forgets the others (their
-    /// ejection slots are freed). A new state starts ready unless Pingora's health check last
-    /// reported its address down. Called once per selector rebuild, never on the pick path.
-    pub(crate) fn states_for(&self, backends: &[(String, u32)]) -> Vec<Arc<EndpointState>> {
-        let Ok(mut map) = self.states.lock() else {
-            return backends
-                .iter()
-                .map(|(_, w)| Arc::new(EndpointState::new(*w)))
-                .collect();
+        let mut core = match self.core.try_lock() {
+            Ok(core) => core,
+            Err(TryLockError::Poisoned(p)) => p.into_inner(),
+            Err(TryLockError::WouldBlock) => return,
         };
-        let addrs: Vec<Option<SocketAddr>> = backends.iter().map(|(a, _)| a.parse().ok()).collect();
-        let mut down = self.down.lock().ok();
-        if let Some(down) = down.as_mut() {
-            down.retain(|a| addrs.contains(&Some(*a)));
+        let now = core.advance(now);
+        core.balancer.handle_timeout(now);
+        self.publish(&mut core, now);
+    }
+
+    /// Pingora's health check flipped `backend` to `healthy`: READY or TRANSIENT_FAILURE for the
+    /// core, which publishes a new picker. Not on the pick path (health checks run in the
+    /// background).
+    pub(crate) fn set_health(&self, backend: &Backend, healthy: bool) {
+        let key = backend.addr.to_string();
+        let mut core = self.lock();
+        let now = core.advance(self.now());
+        if healthy {
+            core.down.remove(&key);
+        } else {
+            core.down.insert(key.clone());
         }
-        let out: Vec<Arc<EndpointState>> = backends
+        core.balancer
+            .handle_connectivity(now, &key, connectivity(healthy));
+        self.publish(&mut core, now);
+    }
+
+    /// The backend set of a selector rebuild, as core membership events: backends that left are
+    /// removed (their ejection slots freed), new ones inserted READY unless Pingora's health check
+    /// last reported them down, known ones keep their state (weight updated). Returns the picker
+    /// published for the new set. Called once per rebuild, never on the pick path.
+    pub(crate) fn rebuild(&self, backends: &BTreeSet<Backend>) -> Arc<Picker> {
+        // Envoy's host key: "ip:port". The set is ordered, so a first build inserts in address
+        // order (ring owners and round robin follow insertion order).
+        let wanted: Vec<(String, &Backend)> = backends.iter().map(|b| (b.addr.to_string(), b)).collect();
+        let keys: HashSet<&str> = wanted.iter().map(|(k, _)| k.as_str()).collect();
+        let mut core = self.lock();
+        let now = core.advance(self.now());
+        let gone: Vec<String> = core
+            .balancer
             .iter()
-            .zip(&addrs)
-            .map(|((addr, w), sock)| {
-                let e = map.entry(addr.clone()).or_insert_with(|| {
-                    let e = EndpointState::new(*w);
-                    let is_down = down
-                        .as_ref()
-                        .zip(sock.as_ref())
-                        .is_some_and(|(down, s)| down.contains(s));
-                    e.set_ready(!is_down);
-                    Arc::new(e)
-                });
-                e.set_weight(*w);
-                e.clone()
-            })
+            .map(|(k, _)| k)
+            .filter(|k| !keys.contains(k.as_str()))
+            .cloned()
             .collect();
-        let current: HashSet<&str> = backends.iter().map(|(a, _)| a.as_str()).collect();
-        map.retain(|addr, e| {
-            let keep = current.contains(addr.as_str());
-            if !keep {
-                self.pool.remove(e);
+        for key in &gone {
+            core.balancer.remove(now, key);
+        }
+        core.down.retain(|k| keys.contains(k.as_str()));
+        for (key, backend) in wanted {
+            let weight = backend.weight.clamp(1, u32::MAX as usize) as u32;
+            let spec = EndpointSpec::weighted(weight);
+            if let Some(known) = core.balancer.get(&key) {
+                let member = Member {
+                    state: known.state.clone(),
+                    backend: backend.clone(),
+                };
+                core.balancer.insert(now, key.clone(), spec, member.clone());
+                core.balancer.set_payload(&key, member);
+            } else {
+                let member = Member {
+                    state: Arc::new(EndpointState::new(weight)),
+                    backend: backend.clone(),
+                };
+                let healthy = !core.down.contains(&key);
+                core.balancer.insert(now, key.clone(), spec, member);
+                core.balancer
+                    .handle_connectivity(now, &key, connectivity(healthy));
             }
-            keep
-        });
-        self.pool.set_endpoints(backends.len());
-        let by_addr = addrs
+        }
+        let by_addr = core
+            .balancer
             .iter()
-            .zip(&out)
-            .filter_map(|(a, e)| Some(((*a)?, e.clone())))
+            .filter_map(|(_, m)| Some((*m.backend.addr.as_inet()?, m.state.clone())))
             .collect();
         self.by_addr.store(Arc::new(by_addr));
-        self.sum_ready(out.iter());
-        drop(down);
-        out
+        // Always a fresh picker for a rebuild (payloads may have changed).
+        while core.balancer.poll_event().is_some() {}
+        let picker = Arc::new(core.balancer.picker(now, fastrand::u64(..)));
+        let hashing = matches!(self.policy, LbPolicy::RingHash { .. } | LbPolicy::Maglev { .. });
+        if hashing && !picker.members().is_empty() && picker.ring().is_none() && picker.maglev().is_none() {
+            tracing::error!(
+                policy = self.policy.name(),
+                backends = picker.members().len(),
+                "pickwise: the core could not build the ring or Maglev table; picking by P2C"
+            );
+        }
+        self.picker.store(picker.clone());
+        self.arm(&core);
+        picker
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Core> {
+        self.core.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// After an event: the core's connect / disconnect requests mean nothing to Pingora (its
+    /// connections are per request) and are dropped; a changed picker is published; the timer is
+    /// re-armed.
+    fn publish(&self, core: &mut Core, now: u64) {
+        while core.balancer.poll_event().is_some() {}
+        if let Some(picker) = core.balancer.poll_picker(now, fastrand::u64(..)) {
+            self.picker.store(Arc::new(picker));
+        }
+        self.arm(core);
+    }
+
+    fn arm(&self, core: &Core) {
+        // `None`: the core's clock has not started; the next caller starts it.
+        let next = core.balancer.poll_timeout().unwrap_or(0);
+        self.next_timeout.store(next, Ordering::Relaxed);
+    }
+}
+
+impl Core {
+    /// `now`, never before a time the balancer has already seen.
+    fn advance(&mut self, now: u64) -> u64 {
+        self.now = self.now.max(now);
+        self.now
+    }
+}
+
+/// A health result as connectivity: healthy is READY, down is TRANSIENT_FAILURE.
+fn connectivity(healthy: bool) -> Connectivity {
+    if healthy {
+        Connectivity::Ready
+    } else {
+        Connectivity::TransientFailure
     }
 }
