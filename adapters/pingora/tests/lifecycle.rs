@@ -99,6 +99,55 @@ async fn health_results_reach_the_picker() {
     assert_eq!(shared.ready_weight(), 3);
 }
 
+/// Pingora 0.9 does not rebuild the selector on a health change, so the group publishes the core
+/// balancer's new picker itself: a backend down when the selector was built is picked as soon as
+/// health reports it up, and leaves again when it goes down, with no rebuild in between.
+#[tokio::test]
+async fn a_health_flip_reaches_a_selector_built_before_it() {
+    for policy in [
+        LbPolicy::P2c(Policy::LeastRequest),
+        LbPolicy::RoundRobin,
+        LbPolicy::RingHash {
+            ring: RingConfig::envoy(),
+            load: HashPolicy::Plain,
+            no_key: NoKey::P2c,
+        },
+    ] {
+        let shared = Shared::new(policy, PoolConfig::default());
+        let addrs = ["127.0.0.1:1", "127.0.0.1:2", "127.0.0.1:3"];
+        let observer = shared.health_observer();
+        let late = backend(addrs[2], 1);
+        // Reported down before the first build: it starts down.
+        observer.observe(&late, false).await;
+        let selector = Arc::new(Selector::build_with_config(&set(&addrs), &shared));
+        let firsts = |selector: &Arc<Selector>| -> Vec<String> {
+            (0..300)
+                .map(|k| {
+                    let key = format!("user-{k}");
+                    selector.iter(key.as_bytes()).next().unwrap().addr.to_string()
+                })
+                .collect()
+        };
+        assert!(
+            !firsts(&selector).iter().any(|a| a == addrs[2]),
+            "{}",
+            policy.name()
+        );
+        observer.observe(&late, true).await;
+        assert!(
+            firsts(&selector).iter().any(|a| a == addrs[2]),
+            "{}: not back",
+            policy.name()
+        );
+        observer.observe(&late, false).await;
+        assert!(
+            !firsts(&selector).iter().any(|a| a == addrs[2]),
+            "{}",
+            policy.name()
+        );
+    }
+}
+
 /// Bounded load used to divide by the weight of every backend, down ones included, so the two
 /// ready backends of four each got half the slots they should: a key left its home early.
 #[tokio::test]
