@@ -620,3 +620,21 @@ fn thousands_of_endpoints_and_events() {
     }
     assert_eq!(b.len(), n as usize / 2);
 }
+
+/// A keyed ring pick reads no clock while nothing is ejected, and the same owner as `pick`.
+#[test]
+fn keyed_ring_picks_need_no_clock_until_something_is_ejected() {
+    let mut b = ring_balancer(OwnerConnecting::Walk);
+    for addr in ["a:1", "b:1", "c:1"] {
+        add(&mut b, 0, addr, spec(0, 0));
+        set(&mut b, 0, addr, Connectivity::Ready);
+    }
+    let picker = b.picker(1, 0);
+    let mut rng = SplitMix64::new(1);
+    for k in 0..100u64 {
+        let key = Some(k.wrapping_mul(0x9e37_79b9_7f4a_7c15));
+        let (got, read) = picker.pick_with_clock(|| panic!("no clock needed"), key, &mut rng);
+        assert_eq!(read, None);
+        assert!(std::ptr::eq(got.unwrap(), picker.pick(1, key, &mut rng).unwrap()));
+    }
+}

@@ -83,11 +83,10 @@ impl BackendSelection for Selector {
     fn iter(self: &Arc<Self>, key: &[u8]) -> SelectorIter {
         let hash = (!key.is_empty()).then(|| pickwise::hash::xxh64(key));
         let picker = self.shared.picker();
-        let now = self.shared.now();
-        let first = picker
-            .pick(now, hash, &mut || fastrand::u64(..))
-            .ok()
-            .and_then(|m| locate(&picker, m));
+        // Keyed ring/Maglev picks read no clock while nothing is ejected (a clock read is a
+        // measurable part of a select); the fallback reads it if it runs.
+        let (picked, now) = picker.pick_with_clock(|| self.shared.now(), hash, &mut || fastrand::u64(..));
+        let first = picked.ok().and_then(|m| locate(&picker, m));
         SelectorIter {
             selector: self.clone(),
             picker,
@@ -141,7 +140,8 @@ pub struct SelectorIter {
     selector: Arc<Selector>,
     /// The group's picker when the iterator was made.
     picker: Guard<Arc<Picker>>,
-    now: u64,
+    /// The time the pick read, if it read one (the fallback reads it otherwise).
+    now: Option<u64>,
     hash: Option<u64>,
     first: Option<Slot>,
     /// Backends offered so far.
@@ -189,7 +189,7 @@ impl SelectorIter {
         let members = picker.members();
         let n = members.len();
         let pool = Arc::clone(&self.selector.shared.pool);
-        let now = self.now;
+        let now = *self.now.get_or_insert_with(|| self.selector.shared.now());
         let available = |i: usize| members.get(i).is_some_and(|m| pool.is_available(&m.state, now));
         match (picker.policy(), self.hash) {
             (LbPolicy::RingHash { .. }, Some(h)) if picker.ring().is_some() => {

@@ -143,6 +143,36 @@ pub(super) fn build<T: Clone + Borrow<EndpointState>>(i: Inputs<'_, T>) -> Prepa
 }
 
 impl<T: Borrow<EndpointState>> Prepared<T> {
+    /// [`pick`](Self::pick), reading `clock` only when the decision needs the time: a keyed (or
+    /// random-hash) ring or Maglev pick with plain or bounded load while no endpoint holds an
+    /// ejection needs none (an ejection starting meanwhile is honoured; only expiring one needs
+    /// the clock). For proxies whose clock read is a measurable part of a pick. Returns the time
+    /// it read, if it read one.
+    pub fn pick_with_clock(
+        &self,
+        clock: impl FnOnce() -> u64,
+        key: Option<u64>,
+        rng: &mut impl Rng,
+    ) -> (Result<&T, Unpicked>, Option<u64>) {
+        let hashed = match self.policy {
+            LbPolicy::RingHash {
+                load: crate::HashPolicy::Plain | crate::HashPolicy::Bounded { .. },
+                no_key,
+                ..
+            } => self.ring.is_some() && (key.is_some() || no_key == NoKey::RandomHash),
+            LbPolicy::Maglev { no_key, .. } => {
+                self.maglev.is_some() && (key.is_some() || no_key == NoKey::RandomHash)
+            }
+            _ => false,
+        };
+        // Acquire pairs with the slot reservation that precedes every ejection's publication.
+        if hashed && self.pool.ejected_acquire() == 0 {
+            return (self.pick(crate::pool::NO_CLOCK, key, rng), None);
+        }
+        let now = clock();
+        (self.pick(now, key, rng), Some(now))
+    }
+
     /// The endpoint for a request with hash `key` (if it has one) at `now`. Allocates nothing,
     /// takes no lock.
     pub fn pick(&self, now: u64, key: Option<u64>, rng: &mut impl Rng) -> Result<&T, Unpicked> {
