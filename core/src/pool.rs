@@ -29,15 +29,16 @@
 //! pick and completion the cheapest).
 //!
 //! **Outcomes** ([`outcome`](crate::outcome) classifies them): only a success is a latency
-//! sample. A failure is a *penalty* sample, `max(shown, rtt, penalty * min(rtt, shown))` with
-//! `shown` the estimate picks saw and `penalty` [`PoolConfig::failure_penalty`]: it replaces the
-//! estimate like any peak, so a backend answering fast errors (a 503 in microseconds) costs
-//! `penalty` times its real latency and is avoided until the estimate decays back (time constant
-//! `decay_ns`); failures that come faster than that keep it avoided, so a partly failing backend
-//! loses traffic according to how often it fails. The penalty is a multiple of the request's own
-//! latency (capped by the estimate), not of the estimate alone, so failures in a row do not
-//! compound: an endpoint whose every request fails settles at `penalty` times its latency, and
-//! when every endpoint fails alike (a bad request type) their order is unchanged. A slow failure
+//! sample. A failure is a *penalty* sample, `max(shown, rtt, penalty * base)` with `shown` the
+//! estimate picks saw, `base = max(min(rtt, shown), min(shown, default_rtt))` and `penalty`
+//! [`PoolConfig::failure_penalty`]: it replaces the estimate like any peak, so a backend
+//! answering fast errors (a 503 in microseconds) costs `penalty` times what its requests cost
+//! when they succeed — not times the error's own few microseconds, which under load would be
+//! cheaper than a healthy endpoint's queue — and is avoided until the estimate decays back (time
+//! constant `decay_ns`); failures that come faster than that keep it avoided, so a partly failing
+//! backend loses traffic according to how often it fails. The base is bounded by
+//! `max(rtt, default_rtt)`, so failures in a row do not compound: an endpoint whose every request
+//! fails settles at `penalty` times that. A slow failure
 //! (a timeout) is its own peak. Linkerd's balancer penalises failures the same way; go-zero blends
 //! the penalty sample into its lag. A neutral outcome (the client's doing) is no sample at all.
 //!
@@ -475,12 +476,15 @@ impl Pool {
         let w = self.decay(elapsed_ms(now_ms, stamp));
         // The estimate as picks saw it just before, this request not counted.
         let shown = self.estimate_with(e, now, e.in_flight().saturating_sub(1));
-        // The failure penalty: a multiple of this request's latency, at most of the estimate, so
-        // failures in a row do not compound (see the module docs). Never below `shown` or `rtt`.
+        // The failure penalty: a multiple of what a request on this endpoint costs — its latency
+        // as the estimate shows it (capped at the default RTT), or this request's own if slower
+        // (capped by the estimate) — so a fast error costs as much as a slow one, and failures
+        // in a row do not compound (see the module docs). Never below `shown` or `rtt`.
         let penalty = if failed {
             let k = self.config.failure_penalty;
             let k = if k >= 1.0 { k } else { 1.0 };
-            shown.max(rtt).max(k * rtt.min(shown))
+            let base = rtt.min(shown).max(shown.min(self.config.default_rtt_ns));
+            shown.max(rtt).max(k * base)
         } else {
             0.0
         };

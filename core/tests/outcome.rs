@@ -90,21 +90,27 @@ fn a_fast_failure_raises_the_cost() {
     assert!(ratio > 0.9 * k, "a fast failure costs {ratio:.2}x, want ~{k}x");
 }
 
-/// Failures in a row do not compound: an always-failing endpoint settles at the penalty
-/// times its latency, so when every endpoint fails alike their order stays meaningful.
+/// Failures in a row do not compound: an always-failing endpoint settles at the penalty times
+/// `max(its latency, the default RTT)` (the first failure costs penalty x its latency; the next
+/// ones are capped by the default RTT), however many failures follow.
 #[test]
 fn failures_in_a_row_do_not_compound() {
     let pool = pool(Policy::PeakEwma);
     let e = EndpointState::new(1);
     let _ = InFlight::start(&e, &pool, 0).complete(MS, Outcome::Success);
-    for i in 1..50u64 {
+    let k = PoolConfig::default().failure_penalty;
+    let default_rtt = PoolConfig::default().default_rtt_ns;
+    let _ = InFlight::start(&e, &pool, MS).complete(2 * MS, Outcome::Failure);
+    let first = pool.estimate(&e, 2 * MS);
+    assert!((first - k * 1e6).abs() < 0.01 * k * 1e6, "first failure: {first}");
+    for i in 2..50u64 {
         let t = i * MS;
         let _ = InFlight::start(&e, &pool, t).complete(t + MS, Outcome::Failure);
     }
     let est = pool.estimate(&e, 50 * MS);
-    let k = PoolConfig::default().failure_penalty;
-    assert!(est <= k * 1.01e6, "estimate {est} compounds past {k} x 1 ms");
-    assert!(est >= 0.9 * k * 1e6);
+    let bound = k * default_rtt.max(1e6);
+    assert!(est <= bound * 1.01, "estimate {est} compounds past {bound}");
+    assert!(est >= 0.9 * bound);
 }
 
 /// A slow failure (a timeout) is its own peak, not penalty times the timeout.
