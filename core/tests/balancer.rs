@@ -638,3 +638,42 @@ fn keyed_ring_picks_need_no_clock_until_something_is_ejected() {
         assert!(std::ptr::eq(got.unwrap(), picker.pick(1, key, &mut rng).unwrap()));
     }
 }
+
+/// A priority whose READY endpoints are all ejected fails over at the next sweep (gRPC reports
+/// ejected endpoints TRANSIENT_FAILURE to the priority policy) and fails back once un-ejected.
+#[test]
+fn a_priority_of_ejected_endpoints_fails_over_until_they_return() {
+    let pool = Arc::new(Pool::new(PoolConfig::default()));
+    let mut b: B = Balancer::new(BalancerConfig::new(LbPolicy::RoundRobin), pool.clone());
+    add(&mut b, 0, "a:1", spec(0, 0));
+    add(&mut b, 0, "z:1", spec(1, 0));
+    set(&mut b, 0, "a:1", Connectivity::Ready);
+    b.handle_timeout(0);
+    let a = b.get(&"a:1".to_string()).unwrap().clone();
+    for _ in 0..5 {
+        let _ = InFlight::start(&*a, &*pool, S).complete(S + 1, Outcome::Failure);
+    }
+    assert!(a.is_ejected(2 * S));
+    b.handle_timeout(2 * S);
+    assert_eq!(b.priority_in_use(), Some(1), "failed over");
+    set(&mut b, 2 * S, "z:1", Connectivity::Ready);
+    // Un-ejected after the base ejection time (30 s): back to priority 0.
+    b.handle_timeout(35 * S);
+    assert_eq!(b.priority_in_use(), Some(0));
+}
+
+/// Two endpoints with one A76 hash key still get a ring (gRPC builds it anyway).
+#[test]
+fn a_shared_hash_key_keeps_the_ring() {
+    let mut b = ring_balancer(OwnerConnecting::Walk);
+    for addr in ["a:1", "b:1"] {
+        let spec = EndpointSpec {
+            hash_key: Some("same".into()),
+            ..spec(0, 0)
+        };
+        b.insert(0, addr.into(), spec, Arc::new(EndpointState::new(1)));
+        set(&mut b, 0, addr, Connectivity::Ready);
+    }
+    let picker = b.picker(1, 0);
+    assert!(picker.ring().is_some());
+}

@@ -437,6 +437,7 @@ impl<K: Ord + Clone + AsRef<[u8]>, T: Clone + Borrow<EndpointState>> Balancer<K,
             self.pool
                 .sweep(now, self.slots.values().map(|s| s.payload.borrow()));
             self.next_sweep = Some(now.saturating_add(self.config.sweep_ns.max(1)));
+            self.mark_ejected_priorities(now);
             let ejected = self.pool.ejected();
             if ejected != self.ejected_at_sweep {
                 // Bounded-load shares are over available endpoints: refresh them.
@@ -681,9 +682,40 @@ impl<K: Ord + Clone + AsRef<[u8]>, T: Clone + Borrow<EndpointState>> Balancer<K,
 
     fn child_state(&self, priority: u32) -> Connectivity {
         let ring_hash = matches!(self.config.policy, LbPolicy::RingHash { .. });
-        self.children
-            .get(&priority)
-            .map_or(Connectivity::TransientFailure, |c| c.aggregate(ring_hash))
+        match self.children.get(&priority) {
+            // gRPC's outlier detection reports an ejected endpoint TRANSIENT_FAILURE to the
+            // priority policy: a priority whose READY endpoints are all ejected fails over.
+            Some(c) if c.all_ejected => Connectivity::TransientFailure,
+            Some(c) => c.aggregate(ring_hash),
+            None => Connectivity::TransientFailure,
+        }
+    }
+
+    /// At each sweep: which started priorities have every READY endpoint ejected (O(n) once a
+    /// sweep period, not per event). A change re-runs the priority choice.
+    fn mark_ejected_priorities(&mut self, now: u64) {
+        let mut tally: BTreeMap<u32, (u32, u32)> = BTreeMap::new();
+        for slot in self.slots.values() {
+            if slot.state == Connectivity::Ready {
+                let t = tally.entry(slot.spec.priority).or_default();
+                t.0 += 1;
+                t.1 += u32::from(slot.payload.borrow().is_ejected(now));
+            }
+        }
+        let mut changed = false;
+        for (p, child) in &mut self.children {
+            let all = tally
+                .get(p)
+                .is_some_and(|(ready, ejected)| *ready > 0 && ready == ejected);
+            if child.all_ejected != all {
+                child.all_ejected = all;
+                changed = true;
+            }
+        }
+        if changed {
+            self.dirty = true;
+            self.sync(now);
+        }
     }
 
     /// grpc-go `syncPriority`: observe each started child's state, then choose the one serving.
@@ -763,10 +795,28 @@ impl<K: Ord + Clone + AsRef<[u8]>, T: Clone + Borrow<EndpointState>> Balancer<K,
             self.ring = None;
             self.maglev = None;
             if hashing && !slots.is_empty() {
-                let list: Vec<(&[u8], u32)> = keys
+                // Two endpoints with one ring key (a shared A76 hash key, or a hash key equal to
+                // another's address) would fail the build: gRPC builds the ring anyway. The first
+                // keeps the exact key (its points match gRPC's), a later one gets its own points
+                // under a suffixed key instead of turning ring hash off for every request.
+                let mut seen = alloc::collections::BTreeSet::new();
+                let owned: Vec<alloc::vec::Vec<u8>> = keys
                     .iter()
                     .zip(&slots)
-                    .map(|(k, s)| (ring_key(*k, s), s.payload.borrow().weight()))
+                    .enumerate()
+                    .map(|(i, (k, s))| {
+                        let key = ring_key(*k, s);
+                        let mut key = key.to_vec();
+                        if !seen.insert(key.clone()) {
+                            key.extend_from_slice(alloc::format!("#dup{i}").as_bytes());
+                        }
+                        key
+                    })
+                    .collect();
+                let list: Vec<(&[u8], u32)> = owned
+                    .iter()
+                    .zip(&slots)
+                    .map(|(k, s)| (k.as_slice(), s.payload.borrow().weight()))
                     .collect();
                 (self.ring, self.maglev) = build_ring(&self.config.policy, &list);
             }

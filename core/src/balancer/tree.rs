@@ -32,6 +32,9 @@ pub(crate) struct Child {
     /// Its endpoints by effective state (Idle, Connecting, Ready, TransientFailure), kept
     /// incrementally so a state change costs O(1), not a scan of every endpoint.
     pub(crate) counts: [u32; 4],
+    /// Every READY endpoint is ejected by outlier detection (seen at the last sweep): the
+    /// priority policy takes it as TRANSIENT_FAILURE, as gRPC's ejection reports.
+    pub(crate) all_ejected: bool,
 }
 
 /// The index of `state` in [`Child::counts`].
