@@ -55,6 +55,7 @@ fuzz_target!(|input: (Params, Vec<Op>)| {
         max_ejection_percent: p.max_percent,
         interval_ms: 700,
         always_eject_one: p.always_one,
+        ..OutlierConfig::default()
     };
     let pool = Pool::new(PoolConfig {
         policy,
