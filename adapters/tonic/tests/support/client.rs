@@ -196,20 +196,6 @@ pub async fn unavailable_at_once(channel: &BalancedChannel) -> tonic::Status {
     err
 }
 
-/// One call that must fail with UNAVAILABLE within `limit`; returns its status. A wall-clock
-/// bound: prefer [`unavailable_at_once`] (kept for `tls.rs`).
-pub async fn unavailable_within(channel: &BalancedChannel, limit: Duration) -> tonic::Status {
-    let start = Instant::now();
-    let err = call(channel, None).await.expect_err("the call should fail");
-    assert_eq!(err.code(), Code::Unavailable, "{err:?}");
-    assert!(
-        start.elapsed() < limit,
-        "took {:?} (limit {limit:?}): {err:?}",
-        start.elapsed()
-    );
-    err
-}
-
 pub fn assert_no_in_flight(channel: &BalancedChannel) {
     for s in channel.stats() {
         assert_eq!(s.in_flight, 0, "{} still has requests in flight", s.address);
