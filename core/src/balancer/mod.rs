@@ -803,12 +803,13 @@ impl<K: Ord + Clone + AsRef<[u8]>, T: Clone + Borrow<EndpointState>> Balancer<K,
                 let owned: Vec<alloc::vec::Vec<u8>> = keys
                     .iter()
                     .zip(&slots)
-                    .enumerate()
-                    .map(|(i, (k, s))| {
-                        let key = ring_key(*k, s);
-                        let mut key = key.to_vec();
-                        if !seen.insert(key.clone()) {
-                            key.extend_from_slice(alloc::format!("#dup{i}").as_bytes());
+                    .map(|(k, s)| {
+                        let mut key = ring_key(*k, s).to_vec();
+                        // Suffixed with the endpoint's own key (stable across membership
+                        // changes), again until unique.
+                        while !seen.insert(key.clone()) {
+                            key.push(b'#');
+                            key.extend_from_slice(k.as_ref());
                         }
                         key
                     })
