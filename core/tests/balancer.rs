@@ -240,10 +240,8 @@ fn ring_hash_waits_for_a_connecting_owner_as_grpc_does() {
     }
 }
 
-/// Nothing can forget the sweep: `handle_timeout` returns expired ejections and decays the
-/// multiplier (Envoy's interval timer).
-#[test]
-fn timeouts_expire_ejections_and_decay_the_multiplier() {
+/// Round robin over READY a:1 and b:1, a:1 ejected by five failures: (balancer, pool, a:1).
+fn a_ejected_beside_b() -> (B, Arc<Pool>, Arc<EndpointState>) {
     let pool = Arc::new(Pool::new(PoolConfig::default()));
     let mut b: B = Balancer::new(BalancerConfig::new(LbPolicy::RoundRobin), pool.clone());
     for addr in ["a:1", "b:1"] {
@@ -255,6 +253,14 @@ fn timeouts_expire_ejections_and_decay_the_multiplier() {
         let _ = InFlight::start(&*a, &*pool, 0).complete(1, Outcome::Failure);
     }
     assert_eq!(pool.ejected(), 1);
+    (b, pool, a)
+}
+
+/// Nothing can forget the sweep: `handle_timeout` returns expired ejections and decays the
+/// multiplier (Envoy's interval timer).
+#[test]
+fn timeouts_expire_ejections_and_decay_the_multiplier() {
+    let (mut b, pool, a) = a_ejected_beside_b();
     let mut now = 0;
     while now < 80 * S {
         now = b.poll_timeout().unwrap_or(now).max(now + 1);
@@ -302,17 +308,7 @@ fn weighted_round_robin_follows_endpoint_weights() {
 
 #[test]
 fn removal_frees_the_ejection_slot_and_empty_fails() {
-    let pool = Arc::new(Pool::new(PoolConfig::default()));
-    let mut b: B = Balancer::new(BalancerConfig::new(LbPolicy::RoundRobin), pool.clone());
-    for addr in ["a:1", "b:1"] {
-        add(&mut b, 0, addr, spec(0, 0));
-        set(&mut b, 0, addr, Connectivity::Ready);
-    }
-    let a = b.get(&"a:1".into()).unwrap().clone();
-    for _ in 0..5 {
-        let _ = InFlight::start(&*a, &*pool, 0).complete(1, Outcome::Failure);
-    }
-    assert_eq!(pool.ejected(), 1);
+    let (mut b, pool, _) = a_ejected_beside_b();
     b.remove(1, &"a:1".into());
     b.remove(1, &"b:1".into());
     assert_eq!(pool.ejected(), 0);

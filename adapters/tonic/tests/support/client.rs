@@ -105,33 +105,9 @@ pub async fn load(
     concurrency: usize,
     dur: Duration,
 ) -> (HashMap<String, u64>, u64) {
-    let errors = Arc::new(AtomicU64::new(0));
     let deadline = Instant::now() + dur;
-    let tasks: Vec<_> = (0..concurrency)
-        .map(|_| {
-            let (ch, errors) = (channel.clone(), errors.clone());
-            tokio::spawn(async move {
-                let mut seen: HashMap<String, u64> = HashMap::new();
-                while Instant::now() < deadline {
-                    match call(&ch, None).await {
-                        Ok(b) => *seen.entry(b).or_default() += 1,
-                        Err(_) => {
-                            errors.fetch_add(1, Ordering::Relaxed);
-                            tokio::time::sleep(Duration::from_millis(1)).await;
-                        }
-                    }
-                }
-                seen
-            })
-        })
-        .collect();
-    let mut total: HashMap<String, u64> = HashMap::new();
-    for t in tasks {
-        for (k, v) in t.await.unwrap() {
-            *total.entry(k).or_default() += v;
-        }
-    }
-    (total, errors.load(Ordering::Relaxed))
+    let (tasks, errors) = callers(channel, concurrency, move || Instant::now() < deadline);
+    (gather(tasks).await, errors.load(Ordering::Relaxed))
 }
 
 /// Runs `concurrency` loops of calls until `cond` holds (polled every 5 ms); panics after
@@ -144,13 +120,28 @@ pub async fn load_until(
     cond: impl FnMut() -> bool,
 ) -> (HashMap<String, u64>, u64) {
     let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let running = stop.clone();
+    let (tasks, errors) = callers(channel, concurrency, move || !running.load(Ordering::Relaxed));
+    until(what, timeout, cond).await;
+    stop.store(true, Ordering::Relaxed);
+    (gather(tasks).await, errors.load(Ordering::Relaxed))
+}
+
+/// `concurrency` tasks calling in a loop while `go()` holds, each counting the backends that
+/// served it; failed calls go to the shared error count (with a 1 ms pause, so a failing loop
+/// does not starve the runtime).
+fn callers(
+    channel: &BalancedChannel,
+    concurrency: usize,
+    go: impl Fn() -> bool + Clone + Send + 'static,
+) -> (Vec<tokio::task::JoinHandle<HashMap<String, u64>>>, Arc<AtomicU64>) {
     let errors = Arc::new(AtomicU64::new(0));
-    let tasks: Vec<_> = (0..concurrency)
+    let tasks = (0..concurrency)
         .map(|_| {
-            let (ch, stop, errors) = (channel.clone(), stop.clone(), errors.clone());
+            let (ch, errors, go) = (channel.clone(), errors.clone(), go.clone());
             tokio::spawn(async move {
                 let mut seen: HashMap<String, u64> = HashMap::new();
-                while !stop.load(Ordering::Relaxed) {
+                while go() {
                     match call(&ch, None).await {
                         Ok(b) => *seen.entry(b).or_default() += 1,
                         Err(_) => {
@@ -163,15 +154,18 @@ pub async fn load_until(
             })
         })
         .collect();
-    until(what, timeout, cond).await;
-    stop.store(true, Ordering::Relaxed);
+    (tasks, errors)
+}
+
+/// The callers' per-backend counts, summed.
+async fn gather(tasks: Vec<tokio::task::JoinHandle<HashMap<String, u64>>>) -> HashMap<String, u64> {
     let mut total: HashMap<String, u64> = HashMap::new();
     for t in tasks {
         for (k, v) in t.await.unwrap() {
             *total.entry(k).or_default() += v;
         }
     }
-    (total, errors.load(Ordering::Relaxed))
+    total
 }
 
 /// The deadline [`unavailable_at_once`] gives its call.
