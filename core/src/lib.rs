@@ -75,6 +75,7 @@ pub mod schedule;
 pub mod subset;
 mod sync;
 mod time;
+pub mod wrr;
 
 pub use endpoint::{EndpointState, Outcome};
 pub use error::RingError;
