@@ -31,6 +31,7 @@ use crate::sync::{
     Ordering::{AcqRel, Acquire, Relaxed, Release},
 };
 use crate::time::{elapsed_ms, millis};
+use crate::wrr::{LoadReport, LoadWeight, WrrConfig};
 
 const READY: u32 = 1;
 const EJECTED: u32 = 1 << 1;
@@ -103,6 +104,8 @@ pub struct EndpointState {
     successes: AtomicU32,
     picks: Counter,
     failures: Counter,
+    /// Weighted round robin's report-derived weight (gRFC A58).
+    load: LoadWeight,
 }
 
 impl Default for EndpointState {
@@ -129,6 +132,7 @@ impl EndpointState {
             successes: AtomicU32::new(0),
             picks: Counter::new(0),
             failures: Counter::new(0),
+            load: LoadWeight::new(),
         }
     }
 
@@ -285,6 +289,26 @@ impl EndpointState {
     /// after a failed one: errors of the old connection never weigh on its replacement.
     pub fn reset_latency(&self) {
         self.latency.store(0, Relaxed);
+    }
+
+    /// A load report from the endpoint at `now` (an ORCA report from a call's trailer, the
+    /// out-of-band stream or a response header), for `weighted_round_robin` (gRFC A58). Lock-free;
+    /// a report A58 ignores (zero utilization or qps) changes nothing.
+    pub fn report_load(&self, now: u64, report: &LoadReport) {
+        self.load.report(now, report);
+    }
+
+    /// Forgets the load reports: the blackout period starts again with the next one (a new
+    /// connection; the [`Balancer`](crate::balancer::Balancer) calls it when the endpoint becomes
+    /// READY).
+    pub fn reset_load(&self) {
+        self.load.reset();
+    }
+
+    /// The weight `weighted_round_robin` schedules this endpoint with at `now` (A58), 0 while it
+    /// has none usable (no report, in the blackout, or expired).
+    pub fn load_weight(&self, now: u64, config: &WrrConfig) -> f64 {
+        self.load.weight(now, config)
     }
 
     #[inline]

@@ -41,6 +41,7 @@ use crate::ring::{RingConfig, RingView};
 use crate::rng::Rng;
 use crate::schedule::Stride;
 use crate::sync::{AtomicU32, Ordering::Relaxed};
+use crate::wrr::WrrConfig;
 
 /// What a ring-hash policy does with a request that carries no hash key.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
@@ -73,6 +74,9 @@ pub enum LbPolicy {
     P2c(Policy),
     /// Round robin over the ready endpoints (gRPC `round_robin`).
     RoundRobin,
+    /// Weighted round robin on the endpoints' own load reports (gRPC `weighted_round_robin`,
+    /// gRFC A58): weights from ORCA reports ([`crate::wrr`]), recomputed by the balancer.
+    WeightedRoundRobin(WrrConfig),
     /// Maglev table lookups (Envoy `envoy.load_balancing_policies.maglev`; gRPC has none): an
     /// owner that cannot take the request hands it to the owner of the next slot.
     Maglev {
@@ -107,6 +111,7 @@ impl LbPolicy {
             Self::P2c(Policy::PeakEwma) => "pickwise_peak_ewma",
             Self::P2c(Policy::GoZero) => "pickwise_go_zero",
             Self::RoundRobin => "round_robin",
+            Self::WeightedRoundRobin(_) => "weighted_round_robin",
             Self::RingHash { .. } => "ring_hash_experimental",
             Self::Maglev { .. } => "maglev",
         }
@@ -120,6 +125,7 @@ impl LbPolicy {
             "pickwise_peak_ewma" => Self::P2c(Policy::PeakEwma),
             "pickwise_go_zero" => Self::P2c(Policy::GoZero),
             "round_robin" => Self::RoundRobin,
+            "weighted_round_robin" => Self::WeightedRoundRobin(WrrConfig::default()),
             "ring_hash_experimental" => Self::RingHash {
                 ring: RingConfig::grpc(),
                 load: HashPolicy::Plain,
@@ -275,7 +281,7 @@ impl<'a, E: Borrow<EndpointState>> Picker<'a, E> {
             }
         }
         let picked = match self.policy {
-            LbPolicy::RoundRobin => self.round_robin(now, rng),
+            LbPolicy::RoundRobin | LbPolicy::WeightedRoundRobin(_) => self.round_robin(now, rng),
             _ => P2c::new(self.candidates, self.pool).pick(now, rng),
         };
         match picked {

@@ -127,7 +127,7 @@ fn picks_completions_and_lookups_allocate_nothing() {
 }
 
 /// The core balancer's published picker: localities with weighted round robin, P2C, ring hash
-/// (gRFC A61 owner check) and the locality scheduler; building it allocates, picking does not.
+/// (gRFC A61 owner check), the locality scheduler and report-weighted round robin (gRFC A58); building it allocates, picking does not.
 fn prepared_pickers_allocate_nothing() {
     use pickwise::balancer::{Balancer, BalancerConfig, Connectivity, EndpointSpec};
     use std::sync::Arc;
@@ -135,6 +135,10 @@ fn prepared_pickers_allocate_nothing() {
         pickwise::LbPolicy::RoundRobin,
         pickwise::LbPolicy::P2c(Policy::PeakEwma),
         pickwise::LbPolicy::from_name("ring_hash_experimental").unwrap(),
+        pickwise::LbPolicy::WeightedRoundRobin(pickwise::wrr::WrrConfig {
+            blackout_ns: 0,
+            ..Default::default()
+        }),
     ] {
         let pool = Arc::new(Pool::new(PoolConfig::default()));
         let mut b: Balancer<String, Arc<EndpointState>> =
@@ -154,6 +158,12 @@ fn prepared_pickers_allocate_nothing() {
                 Connectivity::Ready
             };
             b.handle_connectivity(0, &key, state);
+            let report = pickwise::wrr::LoadReport {
+                cpu_utilization: 0.5,
+                qps: f64::from(10 + i),
+                ..Default::default()
+            };
+            b.get(&key).unwrap().report_load(1, &report);
         }
         let picker = b.picker(1, 42);
         let mut rng = SplitMix64::new(4);

@@ -228,6 +228,8 @@ pub struct Balancer<K, T> {
     next_detection: Option<u64>,
     /// Draws for A50's enforcement percentages (seeded: the core draws no entropy of its own).
     rng: SplitMix64,
+    /// The next recomputation of `weighted_round_robin`'s weights (gRFC A58's update period).
+    next_weight_update: Option<u64>,
 }
 
 impl<K: Ord + Clone + AsRef<[u8]>, T: Clone + Borrow<EndpointState>> Balancer<K, T> {
@@ -249,6 +251,7 @@ impl<K: Ord + Clone + AsRef<[u8]>, T: Clone + Borrow<EndpointState>> Balancer<K,
             ejected_at_sweep: 0,
             next_detection: None,
             rng: SplitMix64::new(config.seed),
+            next_weight_update: None,
         };
         b.apply_policy_to_pool();
         b
@@ -392,6 +395,11 @@ impl<K: Ord + Clone + AsRef<[u8]>, T: Clone + Borrow<EndpointState>> Balancer<K,
         let Some(slot) = self.slots.get(key) else {
             return;
         };
+        if state == Connectivity::Ready && slot.state != Connectivity::Ready {
+            // A new connection reports afresh: weighted round robin's blackout starts again
+            // (grpc-go clears an endpoint's weight state when its subchannel becomes READY).
+            slot.payload.borrow().reset_load();
+        }
         if state == Connectivity::Ready && slot.failing {
             // A new connection after a failed one: the old connection's errors (and the failure
             // penalty they left in the estimate) never weigh on it (grpc-go keeps per-transport
@@ -420,6 +428,7 @@ impl<K: Ord + Clone + AsRef<[u8]>, T: Clone + Borrow<EndpointState>> Balancer<K,
             return;
         }
         self.config.policy = policy;
+        self.next_weight_update = None;
         self.apply_policy_to_pool();
         for slot in self.slots.values() {
             slot.payload
@@ -431,8 +440,16 @@ impl<K: Ord + Clone + AsRef<[u8]>, T: Clone + Borrow<EndpointState>> Balancer<K,
     }
 
     /// Runs what is due at `now`: outlier upkeep ([`Pool::sweep`]: ejection expiry, multiplier
-    /// decay, stamp re-basing), priority failover timers, closing of stopped priorities.
+    /// decay, stamp re-basing), priority failover timers, closing of stopped priorities, and for
+    /// `weighted_round_robin` the weight update period (a new picker with the weights as of now).
     pub fn handle_timeout(&mut self, now: u64) {
+        if let LbPolicy::WeightedRoundRobin(wrr) = self.config.policy {
+            if self.next_weight_update.is_none_or(|t| t <= now) {
+                // The picker carries the weights as of its build: a new one each period.
+                self.next_weight_update = Some(now.saturating_add(wrr.update_period_ns()));
+                self.dirty = true;
+            }
+        }
         if self.next_sweep.is_none_or(|t| t <= now) {
             self.pool
                 .sweep(now, self.slots.values().map(|s| s.payload.borrow()));
@@ -512,7 +529,11 @@ impl<K: Ord + Clone + AsRef<[u8]>, T: Clone + Borrow<EndpointState>> Balancer<K,
             .values()
             .flat_map(|c| [c.init_deadline, c.retire_at])
             .flatten();
-        timers.chain(self.next_sweep).chain(self.next_detection).min()
+        timers
+            .chain(self.next_sweep)
+            .chain(self.next_detection)
+            .chain(self.next_weight_update)
+            .min()
     }
 
     /// The next thing the adapter must do for an endpoint.

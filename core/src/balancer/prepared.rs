@@ -101,19 +101,31 @@ pub(super) fn build<T: Clone + Borrow<EndpointState>>(i: Inputs<'_, T>) -> Prepa
     for (weight, members) in groups {
         let start = ready.len();
         let mut raw: Vec<u32> = Vec::new();
+        let mut reported: Vec<f64> = Vec::new();
         for s in members {
             ready.push(s.payload.clone());
-            raw.push(s.spec.weight.max(1));
+            match i.policy {
+                // gRFC A58: weights from the endpoints' load reports (EDS weights unused), per
+                // locality as grpc-go runs one weighted_round_robin child per locality.
+                LbPolicy::WeightedRoundRobin(cfg) => {
+                    reported.push(s.payload.borrow().load_weight(i.now, &cfg))
+                }
+                _ => raw.push(s.spec.weight.max(1)),
+            }
         }
-        if raw.is_empty() {
+        if ready.len() == start {
             continue;
         }
-        let mut scaled = alloc::vec![0u16; raw.len()];
-        let equal = schedule::scale(&raw, &mut scaled);
+        let mut scaled = alloc::vec![0u16; ready.len() - start];
+        let weighted = if reported.is_empty() {
+            !schedule::scale(&raw, &mut scaled)
+        } else {
+            crate::wrr::scale(&reported, &mut scaled)
+        };
         ready_w.extend_from_slice(&scaled);
         localities.push(Locality {
             ready: start..ready.len(),
-            weighted: !equal,
+            weighted,
         });
         loc_w.push(weight);
     }
