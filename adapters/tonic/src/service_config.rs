@@ -1,9 +1,9 @@
 //! gRPC service config (`loadBalancingConfig`, the JSON every gRPC client accepts) to pickwise
-//! settings, with gRPC's policy names: `round_robin`, `least_request_experimental`,
-//! `ring_hash_experimental` (gRFC A42/A61/A76), `outlier_detection_experimental` (gRFC A50) and
-//! `random_subsetting` (gRFC A68), plus pickwise's own `pickwise_peak_ewma`,
-//! `pickwise_go_zero` and `maglev`. As in gRPC, the first policy of the list that is supported
-//! wins; unknown ones (`pick_first`, `weighted_round_robin`...) are skipped.
+//! settings, with gRPC's policy names: `round_robin`, `weighted_round_robin` (gRFC A58),
+//! `least_request_experimental`, `ring_hash_experimental` (gRFC A42/A61/A76),
+//! `outlier_detection_experimental` (gRFC A50) and `random_subsetting` (gRFC A68), plus
+//! pickwise's own `pickwise_peak_ewma`, `pickwise_go_zero` and `maglev`. As in gRPC, the first
+//! policy of the list that is supported wins; unknown ones (`pick_first`...) are skipped.
 //!
 //! From `methodConfig`, pickwise applies `waitForReady` per method (looked up as grpc-go does:
 //! the exact `/service/method`, then `/service/`, then the default entry); other method
@@ -23,6 +23,7 @@ use std::time::Duration;
 
 use http::HeaderName;
 use pickwise::subset::Subsetting;
+use pickwise::wrr::WrrConfig;
 use pickwise::{HashPolicy, LbPolicy, NoKey, OutlierConfig, Policy, RingConfig, MAX_RING_SIZE};
 use serde_json::{Map, Value};
 
@@ -258,6 +259,7 @@ fn choose(list: &Value, out: &mut ServiceConfig) -> Result<(), ServiceConfigErro
 fn apply(name: &str, cfg: &Map<String, Value>, out: &mut ServiceConfig) -> Result<bool, ServiceConfigError> {
     match name {
         "round_robin" => out.policy = LbPolicy::RoundRobin,
+        "weighted_round_robin" => out.policy = LbPolicy::WeightedRoundRobin(wrr_config(cfg, name)?),
         "pickwise_peak_ewma" | "pickwise_go_zero" => {
             out.policy = LbPolicy::from_name(name).unwrap_or_default();
         }
@@ -375,6 +377,39 @@ fn apply(name: &str, cfg: &Map<String, Value>, out: &mut ServiceConfig) -> Resul
     Ok(true)
 }
 
+/// gRFC A58's `weighted_round_robin` config, as grpc-go parses it: A58's defaults, a negative
+/// `errorUtilizationPenalty` rejected, `weightUpdatePeriod` at least 100 ms.
+pub(crate) fn wrr_config(cfg: &Map<String, Value>, name: &str) -> Result<WrrConfig, ServiceConfigError> {
+    let mut c = WrrConfig::default();
+    let ns = |d: Duration| d.as_nanos().min(u128::from(u64::MAX)) as u64;
+    if let Some(v) = cfg.get("enableOobLoadReport") {
+        c.oob = v
+            .as_bool()
+            .ok_or_else(|| invalid(name, "enableOobLoadReport is not a boolean"))?;
+    }
+    for (key, slot) in [
+        ("oobReportingPeriod", &mut c.oob_period_ns),
+        ("blackoutPeriod", &mut c.blackout_ns),
+        ("weightExpirationPeriod", &mut c.expiration_ns),
+        ("weightUpdatePeriod", &mut c.update_ns),
+    ] {
+        if let Some(d) = duration(cfg, key, name)? {
+            *slot = ns(d);
+        }
+    }
+    c.update_ns = c.update_period_ns();
+    if let Some(v) = cfg.get("errorUtilizationPenalty") {
+        let p = v
+            .as_f64()
+            .ok_or_else(|| invalid(name, "errorUtilizationPenalty is not a number"))?;
+        if p < 0.0 {
+            return Err(invalid(name, "errorUtilizationPenalty must be non-negative"));
+        }
+        c.error_utilization_penalty = p as f32;
+    }
+    Ok(c)
+}
+
 fn uint(cfg: &Map<String, Value>, key: &str, policy: &str) -> Result<Option<u64>, ServiceConfigError> {
     match cfg.get(key) {
         None | Some(Value::Null) => Ok(None),
@@ -421,7 +456,7 @@ mod tests {
         let c = parse(r#"[{"least_request_experimental":{"choiceCount":3}}]"#).unwrap();
         assert_eq!(c.policy, LbPolicy::P2c(Policy::LeastRequest));
         assert!(matches!(
-            parse(r#"[{"pick_first":{}},{"weighted_round_robin":{}}]"#),
+            parse(r#"[{"pick_first":{}},{"xds_wrr_locality_experimental":{}}]"#),
             Err(ServiceConfigError::NoSupportedPolicy(v)) if v.len() == 2
         ));
         assert!(matches!(parse("nope"), Err(ServiceConfigError::Json(_))));
@@ -429,6 +464,35 @@ mod tests {
 
     /// grpc-go `ringhash/config_test.go` `TestParseConfig` facts: defaults 1024/4096, min > max
     /// and sizes above 8M rejected, the header lower-cased, `-bin` headers rejected.
+    #[test]
+    fn weighted_round_robin_like_grpc_go() {
+        let c = parse(r#"[{"weighted_round_robin":{}}]"#).unwrap();
+        assert_eq!(c.policy, LbPolicy::WeightedRoundRobin(WrrConfig::default()));
+        let c = parse(
+            r#"[{"weighted_round_robin":{"enableOobLoadReport":true,"oobReportingPeriod":"0.5s",
+                "blackoutPeriod":"0s","weightExpirationPeriod":"60s","weightUpdatePeriod":"0.01s",
+                "errorUtilizationPenalty":0.9}}]"#,
+        )
+        .unwrap();
+        let LbPolicy::WeightedRoundRobin(w) = c.policy else {
+            panic!("{:?}", c.policy)
+        };
+        assert!(w.oob);
+        assert_eq!(w.oob_period_ns, 500_000_000);
+        assert_eq!(w.blackout_ns, 0);
+        assert_eq!(w.expiration_ns, 60_000_000_000);
+        // grpc-go's lower bound.
+        assert_eq!(w.update_ns, 100_000_000);
+        assert_eq!(w.error_utilization_penalty, 0.9);
+        for bad in [
+            r#"[{"weighted_round_robin":{"errorUtilizationPenalty":-1}}]"#,
+            r#"[{"weighted_round_robin":{"blackoutPeriod":10}}]"#,
+            r#"[{"weighted_round_robin":{"enableOobLoadReport":"yes"}}]"#,
+        ] {
+            assert!(parse(bad).is_err(), "{bad}");
+        }
+    }
+
     #[test]
     fn ring_hash_like_grpc_go() {
         let c = parse(r#"[{"ring_hash_experimental":{}}]"#).unwrap();

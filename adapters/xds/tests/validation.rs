@@ -140,6 +140,50 @@ fn load_balancing_policy_takes_the_first_supported_entry_only() {
     assert!(cds(&c).is_err());
 }
 
+/// grpc-go's `convertWeightedRoundRobinProtoToServiceConfig`: CDS `client_side_weighted_round_robin`
+/// (also as `wrr_locality`'s child) becomes `weighted_round_robin` with only the fields set;
+/// an invalid duration NACKs.
+#[test]
+fn client_side_weighted_round_robin_becomes_weighted_round_robin() {
+    use envoy_types::pb::google::protobuf::{BoolValue, Duration as PbDuration, FloatValue};
+    let cswrr = lbp::client_side_weighted_round_robin::v3::ClientSideWeightedRoundRobin {
+        enable_oob_load_report: Some(BoolValue { value: true }),
+        blackout_period: Some(PbDuration { seconds: 0, nanos: 0 }),
+        weight_update_period: Some(PbDuration {
+            seconds: 0,
+            nanos: 500_000_000,
+        }),
+        error_utilization_penalty: Some(FloatValue { value: 0.5 }),
+        ..Default::default()
+    };
+    let want = json!([{"weighted_round_robin": {
+        "enableOobLoadReport": true, "blackoutPeriod": "0s", "weightUpdatePeriod": "0.5s",
+        "errorUtilizationPenalty": 0.5}}]);
+    assert_eq!(lb_json(&with_policies(vec![typed(resources::any(&cswrr))])), want);
+    let wrr_locality = lbp::wrr_locality::v3::WrrLocality {
+        endpoint_picking_policy: Some(LoadBalancingPolicy {
+            policies: vec![typed(resources::any(&cswrr))],
+        }),
+    };
+    assert_eq!(
+        lb_json(&with_policies(vec![typed(resources::any(&wrr_locality))])),
+        want
+    );
+    let defaults = lbp::client_side_weighted_round_robin::v3::ClientSideWeightedRoundRobin::default();
+    assert_eq!(
+        lb_json(&with_policies(vec![typed(resources::any(&defaults))])),
+        json!([{"weighted_round_robin": {}}])
+    );
+    let bad = lbp::client_side_weighted_round_robin::v3::ClientSideWeightedRoundRobin {
+        blackout_period: Some(PbDuration {
+            seconds: -1,
+            nanos: 0,
+        }),
+        ..Default::default()
+    };
+    assert!(cds(&with_policies(vec![typed(resources::any(&bad))])).is_err());
+}
+
 /// Ring hash `parseConfig`: a zero ring size means the default (1024 / 4096), not a NACK.
 #[test]
 fn ring_size_zero_means_the_default() {

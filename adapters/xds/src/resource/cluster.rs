@@ -189,8 +189,8 @@ fn legacy_policy(c: &Cluster) -> Result<Value, Invalid> {
 
 /// `load_balancing_policy` (gRFC A52), as grpc-go's `ConvertToServiceConfig`: the first entry
 /// of a supported type decides (its errors NACK, later entries are not looked at); unsupported
-/// ones before it are skipped. `pick_first` and client-side weighted round robin, which
-/// pickwise does not have, count as unsupported.
+/// ones before it are skipped. `pick_first`, which pickwise does not have, counts as
+/// unsupported.
 fn typed_policies(
     policies: &[envoy_types::pb::envoy::config::cluster::v3::load_balancing_policy::Policy],
     depth: u32,
@@ -241,6 +241,45 @@ fn typed_policy(any: &Any, depth: u32) -> Result<Option<Value>, Invalid> {
     } else if url == lbp::maglev::v3::Maglev::type_url() {
         let m = lbp::maglev::v3::Maglev::decode(any.value.as_slice()).map_err(bad)?;
         maglev_json(m.table_size.map(|v| v.value))?
+    } else if url == lbp::client_side_weighted_round_robin::v3::ClientSideWeightedRoundRobin::type_url() {
+        // gRFC A58 via grpc-go's converter: only fields set in the proto are passed on (the
+        // policy's own defaults fill the rest); an invalid duration NACKs.
+        let w = lbp::client_side_weighted_round_robin::v3::ClientSideWeightedRoundRobin::decode(
+            any.value.as_slice(),
+        )
+        .map_err(bad)?;
+        let mut cfg = serde_json::Map::new();
+        if let Some(b) = w.enable_oob_load_report {
+            cfg.insert("enableOobLoadReport".into(), json!(b.value));
+        }
+        for (key, json_key, d) in [
+            (
+                "oob_reporting_period",
+                "oobReportingPeriod",
+                &w.oob_reporting_period,
+            ),
+            ("blackout_period", "blackoutPeriod", &w.blackout_period),
+            (
+                "weight_expiration_period",
+                "weightExpirationPeriod",
+                &w.weight_expiration_period,
+            ),
+            (
+                "weight_update_period",
+                "weightUpdatePeriod",
+                &w.weight_update_period,
+            ),
+        ] {
+            if let Some(d) = d {
+                let v = duration_json(key, d)
+                    .map_err(|e| e.replace("outlier_detection.", "client_side_weighted_round_robin."))?;
+                cfg.insert(json_key.into(), v);
+            }
+        }
+        if let Some(p) = w.error_utilization_penalty {
+            cfg.insert("errorUtilizationPenalty".into(), json!(p.value));
+        }
+        json!({"weighted_round_robin": cfg})
     } else if url == lbp::wrr_locality::v3::WrrLocality::type_url() {
         // Locality weights are applied to endpoint weights (see `cluster` in the crate); the child
         // picks endpoints.
