@@ -92,7 +92,8 @@ pub(crate) fn spawn(
         resolved: false,
         discovery_error: None,
         events: events_tx,
-        next_id: 0,
+        // 0 is "no connection task" (`Subchannel::set_owner`).
+        next_id: 1,
         discovered: BTreeMap::new(),
         peers: BTreeSet::new(),
         subset_dirty: false,
@@ -331,6 +332,7 @@ impl Balancer {
                         if e.task.is_none() {
                             let id = self.next_id;
                             self.next_id += 1;
+                            e.sub.set_owner(id);
                             e.task = Some(tokio::spawn(subchannel::run(
                                 e.sub.clone(),
                                 id,

@@ -64,7 +64,12 @@ pub(crate) struct Subchannel {
     /// they were sent on, so an error from an older connection never breaks its replacement.
     generation: AtomicU64,
     /// The connected channel while Ready; read when snapshots are built, never on the pick path.
+    /// Its lock also orders state writes against [`reset_idle`](Self::reset_idle).
     channel: Mutex<Option<Channel>>,
+    /// The connection task allowed to write the state (its id; 0: none). An aborted task runs
+    /// until its next await, so a write it makes after the balancer closed the endpoint is
+    /// refused here instead of leaving a READY state and a live channel behind.
+    owner: AtomicU64,
     last_error: Mutex<Option<String>>,
     /// The request path saw a connection-level error on the current connection: reconnect.
     broken: Notify,
@@ -90,6 +95,7 @@ impl Subchannel {
             failing: AtomicBool::new(false),
             generation: AtomicU64::new(0),
             channel: Mutex::new(None),
+            owner: AtomicU64::new(0),
             last_error: Mutex::new(None),
             broken: Notify::new(),
             drain: Notify::new(),
@@ -127,10 +133,20 @@ impl Subchannel {
         self.last_error.lock().map(|e| e.clone()).unwrap_or(None)
     }
 
-    fn set(&self, state: ConnectivityState, channel: Option<Channel>, error: Option<String>) {
-        if let Ok(mut c) = self.channel.lock() {
-            *c = channel;
+    /// Hands the state to connection task `id` (the balancer, before spawning it).
+    pub(crate) fn set_owner(&self, id: u64) {
+        self.owner.store(id, Ordering::Release);
+    }
+
+    /// Task `id` reports a state; ignored unless it still owns the subchannel.
+    fn set(&self, id: u64, state: ConnectivityState, channel: Option<Channel>, error: Option<String>) {
+        let Ok(mut c) = self.channel.lock() else {
+            return;
+        };
+        if self.owner.load(Ordering::Acquire) != id {
+            return;
         }
+        *c = channel;
         if let Some(e) = error {
             if let Ok(mut last) = self.last_error.lock() {
                 *last = Some(e);
@@ -143,12 +159,16 @@ impl Subchannel {
         }
         self.core.set_ready(state == ConnectivityState::Ready);
         self.state.store(state as u8, Ordering::Release);
+        drop(c);
     }
 
     /// Back to IDLE with no connection and no failure (the balancer closed it: its priority is
     /// no longer used); a later start begins afresh, as a new subchannel would.
     pub(crate) fn reset_idle(&self) {
-        if let Ok(mut c) = self.channel.lock() {
+        let guard = self.channel.lock();
+        // No task writes after this (see `owner`).
+        self.owner.store(0, Ordering::Release);
+        if let Ok(mut c) = guard {
             *c = None;
         }
         self.failing.store(false, Ordering::Release);
@@ -162,10 +182,14 @@ impl Subchannel {
     /// the picker still in place is not refused as if the endpoint had failed (with one
     /// endpoint: "all endpoints are failing"): it goes to the old connection, which refuses it
     /// before sending, and the request is retried transparently on the next picker.
-    fn set_draining(&self) {
-        if let Ok(mut c) = self.channel.lock() {
-            *c = None;
+    fn set_draining(&self, id: u64) {
+        let Ok(mut c) = self.channel.lock() else {
+            return;
+        };
+        if self.owner.load(Ordering::Acquire) != id {
+            return;
         }
+        *c = None;
         self.state
             .store(ConnectivityState::Connecting as u8, Ordering::Release);
     }
@@ -213,14 +237,14 @@ impl Borrow<Pool> for SubRef {
 pub(crate) async fn run(sub: Arc<Subchannel>, id: u64, events: mpsc::UnboundedSender<u64>) {
     let config = sub.common.config.clone();
     let publish = |state, channel, error| {
-        sub.set(state, channel, error);
+        sub.set(id, state, channel, error);
         let _ = events.send(id);
     };
     let mut backoff = BackoffState::new(config.backoff);
     let mut draining = false;
     loop {
         if std::mem::take(&mut draining) {
-            sub.set_draining();
+            sub.set_draining(id);
             let _ = events.send(id);
         } else {
             publish(ConnectivityState::Connecting, None, None);
