@@ -311,6 +311,13 @@ impl EndpointState {
         self.load.weight(now, config)
     }
 
+    /// The utilization of the last load report if it is at most `max_age_ns` old at `now`
+    /// (application utilization when the report had it, else CPU).
+    #[inline]
+    pub fn reported_utilization(&self, now: u64, max_age_ns: u64) -> Option<f32> {
+        self.load.utilization(now, max_age_ns)
+    }
+
     #[inline]
     pub(crate) fn last_pick_ms(&self) -> u32 {
         self.last_pick.load(Relaxed)

@@ -230,6 +230,11 @@ pub struct PoolConfig {
     /// estimate), so fast errors never look cheap (see the [module docs](self)). Values below 1
     /// (and NaN) count as 1: a failure then only never lowers the estimate.
     pub failure_penalty: f32,
+    /// P2C only: how much the endpoint's own reported utilization (ORCA, [`crate::wrr`]) raises
+    /// its cost: `cost × (1 + utilization_weight × utilization)`, from a report no older than
+    /// [`decay_ns`](Self::decay_ns). 0 (the default) ignores reports. Two backends with the same
+    /// requests in flight and latency, one at 90% CPU, then differ — a tie P2C cannot see.
+    pub utilization_weight: f32,
 }
 
 impl Default for PoolConfig {
@@ -241,6 +246,7 @@ impl Default for PoolConfig {
             outlier: OutlierConfig::default(),
             track_total: false,
             failure_penalty: DEFAULT_FAILURE_PENALTY,
+            utilization_weight: 0.0,
         }
     }
 }
@@ -395,11 +401,17 @@ impl Pool {
     #[inline]
     pub(crate) fn cost_parts(&self, e: &EndpointState, now: u64) -> (f32, f32) {
         let load = e.in_flight() as f32 + 1.0;
-        let unweighted = match self.policy() {
+        let mut unweighted = match self.policy() {
             Policy::LeastRequest => load,
             Policy::PeakEwma => self.estimate(e, now) * load,
             Policy::GoZero => sqrt(self.estimate(e, now) + 1.0) * load,
         };
+        let w = self.config.utilization_weight;
+        if w > 0.0 {
+            if let Some(u) = e.reported_utilization(now, self.config.decay_ns as u64) {
+                unweighted *= 1.0 + w * u;
+            }
+        }
         (unweighted, e.weight() as f32)
     }
 

@@ -159,6 +159,17 @@ impl LoadWeight {
             .compare_exchange(NEVER, stamp, Relaxed, Relaxed);
     }
 
+    /// The last report's utilization if it is at most `max_age_ns` old (for P2C's cost).
+    #[inline]
+    pub(crate) fn utilization(&self, now: u64, max_age_ns: u64) -> Option<f32> {
+        let last = self.last_updated.load(Relaxed);
+        if last == NEVER || u64::from(elapsed_ms(millis(now), last)) * 1_000_000 > max_age_ns {
+            return None;
+        }
+        let u = f32::from_bits(self.utilization.load(Relaxed));
+        (u.is_finite() && u > 0.0).then_some(u)
+    }
+
     /// Forgets the reports (a new connection: the blackout starts again).
     pub(crate) fn reset(&self) {
         self.last_updated.store(NEVER, Relaxed);

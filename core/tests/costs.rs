@@ -285,3 +285,36 @@ fn go_zero_force_pick_is_claimed_once_under_races() {
         );
     }
 }
+
+/// pickwise's ORCA-aware P2C (`PoolConfig::utilization_weight`): equal in-flight and latency, one
+/// backend reporting 90% utilization: it loses every comparison; a stale report counts for
+/// nothing, and with the weight at 0 (the default) reports change nothing.
+#[test]
+fn reported_utilization_breaks_p2c_ties() {
+    let report = |u: f64| pickwise::wrr::LoadReport {
+        cpu_utilization: u,
+        qps: 100.0,
+        ..Default::default()
+    };
+    for policy in [Policy::LeastRequest, Policy::PeakEwma] {
+        let p = Pool::new(PoolConfig {
+            policy,
+            outlier: OutlierConfig::disabled(),
+            utilization_weight: 1.0,
+            ..PoolConfig::default()
+        });
+        let es = [EndpointState::new(1), EndpointState::new(1)];
+        p.set_endpoints(2);
+        es[0].report_load(0, &report(0.9));
+        es[1].report_load(0, &report(0.1));
+        let mut rng = SplitMix64::new(1);
+        for _ in 0..100 {
+            assert_eq!(P2c::new(&es, &p).pick(S, &mut rng).unwrap(), 1, "{policy:?}");
+        }
+        assert!(p.cost(&es[0], S) > p.cost(&es[1], S));
+        // Older than the decay time (10 s): ignored, the costs tie again.
+        assert_eq!(p.cost(&es[0], 11 * S), p.cost(&es[1], 11 * S));
+        let off = pool(policy);
+        assert_eq!(off.cost(&es[0], S), off.cost(&es[1], S));
+    }
+}
