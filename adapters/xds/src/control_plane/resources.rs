@@ -1,7 +1,7 @@
 //! Builders for the resources a gRPC client needs, in the shapes Istio and go-control-plane
 //! send them: an API listener with RDS, one virtual host, EDS clusters, localities.
 
-use envoy_types::pb::envoy::config::cluster::v3::{cluster, Cluster};
+use envoy_types::pb::envoy::config::cluster::v3::{cluster, load_balancing_policy, Cluster, LoadBalancingPolicy};
 use envoy_types::pb::envoy::config::core::v3::{
     address, socket_address::PortSpecifier, AggregatedConfigSource, ConfigSource, Locality as PbLocality,
     Metadata, SocketAddress,
@@ -163,6 +163,44 @@ pub enum Policy {
     },
     /// `MAGLEV` with this table size.
     Maglev(u64),
+    /// `load_balancing_policy`: `wrr_locality` over `client_side_weighted_round_robin` (gRFC
+    /// A58, as Traffic Director sends it), per-call load reports.
+    WeightedRoundRobin {
+        /// `blackout_period` in milliseconds.
+        blackout_ms: u64,
+        /// `weight_update_period` in milliseconds.
+        update_ms: u64,
+    },
+}
+
+/// `wrr_locality` over `client_side_weighted_round_robin` with these periods.
+fn weighted_round_robin(blackout_ms: u64, update_ms: u64) -> LoadBalancingPolicy {
+    use envoy_types::pb::envoy::config::core::v3::TypedExtensionConfig;
+    use envoy_types::pb::envoy::extensions::load_balancing_policies as lbp;
+    use envoy_types::pb::google::protobuf::Duration;
+    let ms = |ms: u64| Duration {
+        seconds: (ms / 1000) as i64,
+        nanos: ((ms % 1000) * 1_000_000) as i32,
+    };
+    let typed = |name: &str, any: Any| load_balancing_policy::Policy {
+        typed_extension_config: Some(TypedExtensionConfig {
+            name: name.into(),
+            typed_config: Some(any),
+        }),
+    };
+    let wrr = lbp::client_side_weighted_round_robin::v3::ClientSideWeightedRoundRobin {
+        blackout_period: Some(ms(blackout_ms)),
+        weight_update_period: Some(ms(update_ms)),
+        ..Default::default()
+    };
+    let locality = lbp::wrr_locality::v3::WrrLocality {
+        endpoint_picking_policy: Some(LoadBalancingPolicy {
+            policies: vec![typed("wrr", any(&wrr))],
+        }),
+    };
+    LoadBalancingPolicy {
+        policies: vec![typed("wrr_locality", any(&locality))],
+    }
 }
 
 /// An EDS cluster named `name` (its EDS resource has the same name).
@@ -184,6 +222,14 @@ pub fn cluster(name: &str, policy: Policy) -> Cluster {
                 table_size: Some(UInt64Value { value: size }),
             })),
         ),
+        Policy::WeightedRoundRobin { .. } => (cluster::LbPolicy::RoundRobin, None),
+    };
+    let load_balancing_policy = match policy {
+        Policy::WeightedRoundRobin {
+            blackout_ms,
+            update_ms,
+        } => Some(weighted_round_robin(blackout_ms, update_ms)),
+        _ => None,
     };
     Cluster {
         name: name.into(),
@@ -196,6 +242,7 @@ pub fn cluster(name: &str, policy: Policy) -> Cluster {
         }),
         lb_policy: lb_policy as i32,
         lb_config,
+        load_balancing_policy,
         ..Cluster::default()
     }
 }
