@@ -30,6 +30,8 @@ mod grpc_backend;
 mod load;
 #[path = "../tests/support/proxy.rs"]
 mod proxy;
+#[path = "../tests/support/wait.rs"]
+mod wait;
 
 use std::sync::{Arc, Mutex};
 use std::time::Duration;

@@ -12,6 +12,7 @@ use pickwise_pingora::Shared;
 use support::backend::HttpBackend;
 use support::load;
 use support::proxy::{self, Selection};
+use support::wait;
 
 /// One test at a time: they measure shares and time on a 2-core machine.
 async fn serial() -> tokio::sync::MutexGuard<'static, ()> {
@@ -28,12 +29,27 @@ fn pickwise(policy: LbPolicy) -> (Selection, std::sync::Arc<Shared>) {
     (Selection::Pickwise(shared.clone()), shared)
 }
 
-fn assert_no_in_flight(shared: &Shared, backends: &[String]) {
-    for a in backends {
-        if let Some(s) = shared.state(a) {
-            assert_eq!(s.in_flight(), 0, "{a} still holds slots");
+/// Waits until no backend holds an in-flight slot (and the pool's total is back to zero), and
+/// fails if that never happens. Pingora releases a request's slot in its `logging` hook, which
+/// runs after the client has the response, so the last slots are freed a moment after a load
+/// ends; a request whose client gave up holds its slot until the backend answers.
+async fn assert_no_in_flight(shared: &Shared, backends: &[String]) {
+    wait::until("every in-flight slot to be released", || {
+        let held: Vec<String> = backends
+            .iter()
+            .filter_map(|a| {
+                let n = shared.state(a)?.in_flight();
+                (n > 0).then(|| format!("{a} holds {n}"))
+            })
+            .collect();
+        let total = shared.pool().total_in_flight();
+        if held.is_empty() && total == 0 {
+            Ok(())
+        } else {
+            Err(format!("{held:?}, pool total {total}"))
         }
-    }
+    })
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -48,8 +64,7 @@ async fn spreads_over_backends_with_least_request() {
         let share = r.share(&b.addr.to_string());
         assert!(share > 0.15, "{} got {share:.3}", b.addr);
     }
-    tokio::time::sleep(Duration::from_millis(100)).await;
-    assert_no_in_flight(&shared, &addrs(&backends));
+    assert_no_in_flight(&shared, &addrs(&backends)).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -66,11 +81,11 @@ async fn a_killed_backend_leaves_rotation() {
     let r = load::run(p.addr, 8, Duration::from_millis(800), vec![]).await;
     assert!(r.errors <= 2, "{} errors", r.errors);
     // Later: none to the dead one (ejected, and down per Pingora's health check).
+    assert_reported_down(&shared, &dead).await;
     let r = load::run(p.addr, 8, Duration::from_millis(500), vec![]).await;
     assert_eq!(r.share(&dead), 0.0);
     assert_eq!(r.errors, 0);
-    tokio::time::sleep(Duration::from_millis(100)).await;
-    assert_no_in_flight(&shared, &all);
+    assert_no_in_flight(&shared, &all).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -106,8 +121,7 @@ async fn disconnects_and_retries_leave_no_slot_held() {
         let _ = load::get(&client, p.addr, None).await;
     }
     drop(client);
-    tokio::time::sleep(Duration::from_millis(800)).await;
-    assert_no_in_flight(&shared, &all);
+    assert_no_in_flight(&shared, &all).await;
     assert_eq!(shared.pool().total_in_flight(), 0);
 }
 
@@ -168,8 +182,21 @@ async fn grpc_over_h2c_counts_grpc_status_failures() {
     );
     assert!(r.requests > 200, "{} served", r.requests);
     assert!(r.share(&all[1]) > 0.3 && r.share(&all[2]) > 0.3);
-    tokio::time::sleep(Duration::from_millis(100)).await;
-    assert_no_in_flight(&shared, &all);
+    assert_no_in_flight(&shared, &all).await;
+}
+
+/// Waits until Pingora's health check has reported `addr` down to the picker (its endpoint is
+/// no longer READY), and fails if it never does.
+async fn assert_reported_down(shared: &Shared, addr: &str) {
+    wait::until(
+        &format!("the health check to report {addr} down"),
+        || match shared.state(addr) {
+            Some(s) if !s.is_ready() => Ok(()),
+            Some(_) => Err("still READY".into()),
+            None => Err("not in the selector".into()),
+        },
+    )
+    .await;
 }
 
 /// A port nothing listens on (bound, then released): connections are refused.
@@ -214,10 +241,13 @@ async fn dead_backends_do_not_skew_the_live_shares() {
     println!("| selection | live shares | max/mean | errors |");
     let mut failed = Vec::new();
     for (name, policy, keys, limit) in cases {
-        let (sel, _shared) = pickwise(policy);
+        let (sel, shared) = pickwise(policy);
         let p = proxy::start(sel, &targets, (keys > 0).then_some("x-key"));
         // The first health-check pass marks the dead ones down.
         let _ = load::run_keyed(p.addr, 8, Duration::from_millis(300), vec![], keys).await;
+        for dead in &targets[live_addrs.len()..] {
+            assert_reported_down(&shared, dead).await;
+        }
         let r = load::run_keyed(p.addr, 32, Duration::from_millis(1500), vec![], keys).await;
         let (ratio, shares) = skew(&r, &live_addrs);
         println!(

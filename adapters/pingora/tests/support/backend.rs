@@ -64,6 +64,7 @@ impl HttpBackend {
                                 k.fail.load(Ordering::Relaxed) || (pct > 0 && fastrand::u64(..100) < pct);
                             let delay = k.delay_ms.load(Ordering::Relaxed);
                             if delay > 0 && !fail {
+                                // The scenario: a backend slow on purpose (`set_delay`).
                                 tokio::time::sleep(Duration::from_millis(delay)).await;
                             }
                             let status = if fail { 503 } else { 200 };
@@ -95,7 +96,9 @@ impl HttpBackend {
         }
     }
 
+    /// Starts the backend again on its port, retrying while the old sockets still hold it.
     pub fn restart(&mut self) {
+        // A bounded poll on "the port can be bound again", not a guess at how long that takes.
         for _ in 0..50 {
             if let Ok(b) = Self::start_at(self.addr, self.knobs.clone()) {
                 *self = b;

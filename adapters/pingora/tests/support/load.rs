@@ -130,6 +130,8 @@ async fn drive(
                         }
                         Err(_) => {
                             errors.fetch_add(1, Ordering::Relaxed);
+                            // Load pacing, part of the scenario: a caller whose request failed
+                            // backs off 1 ms instead of spinning on a refusing proxy.
                             tokio::time::sleep(Duration::from_millis(1)).await;
                         }
                     }
@@ -140,6 +142,7 @@ async fn drive(
         .collect();
     at.sort_by_key(|(d, _)| *d);
     for (when, hook) in at {
+        // The scenario's schedule: each hook runs at its time into the load.
         tokio::time::sleep_until((start + when).into()).await;
         hook();
     }

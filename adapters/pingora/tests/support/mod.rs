@@ -3,3 +3,4 @@ pub mod backend;
 pub mod grpc_backend;
 pub mod load;
 pub mod proxy;
+pub mod wait;

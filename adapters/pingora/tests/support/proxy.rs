@@ -19,6 +19,8 @@ use pingora::prelude::*;
 use pingora::server::{RunArgs, ShutdownSignal, ShutdownSignalWatch};
 use pingora::services::background::background_service;
 
+use super::wait;
+
 /// Which selection the proxy uses.
 #[derive(Clone)]
 pub enum Selection {
@@ -49,6 +51,28 @@ impl Balancer {
                 let b = lb.select(key, 8)?;
                 ctx.start(&b);
                 Some(b)
+            }
+        }
+    }
+}
+
+impl Balancer {
+    /// How many backends the balancer's discovery has found so far, readable from another
+    /// thread. Pingora publishes a new backend set after building the selector from it, so a
+    /// full count means the selector is built too.
+    fn discovered(&self) -> Box<dyn Fn() -> usize + Send> {
+        match self {
+            Self::Pickwise(lb) => {
+                let lb = lb.clone();
+                Box::new(move || lb.backends().get_backend().len())
+            }
+            Self::RoundRobin(lb) => {
+                let lb = lb.clone();
+                Box::new(move || lb.backends().get_backend().len())
+            }
+            Self::Ketama(lb) => {
+                let lb = lb.clone();
+                Box::new(move || lb.backends().get_backend().len())
             }
         }
     }
@@ -257,66 +281,80 @@ pub fn start_opts(selection: Selection, targets: &[String], options: Options) ->
     let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel();
     let targets = targets.to_vec();
-    let (ready_tx, ready_rx) = std::sync::mpsc::channel();
-    let thread = std::thread::spawn(move || {
-        let mut server = Server::new(None).expect("server");
-        server.bootstrap();
-        let shared = match &selection {
-            Selection::Pickwise(s) => Some(s.clone()),
-            _ => None,
-        };
-        let (lb, bg): (Balancer, Box<dyn pingora::services::ServiceWithDependents>) = match selection {
-            Selection::Pickwise(shared) => {
-                // Pingora's health results reach the picker.
-                let check = tcp_health_check(&shared);
-                let lb = balancer::<Selector>(&targets, Some(shared), Some(check), every);
-                let bg = background_service("lb", lb);
-                (Balancer::Pickwise(bg.task()), Box::new(bg))
+    let (ready_tx, ready_rx) = std::sync::mpsc::channel::<Box<dyn Fn() -> usize + Send>>();
+    let thread = std::thread::spawn({
+        let targets = targets.clone();
+        move || {
+            let mut server = Server::new(None).expect("server");
+            server.bootstrap();
+            let shared = match &selection {
+                Selection::Pickwise(s) => Some(s.clone()),
+                _ => None,
+            };
+            let (lb, bg): (Balancer, Box<dyn pingora::services::ServiceWithDependents>) = match selection {
+                Selection::Pickwise(shared) => {
+                    // Pingora's health results reach the picker.
+                    let check = tcp_health_check(&shared);
+                    let lb = balancer::<Selector>(&targets, Some(shared), Some(check), every);
+                    let bg = background_service("lb", lb);
+                    (Balancer::Pickwise(bg.task()), Box::new(bg))
+                }
+                Selection::RoundRobin => {
+                    let check = health_check::TcpHealthCheck::new();
+                    let lb = balancer::<RoundRobin>(&targets, None, Some(check), every);
+                    let bg = background_service("lb", lb);
+                    (Balancer::RoundRobin(bg.task()), Box::new(bg))
+                }
+                Selection::Ketama => {
+                    let check = health_check::TcpHealthCheck::new();
+                    let lb = balancer::<Consistent>(&targets, None, Some(check), every);
+                    let bg = background_service("lb", lb);
+                    (Balancer::Ketama(bg.task()), Box::new(bg))
+                }
+            };
+            let discovered = lb.discovered();
+            let proxy = Proxy {
+                lb,
+                hash_header,
+                h2c,
+                shared,
+            };
+            let mut service = http_proxy_service(&server.configuration, proxy);
+            if h2c {
+                if let Some(app) = service.app_logic_mut() {
+                    let mut options = pingora::apps::HttpServerOptions::default();
+                    options.h2c = true;
+                    app.server_options = Some(options);
+                }
             }
-            Selection::RoundRobin => {
-                let check = health_check::TcpHealthCheck::new();
-                let lb = balancer::<RoundRobin>(&targets, None, Some(check), every);
-                let bg = background_service("lb", lb);
-                (Balancer::RoundRobin(bg.task()), Box::new(bg))
-            }
-            Selection::Ketama => {
-                let check = health_check::TcpHealthCheck::new();
-                let lb = balancer::<Consistent>(&targets, None, Some(check), every);
-                let bg = background_service("lb", lb);
-                (Balancer::Ketama(bg.task()), Box::new(bg))
-            }
-        };
-        let proxy = Proxy {
-            lb,
-            hash_header,
-            h2c,
-            shared,
-        };
-        let mut service = http_proxy_service(&server.configuration, proxy);
-        if h2c {
-            if let Some(app) = service.app_logic_mut() {
-                let mut options = pingora::apps::HttpServerOptions::default();
-                options.h2c = true;
-                app.server_options = Some(options);
-            }
+            service.add_tcp(&addr.to_string());
+            server.add_boxed_service(bg);
+            server.add_service(service);
+            let _ = ready_tx.send(discovered);
+            server.run(RunArgs {
+                shutdown_signal: Box::new(ChannelSignal(tokio::sync::Mutex::new(stop_rx))),
+            });
         }
-        service.add_tcp(&addr.to_string());
-        server.add_boxed_service(bg);
-        server.add_service(service);
-        let _ = ready_tx.send(());
-        server.run(RunArgs {
-            shutdown_signal: Box::new(ChannelSignal(tokio::sync::Mutex::new(stop_rx))),
-        });
     });
-    let _ = ready_rx.recv_timeout(Duration::from_secs(10));
-    // Wait until the listener accepts and the first discovery ran.
-    for _ in 0..200 {
-        if std::net::TcpStream::connect(addr).is_ok() {
-            break;
+    let discovered = ready_rx
+        .recv_timeout(wait::DEADLINE)
+        .expect("the proxy thread built its server");
+    // Ready when the listener accepts and the first discovery has built the selector over every
+    // target (Pingora publishes the backend set after the selector built from it).
+    wait::blocking(&format!("the proxy at {addr} to accept connections"), || {
+        std::net::TcpStream::connect(addr)
+            .map(drop)
+            .map_err(|e| e.to_string())
+    });
+    let want = targets.iter().collect::<std::collections::BTreeSet<_>>().len();
+    wait::blocking("the proxy's first discovery", || {
+        let n = discovered();
+        if n == want {
+            Ok(())
+        } else {
+            Err(format!("{n} of {want} backends discovered"))
         }
-        std::thread::sleep(Duration::from_millis(10));
-    }
-    std::thread::sleep(Duration::from_millis(300));
+    });
     RunningProxy {
         addr,
         stop: Some(stop_tx),
