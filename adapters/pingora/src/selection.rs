@@ -72,7 +72,11 @@ impl BackendSelection for Selector {
 
     fn build_with_config(backends: &BTreeSet<Backend>, shared: &Arc<Shared>) -> Self {
         let built = shared.rebuild(backends);
-        let backends = built.members().iter().map(|m| m.backend.clone()).collect();
+        let backends = built
+            .members()
+            .iter()
+            .map(|m| Backend::clone(&m.backend))
+            .collect();
         Self {
             shared: shared.clone(),
             built,
@@ -82,13 +86,14 @@ impl BackendSelection for Selector {
 
     fn iter(self: &Arc<Self>, key: &[u8]) -> SelectorIter {
         let hash = (!key.is_empty()).then(|| pickwise::hash::xxh64(key));
+        // One arc-swap guard, no reference count bumped: the iterator needs nothing but the
+        // published picker (its members hold the backends; it carries the pool and the clock).
         let picker = self.shared.picker();
         // Keyed ring/Maglev picks read no clock while nothing is ejected (a clock read is a
         // measurable part of a select); the fallback reads it if it runs.
-        let (picked, now) = picker.pick_with_clock(|| self.shared.now(), hash, &mut || fastrand::u64(..));
+        let (picked, now) = picker.pick_with_clock(|| picker.now(), hash, &mut || fastrand::u64(..));
         let first = picked.ok().and_then(|m| locate(&picker, m));
         SelectorIter {
-            selector: self.clone(),
             picker,
             now,
             hash,
@@ -137,7 +142,6 @@ fn locate(picker: &Picker, m: &Member) -> Option<Slot> {
 /// time compared by cost. A refused backend's share so spreads over the others.
 #[derive(Debug)]
 pub struct SelectorIter {
-    selector: Arc<Selector>,
     /// The group's picker when the iterator was made.
     picker: Guard<Arc<Picker>>,
     /// The time the pick read, if it read one (the fallback reads it otherwise).
@@ -166,7 +170,7 @@ impl BackendIter for SelectorIter {
             *seen = id(member);
         }
         self.offered += 1;
-        Some(&member.backend)
+        Some(&*member.backend)
     }
 }
 
@@ -188,8 +192,8 @@ impl SelectorIter {
         let picker = Arc::clone(&self.picker);
         let members = picker.members();
         let n = members.len();
-        let pool = Arc::clone(&self.selector.shared.pool);
-        let now = *self.now.get_or_insert_with(|| self.selector.shared.now());
+        let pool = picker.pool();
+        let now = *self.now.get_or_insert_with(|| picker.now());
         let available = |i: usize| members.get(i).is_some_and(|m| pool.is_available(&m.state, now));
         match (picker.policy(), self.hash) {
             (LbPolicy::RingHash { .. }, Some(h)) if picker.ring().is_some() => {

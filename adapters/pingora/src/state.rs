@@ -24,6 +24,7 @@
 use std::borrow::Borrow;
 use std::collections::{BTreeSet, HashMap, HashSet};
 use std::net::SocketAddr;
+use std::ops::Deref;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError, TryLockError};
 use std::time::Instant;
@@ -38,11 +39,13 @@ use pickwise::{EndpointState, LbPolicy, Pool, PoolConfig};
 /// if shorter).
 const MAX_SWEEP_MS: u64 = 1_000;
 
-/// What the core balancer picks: a backend and its endpoint state.
+/// What the core balancer picks: a backend and its endpoint state. Two pointers, so the
+/// picker's member array stays dense (a ring pick reads the owner's state through it; a Pingora
+/// `Backend` inline would put each member on its own cache lines).
 #[derive(Clone, Debug)]
 pub(crate) struct Member {
     pub(crate) state: Arc<EndpointState>,
-    pub(crate) backend: Backend,
+    pub(crate) backend: Arc<Backend>,
 }
 
 impl Borrow<EndpointState> for Member {
@@ -51,8 +54,36 @@ impl Borrow<EndpointState> for Member {
     }
 }
 
-/// The picker [`Shared`] publishes.
-pub(crate) type Picker = Prepared<Member>;
+/// What [`Shared`] publishes: the core's picker (it derefs to it) with the pool and clock a
+/// [`SelectorIter`](crate::selection::SelectorIter)'s fallback needs, so an iterator holds this
+/// one guard and nothing else (no reference count of the selector or the group to bump per
+/// select).
+#[derive(Debug)]
+pub(crate) struct Picker {
+    prepared: Prepared<Member>,
+    pool: Arc<Pool>,
+    epoch: Instant,
+}
+
+impl Picker {
+    /// The pool (costs, ejection).
+    pub(crate) fn pool(&self) -> &Pool {
+        &self.pool
+    }
+
+    /// [`Shared::now`]: the same clock.
+    pub(crate) fn now(&self) -> u64 {
+        self.epoch.elapsed().as_nanos() as u64
+    }
+}
+
+impl Deref for Picker {
+    type Target = Prepared<Member>;
+
+    fn deref(&self) -> &Prepared<Member> {
+        &self.prepared
+    }
+}
 
 /// What the mutex guards.
 #[derive(Debug)]
@@ -96,7 +127,12 @@ impl Shared {
             ..BalancerConfig::new(policy)
         };
         let mut balancer = Balancer::new(config, pool.clone());
-        let picker = balancer.picker(0, fastrand::u64(..));
+        let epoch = Instant::now();
+        let picker = Picker {
+            prepared: balancer.picker(0, fastrand::u64(..)),
+            pool: pool.clone(),
+            epoch,
+        };
         Arc::new(Self {
             policy,
             pool,
@@ -108,7 +144,7 @@ impl Shared {
             picker: ArcSwap::from_pointee(picker),
             by_addr: ArcSwap::from_pointee(HashMap::new()),
             next_timeout: AtomicU64::new(0),
-            epoch: Instant::now(),
+            epoch,
         })
     }
 
@@ -225,14 +261,14 @@ impl Shared {
             if let Some(known) = core.balancer.get(&key) {
                 let member = Member {
                     state: known.state.clone(),
-                    backend: backend.clone(),
+                    backend: Arc::new(backend.clone()),
                 };
                 core.balancer.insert(now, key.clone(), spec, member.clone());
                 core.balancer.set_payload(&key, member);
             } else {
                 let member = Member {
                     state: Arc::new(EndpointState::new(weight)),
-                    backend: backend.clone(),
+                    backend: Arc::new(backend.clone()),
                 };
                 let healthy = !core.down.contains(&key);
                 core.balancer.insert(now, key.clone(), spec, member);
@@ -248,7 +284,7 @@ impl Shared {
         self.by_addr.store(Arc::new(by_addr));
         // Always a fresh picker for a rebuild (payloads may have changed).
         while core.balancer.poll_event().is_some() {}
-        let picker = Arc::new(core.balancer.picker(now, fastrand::u64(..)));
+        let picker = Arc::new(self.wrap(core.balancer.picker(now, fastrand::u64(..))));
         let hashing = matches!(self.policy, LbPolicy::RingHash { .. } | LbPolicy::Maglev { .. });
         if hashing && !picker.members().is_empty() && picker.ring().is_none() && picker.maglev().is_none() {
             tracing::error!(
@@ -272,9 +308,17 @@ impl Shared {
     fn publish(&self, core: &mut Core, now: u64) {
         while core.balancer.poll_event().is_some() {}
         if let Some(picker) = core.balancer.poll_picker(now, fastrand::u64(..)) {
-            self.picker.store(Arc::new(picker));
+            self.picker.store(Arc::new(self.wrap(picker)));
         }
         self.arm(core);
+    }
+
+    fn wrap(&self, prepared: Prepared<Member>) -> Picker {
+        Picker {
+            prepared,
+            pool: self.pool.clone(),
+            epoch: self.epoch,
+        }
     }
 
     fn arm(&self, core: &Core) {
