@@ -14,7 +14,7 @@
 //!
 //! The messages are derived by hand with `prost` ([`proto`], checked byte for byte against the
 //! Python `xds-protos` package), and every report converts into the core's
-//! [`LoadReport`](pickwise::wrr::LoadReport) ([`convert`]).
+//! [`LoadReport`] ([`convert`]).
 //!
 //! Features: `server` (tonic server side), `client` (tonic OOB client). Without them the crate
 //! is the messages, the conversion and the header parser.
