@@ -68,7 +68,10 @@ pub(crate) fn spawn(
         pool: Arc::new(Pool::new(config.pool)),
         config: Arc::new(config),
         epoch: Instant::now(),
+        per_call_reports: std::sync::atomic::AtomicBool::new(true),
+        oob_period: watch::channel(0).0,
     });
+    common.set_policy(&common.config.policy);
     let (control_tx, control_rx) = mpsc::unbounded_channel();
     let policy = common.config.policy;
     let shared = Arc::new(Shared {
@@ -158,6 +161,7 @@ impl Balancer {
                 Some(Control::SetPolicy(policy)) = control.recv() => {
                     tracing::info!(from = self.core.config().policy.name(), to = policy.name(), "policy change");
                     self.core.set_policy(policy);
+                    self.shared.common.set_policy(&policy);
                 }
                 Some(_) = events.recv() => {
                     while events.try_recv().is_ok() {}

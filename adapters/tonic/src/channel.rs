@@ -537,6 +537,8 @@ impl Future for ResponseFuture {
                         }
                         // Trailers-only response: the outcome is known now.
                         (Some(g), Some(Some(code))) => {
+                            let sub = &g.endpoint().0;
+                            sub.common.record_report(&sub.core, &parts.headers);
                             finish(g, Some(code), *budget);
                             None
                         }
@@ -589,9 +591,13 @@ impl Body for ResponseBody {
         let this = self.project();
         let res = ready!(this.inner.poll_frame(cx));
         let finished = match &res {
-            Some(Ok(frame)) => frame
-                .trailers_ref()
-                .map(|t| grpc_status(t).unwrap_or(Code::Unknown)),
+            Some(Ok(frame)) => frame.trailers_ref().map(|t| {
+                if let Some(g) = this.pending.as_ref() {
+                    let sub = &g.endpoint().0;
+                    sub.common.record_report(&sub.core, t);
+                }
+                grpc_status(t).unwrap_or(Code::Unknown)
+            }),
             // A stream reset or broken body after the headers is a failure, whatever code it
             // maps to (a reset with CANCEL is not the client's cancellation: that drops the body).
             Some(Err(_)) => None,

@@ -6,6 +6,7 @@
 //! picker at once instead of after the next failed request.
 
 use std::borrow::Borrow;
+use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicU8, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -308,6 +309,10 @@ pub(crate) async fn run(sub: Arc<Subchannel>, id: u64, events: mpsc::UnboundedSe
             ),
         }
         tracing::debug!(endpoint = %sub.addr, "connected");
+        // gRFC A58 out-of-band reports: one `StreamCoreMetrics` stream on this connection while
+        // the policy asks for it (grpc-go's ORCA producer); it ends with the connection.
+        let mut oob_period = sub.common.oob_period.subscribe();
+        let mut oob = Oob::start(&channel, *oob_period.borrow_and_update());
         // `graceful`: the server is draining the connection (GOAWAY, e.g. gRPC's
         // `max_connection_age`). The old connection finishes its streams on its own; the
         // replacement starts connecting now, before the server closes the old one.
@@ -328,6 +333,18 @@ pub(crate) async fn run(sub: Arc<Subchannel>, id: u64, events: mpsc::UnboundedSe
                     if sub.drain_generation.load(Ordering::Acquire) == sub.generation() {
                         break ("the connection refused a request (GOAWAY or closed)", true);
                     }
+                }
+                report = oob.next() => match report {
+                    Some(Ok(r)) => sub.core.report_load(sub.common.now(), &r),
+                    Some(Err(e)) => {
+                        tracing::debug!(endpoint = %sub.addr, error = %e, "load report stream failed; retrying");
+                        oob = Oob::retry(&channel, *oob_period.borrow());
+                    }
+                    // UNIMPLEMENTED, or the server ended it: none on this connection.
+                    None => oob = Oob::Off,
+                },
+                Ok(()) = oob_period.changed() => {
+                    oob = Oob::start(&channel, *oob_period.borrow_and_update());
                 }
                 _ = health_tick => {
                     let h = config.health.as_ref().expect("health tick only with health checks");
@@ -360,6 +377,50 @@ pub(crate) async fn run(sub: Arc<Subchannel>, id: u64, events: mpsc::UnboundedSe
         tracing::info!(endpoint = %sub.addr, reason, "connection lost; reconnecting");
         if let Ok(mut last) = sub.last_error.lock() {
             *last = Some(reason.to_string());
+        }
+    }
+}
+
+/// A connection's out-of-band load report stream (gRFC A58 with `enable_oob_load_report`).
+enum Oob {
+    Off,
+    On(pickwise_orca::client::OobStream),
+    /// The stream failed: opened again after `.1` (the reporting period, at least a second).
+    Retry(Pin<Box<tokio::time::Sleep>>, Channel, Duration),
+}
+
+impl Oob {
+    /// The stream for `period_ns` (0: none) on `channel`.
+    fn start(channel: &Channel, period_ns: u64) -> Self {
+        if period_ns == 0 {
+            return Self::Off;
+        }
+        let period = Duration::from_nanos(period_ns);
+        Self::On(pickwise_orca::client::OobStream::open(channel.clone(), period))
+    }
+
+    /// The stream for `period_ns` again after a failure, once a period (at least 1 s) passed.
+    fn retry(channel: &Channel, period_ns: u64) -> Self {
+        if period_ns == 0 {
+            return Self::Off;
+        }
+        let period = Duration::from_nanos(period_ns);
+        let sleep = Box::pin(tokio::time::sleep(period.max(Duration::from_secs(1))));
+        Self::Retry(sleep, channel.clone(), period)
+    }
+
+    /// The next report (pending forever while off).
+    async fn next(&mut self) -> Option<Result<pickwise::wrr::LoadReport, tonic::Status>> {
+        use futures_util::StreamExt as _;
+        loop {
+            match self {
+                Self::Off => return std::future::pending().await,
+                Self::On(s) => return s.next().await,
+                Self::Retry(sleep, channel, period) => {
+                    sleep.as_mut().await;
+                    *self = Self::On(pickwise_orca::client::OobStream::open(channel.clone(), *period));
+                }
+            }
         }
     }
 }

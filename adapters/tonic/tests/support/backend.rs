@@ -1,7 +1,7 @@
 //! A real tonic server for tests and the `loadtest` example: `grpc.health.v1.Health/Check` on
 //! loopback, in its own thread and runtime (like a separate process), with a configurable extra
-//! delay, a failure switch, a failing share of calls, a hit counter, and an `x-backend` response
-//! header naming it.
+//! delay, a failure switch, a failing share of calls, a hit counter, an `x-backend` response
+//! header naming it, and ORCA load reports (per call and out of band) from `knobs.orca`.
 //! `kill()` drops its runtime: every socket closes at once, as when a process dies.
 
 #![allow(dead_code, unreachable_pub)]
@@ -33,6 +33,11 @@ pub struct Knobs {
     pub fail_percent: Arc<AtomicU64>,
     /// Check calls answered UNAVAILABLE because of `fail_percent`.
     pub failed_fast: Arc<AtomicU64>,
+    /// ORCA load reports (gRFC A51): what this server reports out of band
+    /// (`OpenRcaService`, 50 ms minimum interval) and, while `per_call_reports` is on, in each
+    /// Check's `endpoint-load-metrics-bin` trailer.
+    pub orca: pickwise_orca::server::ServerMetricsRecorder,
+    pub per_call_reports: Arc<AtomicBool>,
 }
 
 struct Service {
@@ -51,6 +56,18 @@ impl Health for Service {
         if pct > 0 && mix(hit) % 100 < pct {
             self.knobs.failed_fast.fetch_add(1, Ordering::Relaxed);
             return Err(Status::unavailable(format!("{} failed this call", self.name)));
+        }
+        if self.knobs.per_call_reports.load(Ordering::Relaxed) {
+            if let Some(r) = _req
+                .extensions()
+                .get::<pickwise_orca::server::CallMetricsRecorder>()
+            {
+                // The server-wide values go out merged under the call's (the layer's
+                // provider); recording one marks the call as reporting.
+                if let Some(q) = self.knobs.orca.snapshot().qps {
+                    r.set_qps(q);
+                }
+            }
         }
         let timeout = _req
             .metadata()
@@ -149,6 +166,7 @@ impl Backend {
             knobs: knobs.clone(),
         };
         let knobs_conn = knobs.connections.clone();
+        let orca = knobs.orca.clone();
         runtime.spawn(async move {
             let Ok(listener) = tokio::net::TcpListener::from_std(listener) else {
                 return;
@@ -169,7 +187,14 @@ impl Backend {
                 }
             }
             let _ = server
+                .layer(pickwise_orca::server::CallMetricsLayer::with_server_metrics(
+                    orca.clone(),
+                ))
                 .add_service(HealthServer::new(service))
+                .add_service(
+                    pickwise_orca::server::OpenRcaServer::new(orca)
+                        .with_min_report_interval(Duration::from_millis(50)),
+                )
                 .serve_with_incoming(incoming)
                 .await;
         });
