@@ -1,7 +1,9 @@
 //! Builders for the resources a gRPC client needs, in the shapes Istio and go-control-plane
 //! send them: an API listener with RDS, one virtual host, EDS clusters, localities.
 
-use envoy_types::pb::envoy::config::cluster::v3::{cluster, load_balancing_policy, Cluster, LoadBalancingPolicy};
+use envoy_types::pb::envoy::config::cluster::v3::{
+    cluster, load_balancing_policy, Cluster, LoadBalancingPolicy,
+};
 use envoy_types::pb::envoy::config::core::v3::{
     address, socket_address::PortSpecifier, AggregatedConfigSource, ConfigSource, Locality as PbLocality,
     Metadata, SocketAddress,
