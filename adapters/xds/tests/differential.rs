@@ -84,6 +84,10 @@ struct Scenario {
     /// volume 10, minimum hosts 3, enforcing 100%; interval 1 s, base ejection 30 s).
     #[serde(default)]
     outlier_failure_percentage: u32,
+    /// ORCA per-call load reports (gRFC A51) a backend attaches to every call: `[qps,
+    /// application_utilization]` (for `weighted_round_robin`).
+    #[serde(default)]
+    orca: BTreeMap<String, (f64, f64)>,
 }
 
 fn connect_timeout() -> u64 {
@@ -127,6 +131,8 @@ enum Kind {
 enum PolicyName {
     RoundRobin,
     RingHash,
+    /// `wrr_locality` over `client_side_weighted_round_robin`, blackout 0, 100 ms updates.
+    WeightedRoundRobin,
 }
 
 impl PolicyName {
@@ -134,6 +140,10 @@ impl PolicyName {
         match self {
             Self::RoundRobin => Policy::RoundRobin,
             Self::RingHash => Policy::RingHash { min: 1024, max: 4096 },
+            Self::WeightedRoundRobin => Policy::WeightedRoundRobin {
+                blackout_ms: 0,
+                update_ms: 100,
+            },
         }
     }
 }
@@ -675,6 +685,17 @@ async fn run(name: &str) {
     let s: Scenario = serde_json::from_str(&std::fs::read_to_string(&path).expect("scenario file"))
         .unwrap_or_else(|e| panic!("{path}: {e}"));
     let mut fleet = Fleet::start(&s.backends);
+    for (name, (qps, utilization)) in &s.orca {
+        let b = fleet
+            .live
+            .get(name)
+            .expect("ORCA reports come from live backends");
+        b.knobs.orca.set_qps(*qps);
+        b.knobs.orca.set_application_utilization(*utilization);
+        b.knobs
+            .per_call_reports
+            .store(true, std::sync::atomic::Ordering::Relaxed);
+    }
     let mut cp = ControlPlane::start().await.expect("control plane");
     cp.set(resources::listener(NAME, "routes"));
     cp.set(routes(&s, "routes"));
@@ -862,4 +883,6 @@ scenarios!(
     routing_hash_policy_terminal,
     routing_header_safe_regex_full_match,
     routing_weighted_clusters,
+    wrr_reported_loads_one_to_ten,
+    wrr_unreported_backend_takes_the_mean,
 );
