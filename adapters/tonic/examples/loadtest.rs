@@ -7,7 +7,7 @@
 //! ```text
 //! cargo run --release -p pickwise-tonic --example loadtest -- [--targets host:port,...]
 //!     [--policy NAME]... [--duration SECS] [--concurrency N] [--healthy] [--fail-percent P]
-//!     [--failure-penalty K] [--json]
+//!     [--failure-penalty K] [--unequal] [--json]
 //! ```
 //!
 //! pickwise runs use a 100 ms..1 s reconnect backoff and a 1 s base ejection, so a run of a few
@@ -19,10 +19,17 @@
 //! `--fail-percent 30 --concurrency 32 --policy p2c-peak-ewma --policy round-robin` gives the
 //! figures `tests/partial_failure.rs` checks. The `err %` column is errors / (successes + errors).
 //!
+//! `--unequal` is issue 18's unequal-capacity scenario: backend 0 has a quarter of the others'
+//! workers and every backend reports its own load (ORCA: qps and busy workers).
+//! `--unequal --policy round-robin --policy p2c-peak-ewma --policy weighted-round-robin
+//! --policy p2c-peak-ewma-orca` compares the report-driven policies with the blind ones.
+//!
 //! With `--targets`, `per_backend` counts come from pickwise's own statistics (requests started);
 //! tonic's `balance_list` does not report where requests went, so its map is empty.
 //!
-//! Policies: `p2c-peak-ewma`, `p2c-least-request`, `ring-hash`, `round-robin` (pickwise's),
+//! Policies: `p2c-peak-ewma`, `p2c-least-request`, `ring-hash`, `round-robin`,
+//! `weighted-round-robin` (gRFC A58 on ORCA reports), `p2c-peak-ewma-orca` (peak-EWMA with the
+//! reported utilization in the cost) (pickwise's),
 //! `tonic-balance-list` (tonic's own `Channel::balance_list`), and for the overhead comparison
 //! `direct` (one tonic `Channel` to the first target) and `pickwise-single` (pickwise over that
 //! same target).
@@ -43,11 +50,13 @@ use pickwise_tonic::{Backoff, Builder, HashPolicy, OutlierConfig, Policy, PoolCo
 use tonic::transport::{Channel, Endpoint};
 use tonic_health::pb::{health_client::HealthClient, HealthCheckRequest};
 
-const ALL: [&str; 7] = [
+const ALL: [&str; 9] = [
     "p2c-peak-ewma",
     "p2c-least-request",
     "ring-hash",
     "round-robin",
+    "weighted-round-robin",
+    "p2c-peak-ewma-orca",
     "tonic-balance-list",
     "direct",
     "pickwise-single",
@@ -80,6 +89,12 @@ struct Args {
     /// is this multiple of its latency; 1 = a failure only never lowers the estimate).
     #[arg(long, value_name = "K", default_value_t = pickwise_tonic::pickwise::pool::DEFAULT_FAILURE_PENALTY)]
     failure_penalty: f32,
+    /// Unequal capacity (issue 18): the embedded backends have 16 workers each taking 2 ms per
+    /// call, backend 0 a quarter of that (4), all alive; every backend reports its own load
+    /// (ORCA: qps and busy workers). The setting for `weighted-round-robin` and
+    /// `p2c-peak-ewma-orca` against `round-robin` and `p2c-peak-ewma`.
+    #[arg(long, conflicts_with_all = ["targets", "fail_percent", "healthy"])]
+    unequal: bool,
     /// One JSON object per policy instead of the table.
     #[arg(long)]
     json: bool,
@@ -185,6 +200,13 @@ async fn make_channel(policy: &str, targets: &[String], failure_penalty: f32) ->
             })
             .wait_for_ready(Duration::from_secs(2))
     };
+    // gRFC A58 with a 1 s blackout and 200 ms updates, so a run of a few seconds shows it (the
+    // defaults are 10 s and 1 s).
+    let wrr = pickwise_tonic::LbPolicy::WeightedRoundRobin(pickwise_tonic::pickwise::wrr::WrrConfig {
+        blackout_ns: 1_000_000_000,
+        update_ns: 200_000_000,
+        ..Default::default()
+    });
     let ch = match policy {
         "p2c-peak-ewma" => AnyChannel::Pickwise(pw().p2c(Policy::PeakEwma).build_static(targets.to_vec())),
         "p2c-least-request" => {
@@ -196,6 +218,17 @@ async fn make_channel(policy: &str, targets: &[String], failure_penalty: f32) ->
                 .build_static(targets.to_vec()),
         ),
         "round-robin" => AnyChannel::Pickwise(pw().round_robin().build_static(targets.to_vec())),
+        "weighted-round-robin" => AnyChannel::Pickwise(pw().policy(wrr).build_static(targets.to_vec())),
+        // pickwise's ORCA-aware P2C: peak-EWMA's cost × (1 + reported utilization).
+        "p2c-peak-ewma-orca" => AnyChannel::Pickwise(
+            pw().pool(PoolConfig {
+                failure_penalty,
+                utilization_weight: 1.0,
+                ..PoolConfig::default()
+            })
+            .p2c(Policy::PeakEwma)
+            .build_static(targets.to_vec()),
+        ),
         "pickwise-single" => {
             AnyChannel::Pickwise(pw().p2c(Policy::PeakEwma).build_static([targets[0].clone()]))
         }
@@ -385,6 +418,10 @@ fn main() -> ExitCode {
             backends = (0..4).map(|_| Backend::start()).collect();
             if let Some(pct) = args.fail_percent {
                 backends[3].set_fail_percent(pct);
+            } else if args.unequal {
+                for (i, b) in backends.iter().enumerate() {
+                    b.set_capacity(if i == 0 { 4 } else { 16 }, 2);
+                }
             } else if !args.healthy {
                 backends[1].set_delay(20);
             }
@@ -400,6 +437,10 @@ fn main() -> ExitCode {
                 args.fail_percent.unwrap_or(0)
             ),
             None if args.healthy => println!("4 equal local backends: {}", targets.join(", ")),
+            None if args.unequal => println!(
+                "4 local backends: {} (16 workers x 2 ms each, backend 0 only 4; all report their load)",
+                targets.join(", ")
+            ),
             None => println!(
                 "4 local backends: {} (backend 1 +20 ms; backend 3 killed at 1/2 of each run, restarted at 3/4)",
                 targets.join(", ")
@@ -417,7 +458,7 @@ fn main() -> ExitCode {
         duration: args.duration,
         concurrency: args.concurrency as usize,
         progress,
-        faults: !args.healthy && args.fail_percent.is_none(),
+        faults: !args.healthy && !args.unequal && args.fail_percent.is_none(),
         failure_penalty: args.failure_penalty,
     };
     let mut rows = Vec::new();

@@ -38,6 +38,13 @@ pub struct Knobs {
     /// Check's `endpoint-load-metrics-bin` trailer.
     pub orca: pickwise_orca::server::ServerMetricsRecorder,
     pub per_call_reports: Arc<AtomicBool>,
+    /// A finite capacity ([`Backend::set_capacity`]): each Check holds one of this many workers
+    /// for `work_ms`, waiting when all are busy; the server then reports its own load (qps and
+    /// busy workers as application utilization, sampled every 50 ms) in `orca`.
+    pub capacity: Arc<Mutex<Option<Arc<tokio::sync::Semaphore>>>>,
+    pub workers: Arc<AtomicU64>,
+    pub work_ms: Arc<AtomicU64>,
+    pub busy: Arc<AtomicU64>,
 }
 
 struct Service {
@@ -68,6 +75,13 @@ impl Health for Service {
                     r.set_qps(q);
                 }
             }
+        }
+        let capacity = self.knobs.capacity.lock().unwrap().clone();
+        if let Some(sem) = capacity {
+            let _worker = sem.acquire().await;
+            self.knobs.busy.fetch_add(1, Ordering::Relaxed);
+            tokio::time::sleep(Duration::from_millis(self.knobs.work_ms.load(Ordering::Relaxed))).await;
+            self.knobs.busy.fetch_sub(1, Ordering::Relaxed);
         }
         let timeout = _req
             .metadata()
@@ -113,6 +127,31 @@ impl Health for Service {
         resp.metadata_mut()
             .insert("x-backend", self.name.parse().expect("ascii name"));
         Ok(resp)
+    }
+}
+
+/// While a capacity is set: every 50 ms, the server's qps (smoothed over about a second) and
+/// the share of busy workers (smoothed the same way) go into its ORCA recorder, as a real
+/// server's metrics recorder would publish them.
+async fn report_load(knobs: Knobs) {
+    let tick = Duration::from_millis(50);
+    let (mut qps, mut util, mut last_hits) = (0.0f64, 0.0f64, knobs.hits.load(Ordering::Relaxed));
+    loop {
+        tokio::time::sleep(tick).await;
+        let hits = knobs.hits.load(Ordering::Relaxed);
+        let rate = (hits - last_hits) as f64 / tick.as_secs_f64();
+        last_hits = hits;
+        let workers = knobs.workers.load(Ordering::Relaxed);
+        if workers == 0 {
+            continue;
+        }
+        let busy = knobs.busy.load(Ordering::Relaxed) as f64 / workers as f64;
+        // An EWMA with a 1 s time constant at 50 ms ticks.
+        let a = 0.05;
+        qps += a * (rate - qps);
+        util += a * (busy - util);
+        knobs.orca.set_qps(qps.max(0.01));
+        knobs.orca.set_application_utilization(util.max(0.01));
     }
 }
 
@@ -166,6 +205,7 @@ impl Backend {
             knobs: knobs.clone(),
         };
         let knobs_conn = knobs.connections.clone();
+        runtime.spawn(report_load(knobs.clone()));
         let orca = knobs.orca.clone();
         runtime.spawn(async move {
             let Ok(listener) = tokio::net::TcpListener::from_std(listener) else {
@@ -203,6 +243,16 @@ impl Backend {
             knobs,
             runtime: Some(runtime),
         })
+    }
+
+    /// Gives the backend `workers` workers, each Check taking one for `work_ms` (queueing when
+    /// all are busy), and makes it report its load (ORCA, per call and out of band).
+    pub fn set_capacity(&self, workers: u64, work_ms: u64) {
+        let workers = workers.max(1);
+        self.knobs.workers.store(workers, Ordering::Relaxed);
+        self.knobs.work_ms.store(work_ms, Ordering::Relaxed);
+        *self.knobs.capacity.lock().unwrap() = Some(Arc::new(tokio::sync::Semaphore::new(workers as usize)));
+        self.knobs.per_call_reports.store(true, Ordering::Relaxed);
     }
 
     /// Restarts a killed backend on its old port, keeping its knobs.
