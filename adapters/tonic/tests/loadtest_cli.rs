@@ -91,3 +91,41 @@ fn fail_percent_scenario_reports_errors_per_policy() {
     assert!(errors > 0, "{stdout}");
     assert!(stdout.lines().any(|l| l.starts_with("p2c-peak-ewma")), "{stdout}");
 }
+
+/// Issue 18's scenario: unequal capacity with ORCA reports; the report-driven policies run over
+/// all four backends without errors (the shares are the loadtest's figures, not asserted here).
+#[test]
+fn unequal_scenario_runs_the_report_driven_policies() {
+    let out = loadtest()
+        .args([
+            "--policy",
+            "weighted-round-robin",
+            "--policy",
+            "p2c-peak-ewma-orca",
+            "--duration",
+            "2.5",
+            "--concurrency",
+            "16",
+            "--unequal",
+            "--json",
+        ])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let stdout = String::from_utf8(out.stdout).unwrap();
+    for policy in ["weighted-round-robin", "p2c-peak-ewma-orca"] {
+        let line = stdout
+            .lines()
+            .find(|l| l.contains(&format!("\"{policy}\"")))
+            .expect(&stdout);
+        let v: serde_json::Value = serde_json::from_str(line).unwrap();
+        assert_eq!(v["errors"], 0, "{line}");
+        let per: Vec<f64> = v["per_backend"]
+            .as_object()
+            .unwrap()
+            .values()
+            .map(|x| x.as_f64().unwrap())
+            .collect();
+        assert_eq!(per.len(), 4, "{line}");
+    }
+}
