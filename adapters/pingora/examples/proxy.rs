@@ -10,7 +10,8 @@
 //! ```text
 //! cargo run --release -p pickwise-pingora --example proxy -- [--policy NAME]... [--duration SECS]
 //!     [--concurrency N] [--targets host:port,...] [--healthy] [--h2c] [--json]
-//!     [--dead N] [--fail-percent P]
+//!     [--dead N] [--fail-percent P] [--load-report VALUE]... [--wrr-blackout-ms MS]
+//!     [--wrr-update-ms MS]
 //! ```
 //!
 //! The two scenarios of issue 16: `--healthy --backends 3 --dead 2 --concurrency 32` (three live
@@ -20,7 +21,16 @@
 //!
 //! Selections: `p2c-peak-ewma`, `p2c-least-request`, `ring-hash` and `maglev` (pickwise, keyed by
 //! an `x-key` header drawn from 1,000 users), `pingora-round-robin`, `pingora-ketama` (Pingora's
-//! own `RoundRobin` and `Consistent`, the latter keyed like ring hash).
+//! own `RoundRobin` and `Consistent`, the latter keyed like ring hash), and
+//! `weighted-round-robin` (gRFC A58 on the backends' ORCA reports, Envoy's
+//! `client_side_weighted_round_robin`; blackout 0 and a 100 ms update period by default so a short
+//! run shows the weights).
+//!
+//! `--load-report` makes the embedded backends send Envoy's `endpoint-load-metrics` header: the
+//! first value goes to backend 0, the second to backend 1, and so on. The 1:10 scenario:
+//! `--healthy --backends 2 --policy weighted-round-robin
+//! --load-report "TEXT cpu_utilization:1.0,rps_fractional:10"
+//! --load-report "TEXT cpu_utilization:0.1,rps_fractional:10"` (backend 1 takes ~91%).
 
 #[path = "../tests/support/backend.rs"]
 mod backend;
@@ -38,15 +48,17 @@ use std::time::Duration;
 
 use backend::HttpBackend;
 use clap::Parser;
+use pickwise::wrr::WrrConfig;
 use pickwise::{HashPolicy, LbPolicy, NoKey, Policy, PoolConfig, RingConfig};
 use pickwise_pingora::Shared;
 use proxy::Selection;
 
-const ALL: [&str; 6] = [
+const ALL: [&str; 7] = [
     "p2c-peak-ewma",
     "p2c-least-request",
     "ring-hash",
     "maglev",
+    "weighted-round-robin",
     "pingora-round-robin",
     "pingora-ketama",
 ];
@@ -90,6 +102,16 @@ struct Args {
     /// The last embedded backend answers this percentage of requests with a fast 503.
     #[arg(long, value_parser = clap::value_parser!(u64).range(0..=100), conflicts_with_all = ["targets", "h2c"])]
     fail_percent: Option<u64>,
+    /// An `endpoint-load-metrics` value (`TEXT k:v,...`, `JSON {...}`, `BIN <base64>`) for the
+    /// embedded backends to send with every response: the first for backend 0, and so on.
+    #[arg(long = "load-report", conflicts_with_all = ["targets", "h2c"])]
+    load_reports: Vec<String>,
+    /// `weighted-round-robin`'s blackout period (A58's default is 10 s).
+    #[arg(long, default_value_t = 0)]
+    wrr_blackout_ms: u64,
+    /// `weighted-round-robin`'s weight update period (at least 100 ms).
+    #[arg(long, default_value_t = 100)]
+    wrr_update_ms: u64,
 }
 
 /// A loopback address nothing listens on (bound, then released): connections are refused.
@@ -110,9 +132,9 @@ fn resolved(target: &str) -> String {
         .map_or_else(|| target.to_string(), |a| a.to_string())
 }
 
-fn selection(name: &str, failure_penalty: f32) -> (Selection, bool) {
+fn selection(name: &str, args: &Args) -> (Selection, bool) {
     let config = PoolConfig {
-        failure_penalty,
+        failure_penalty: args.failure_penalty,
         ..PoolConfig::default()
     };
     let pickwise = |p| Selection::Pickwise(Shared::new(p, config));
@@ -133,6 +155,14 @@ fn selection(name: &str, failure_penalty: f32) -> (Selection, bool) {
                 no_key: NoKey::P2c,
             }),
             true,
+        ),
+        "weighted-round-robin" => (
+            pickwise(LbPolicy::WeightedRoundRobin(WrrConfig {
+                blackout_ns: args.wrr_blackout_ms * 1_000_000,
+                update_ns: args.wrr_update_ms * 1_000_000,
+                ..WrrConfig::default()
+            })),
+            false,
         ),
         "pingora-round-robin" => (Selection::RoundRobin, false),
         _ => (Selection::Ketama, true),
@@ -220,6 +250,11 @@ fn main() {
             if let (Some(pct), Some(Local::Http(last))) = (args.fail_percent, b.last()) {
                 last.set_fail_percent(pct);
             }
+            for (local, report) in b.iter().zip(&args.load_reports) {
+                if let Local::Http(backend) = local {
+                    backend.set_load_report(Some(report));
+                }
+            }
             b.iter().map(Local::addr).collect()
         }
     };
@@ -245,6 +280,9 @@ fn main() {
         if let Some(pct) = args.fail_percent {
             println!("the last embedded backend answers {pct}% of requests with a fast 503");
         }
+        for (i, report) in args.load_reports.iter().take(targets.len()).enumerate() {
+            println!("backend {i} reports endpoint-load-metrics: {report}");
+        }
         println!(
             "{} in flight, {:.1} s per selection\n",
             args.concurrency, args.duration
@@ -259,7 +297,7 @@ fn main() {
         println!("|---|---|---|---|---|{}", "---|".repeat(targets.len()));
     }
     for name in &policies {
-        let (sel, keyed) = selection(name, args.failure_penalty);
+        let (sel, keyed) = selection(name, &args);
         let proxy = proxy::start_with(sel, &targets, keyed.then_some("x-key"), args.h2c);
         let mut hooks: Vec<(Duration, Box<dyn FnOnce() + Send>)> = Vec::new();
         if args.targets.is_none() && !args.healthy {

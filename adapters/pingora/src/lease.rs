@@ -15,13 +15,22 @@
 //! | an error caused downstream or locally (client gone, malformed request) | neutral |
 //!
 //! Every completion also runs the pool's timer when due ([`Shared::handle_timeout`]).
+//!
+//! **Load reports.** A response (or its trailers) carrying an ORCA report — Envoy's
+//! `endpoint-load-metrics` header (`TEXT`, `JSON` or `BIN` form) or `endpoint-load-metrics-bin`
+//! — feeds the backend's [`EndpointState::report_load`], which `weighted_round_robin` (gRFC A58)
+//! weighs by. As in Envoy's router, the first report of an attempt counts (headers before
+//! trailers); a malformed one is logged at debug level and ignored; a response without one
+//! changes nothing.
 
 use std::borrow::Borrow;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
 use pickwise::outcome::{self, Observed};
+use pickwise::wrr::LoadReport;
 use pickwise::{EndpointState, InFlight, Outcome, Pool};
+use pickwise_orca::header::{parse_headers, ENDPOINT_LOAD_METRICS, ENDPOINT_LOAD_METRICS_BIN};
 use pingora::http::ResponseHeader;
 use pingora::lb::{Backend, LoadBalancer};
 use pingora::{Error, ErrorSource, ErrorType};
@@ -111,6 +120,8 @@ pub struct Tracker {
     /// Backends of the attempts so far (the last [`TRIED`]), for retry exclusion.
     tried: [Option<SocketAddr>; TRIED],
     attempts: usize,
+    /// Whether the current attempt's load report was read (the first one counts).
+    reported: bool,
 }
 
 impl Tracker {
@@ -164,6 +175,7 @@ impl Tracker {
     pub fn start(&mut self, backend: &Backend) {
         self.end(Outcome::Failure);
         self.outcome = None;
+        self.reported = false;
         if let Some(a) = backend.addr.as_inet() {
             self.tried[self.attempts % TRIED] = Some(*a);
         }
@@ -186,7 +198,8 @@ impl Tracker {
     /// Response headers arrived. An informational response (100 Continue) is ignored: the final
     /// one follows. A success so far takes the latency sample now (tower's
     /// `CompleteOnResponse`); a 5xx or a failing `grpc-status` (trailers-only response) marks the
-    /// attempt failed and takes no sample.
+    /// attempt failed and takes no sample. An ORCA load report in the headers reaches the
+    /// backend's state (see the module docs).
     pub fn response(&mut self, header: &ResponseHeader) {
         let outcome = match header.headers.get("grpc-status") {
             Some(code) => outcome::grpc_header(code.as_bytes()),
@@ -195,6 +208,7 @@ impl Tracker {
                 None => return, // 1xx
             },
         };
+        self.load_report(&header.headers);
         self.outcome = Some(outcome);
         if outcome == Outcome::Success {
             if let Some(lease) = self.lease.as_mut() {
@@ -204,8 +218,10 @@ impl Tracker {
         }
     }
 
-    /// Response trailers arrived: a `grpc-status` there decides the attempt (Envoy's mapping).
+    /// Response trailers arrived: a `grpc-status` there decides the attempt (Envoy's mapping);
+    /// an ORCA load report there counts if the headers had none.
     pub fn trailers(&mut self, trailers: &pingora::http::HMap) {
+        self.load_report(trailers);
         if let Some(code) = trailers.get("grpc-status") {
             let o = outcome::grpc_header(code.as_bytes());
             if self.outcome != Some(Outcome::Failure) {
@@ -231,6 +247,31 @@ impl Tracker {
     /// Whether a slot is held.
     pub fn holding(&self) -> bool {
         self.lease.is_some()
+    }
+
+    /// Feeds the attempt's backend the ORCA report in `headers`, if there is one and none was
+    /// read for this attempt yet.
+    fn load_report(&mut self, headers: &pingora::http::HMap) {
+        if self.reported
+            || !(headers.contains_key(ENDPOINT_LOAD_METRICS)
+                || headers.contains_key(ENDPOINT_LOAD_METRICS_BIN))
+        {
+            return;
+        }
+        let Some(lease) = self.lease.as_ref() else {
+            return;
+        };
+        self.reported = true;
+        match parse_headers(headers) {
+            Ok(report) => lease
+                .endpoint()
+                .report_load(lease_now(lease), &LoadReport::from(&report)),
+            Err(error) => tracing::debug!(
+                backend = ?self.current(),
+                %error,
+                "pickwise: ignoring a malformed ORCA load report"
+            ),
+        }
     }
 
     fn error_outcome(&self, error: &Error) -> Outcome {

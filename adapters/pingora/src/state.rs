@@ -16,7 +16,9 @@
 //! picks read the published picker and never lock.
 //!
 //! **Timers.** The core needs [`Balancer::handle_timeout`] now and then (ejection expiry,
-//! multiplier decay, stamp re-basing, gRFC A50's interval detection). Nothing has to remember it:
+//! multiplier decay, stamp re-basing, gRFC A50's interval detection, and for
+//! `weighted_round_robin` the weight update period, which publishes a picker with the weights
+//! from the latest load reports). Nothing has to remember it:
 //! every lease start and every [`Tracker`](crate::Tracker) completion already reads the clock and
 //! calls [`Shared::handle_timeout`], which costs one atomic load until the core's deadline
 //! ([`Shared::poll_timeout`]) passes; then one thread (a try-lock) runs it. Picks never do.
@@ -105,6 +107,8 @@ pub struct Shared {
     core: Mutex<Core>,
     /// The core's picker as last published: read lock-free on every `iter`.
     picker: ArcSwap<Picker>,
+    /// How many pickers were published (see [`Shared::picker_version`]).
+    published: AtomicU64,
     /// The endpoint states by socket address, for leases: read lock-free on every request.
     by_addr: ArcSwap<HashMap<SocketAddr, Arc<EndpointState>>>,
     /// When the core's [`handle_timeout`](Balancer::handle_timeout) is next due, on
@@ -142,6 +146,7 @@ impl Shared {
                 now: 0,
             }),
             picker: ArcSwap::from_pointee(picker),
+            published: AtomicU64::new(0),
             by_addr: ArcSwap::from_pointee(HashMap::new()),
             next_timeout: AtomicU64::new(0),
             epoch,
@@ -176,6 +181,13 @@ impl Shared {
     /// The current picker (lock-free; hold the guard briefly, as an iterator does).
     pub(crate) fn picker(&self) -> Guard<Arc<Picker>> {
         self.picker.load()
+    }
+
+    /// How many pickers the group has published since it was made: each rebuild, health flip
+    /// and timer run that changed the core's picker (for `weighted_round_robin`, every weight
+    /// update period while requests flow) adds one. Something to wait on.
+    pub fn picker_version(&self) -> u64 {
+        self.published.load(Ordering::Acquire)
     }
 
     /// The sum of the weights of the backends that are ready (not reported down by Pingora's
@@ -294,6 +306,7 @@ impl Shared {
             );
         }
         self.picker.store(picker.clone());
+        self.published.fetch_add(1, Ordering::Release);
         self.arm(&core);
         picker
     }
@@ -309,6 +322,7 @@ impl Shared {
         while core.balancer.poll_event().is_some() {}
         if let Some(picker) = core.balancer.poll_picker(now, fastrand::u64(..)) {
             self.picker.store(Arc::new(self.wrap(picker)));
+            self.published.fetch_add(1, Ordering::Release);
         }
         self.arm(core);
     }

@@ -1,14 +1,15 @@
 //! A real HTTP/1.1 server (hyper) on loopback in its own thread and runtime, like a separate
 //! process: answers every request with 200 and an `x-backend` header naming it, after an
 //! optional delay; can fail (503) always or for a share of requests, be killed (every socket
-//! closes) and restarted on its port.
+//! closes) and restarted on its port; can attach a fixed ORCA load report (Envoy's
+//! `endpoint-load-metrics` header) to every response.
 
 #![allow(dead_code, unreachable_pub)]
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -25,7 +26,12 @@ pub struct Knobs {
     pub fail: Arc<AtomicBool>,
     /// Percent of requests answered 503 at once (drawn at random per request).
     pub fail_percent: Arc<AtomicU64>,
+    /// The `endpoint-load-metrics` value sent with every response (`None`: no header).
+    pub load_report: Arc<Mutex<Option<String>>>,
 }
+
+/// Envoy's ORCA response header.
+pub const LOAD_REPORT_HEADER: &str = "endpoint-load-metrics";
 
 pub struct HttpBackend {
     pub addr: SocketAddr,
@@ -68,10 +74,12 @@ impl HttpBackend {
                                 tokio::time::sleep(Duration::from_millis(delay)).await;
                             }
                             let status = if fail { 503 } else { 200 };
+                            let mut response = Response::builder().status(status).header("x-backend", name);
+                            if let Some(report) = k.load_report.lock().unwrap().as_deref() {
+                                response = response.header(LOAD_REPORT_HEADER, report);
+                            }
                             Ok::<_, Infallible>(
-                                Response::builder()
-                                    .status(status)
-                                    .header("x-backend", name)
+                                response
                                     .body(Full::new(Bytes::from_static(b"ok")))
                                     .expect("response"),
                             )
@@ -115,6 +123,12 @@ impl HttpBackend {
 
     pub fn set_delay(&self, ms: u64) {
         self.knobs.delay_ms.store(ms, Ordering::Relaxed);
+    }
+
+    /// Send `report` as the `endpoint-load-metrics` header of every response (e.g.
+    /// `TEXT cpu_utilization:0.5,rps_fractional:10`); `None` stops reporting.
+    pub fn set_load_report(&self, report: Option<&str>) {
+        *self.knobs.load_report.lock().unwrap() = report.map(str::to_owned);
     }
 
     /// Answer `pct` percent of requests with a fast 503.

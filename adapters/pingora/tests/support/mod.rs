@@ -3,4 +3,5 @@ pub mod backend;
 pub mod grpc_backend;
 pub mod load;
 pub mod proxy;
+pub mod shares;
 pub mod wait;
