@@ -1,6 +1,7 @@
 //! Exhaustive interleavings (loom) of the ejection protocol: an ejection is published so that no
 //! concurrent pick can un-eject it, a late un-ejector never clears a newer ejection, two failures
-//! racing to the threshold eject once, and removal racing an ejection frees the slot exactly once.
+//! racing to the threshold eject once, removal racing an ejection frees the slot exactly once, and
+//! the balancer's interval ejection (gRFC A50) composes with both.
 //!
 //! `RUSTFLAGS="--cfg loom" cargo test -p pickwise --test loom --release` (CI runs it).
 #![cfg(loom)]
@@ -103,6 +104,41 @@ fn removal_racing_an_ejection_frees_the_slot_once() {
         let _ = ejector.join().unwrap();
         assert_eq!(pool.ejected(), 0);
         assert!(!e.is_ejected(MS));
+    });
+}
+
+/// The balancer's interval algorithm (gRFC A50, `Pool::eject_outlier`, on the balancer's timer)
+/// racing a data-path failure that reaches the consecutive-failure threshold: one ejection,
+/// one slot, whichever wins.
+#[test]
+fn interval_ejection_racing_a_failure_ejection_counts_once() {
+    loom::model(|| {
+        let (e, pool) = setup();
+        let (e2, pool2) = (e.clone(), pool.clone());
+        let failure = thread::spawn(move || fail(&e2, &pool2, MS));
+        let by_interval = pool.eject_outlier(&e, MS);
+        let by_failure = failure.join().unwrap();
+        assert!(
+            by_interval ^ by_failure,
+            "ejected twice or never: {by_interval} {by_failure}"
+        );
+        assert!(e.is_ejected(2 * MS));
+        assert_eq!(pool.ejected(), 1);
+    });
+}
+
+/// An interval ejection racing removal (the balancer applies a discovery removal while a sweep
+/// runs on another thread): the slot is freed exactly once and nothing stays ejected.
+#[test]
+fn interval_ejection_racing_removal_frees_the_slot_once() {
+    loom::model(|| {
+        let (e, pool) = setup();
+        let (e2, pool2) = (e.clone(), pool.clone());
+        let ejector = thread::spawn(move || pool2.eject_outlier(&e2, MS));
+        pool.remove(&e);
+        let _ = ejector.join().unwrap();
+        assert_eq!(pool.ejected(), 0);
+        assert!(!e.is_ejected(2 * MS));
     });
 }
 
