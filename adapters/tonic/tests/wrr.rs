@@ -113,3 +113,36 @@ async fn without_reports_it_is_round_robin() {
         .build_static(addrs(&backends));
     settles(&channel, &[(&backends[0], 1.0), (&backends[1], 1.0)]).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn out_of_band_stream_reopens_on_the_new_connection() {
+    let _serial = serial().await;
+    let mut backends: Vec<Backend> = (0..2).map(|_| Backend::start()).collect();
+    report(&backends[0], 10.0, 1.0);
+    report(&backends[1], 10.0, 0.1);
+    let channel = builder()
+        .service_config(&config(true))
+        .unwrap()
+        .build_static(addrs(&backends));
+    settles(&channel, &[(&backends[0], 1.0), (&backends[1], 10.0)]).await;
+    // The heavy backend restarts: its old stream dies with its connection; the weight it had is
+    // forgotten on READY (grpc-go), and only a stream on the new connection brings it back.
+    backends[1].kill();
+    until(
+        "the killed backend to leave the picker",
+        Duration::from_secs(10),
+        || {
+            channel
+                .stats()
+                .iter()
+                .filter(|s| s.state == pickwise_tonic::ConnectivityState::Ready)
+                .count()
+                == 1
+        },
+    )
+    .await;
+    backends[1].restart();
+    let seen = settles(&channel, &[(&backends[0], 1.0), (&backends[1], 10.0)]).await;
+    println!("after the restart: {seen:?}");
+    assert_no_in_flight(&channel);
+}
