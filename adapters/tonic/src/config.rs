@@ -71,6 +71,9 @@ pub(crate) struct Config {
     pub(crate) report_peer: bool,
     /// The service config's `methodConfig` (per-method `waitForReady`).
     pub(crate) methods: crate::service_config::MethodTable,
+    /// `grpc.target` and `grpc.lb.backend_service` on every instrument.
+    #[cfg(feature = "metrics")]
+    pub(crate) labels: crate::telemetry::ChannelLabels,
 }
 
 impl fmt::Debug for Config {
@@ -88,6 +91,30 @@ impl fmt::Debug for Config {
             .finish_non_exhaustive()
     }
 }
+
+/// Every code but OK (for [`Builder::failure_codes`]): how gRPC's outlier detection counts a
+/// call (grpc-go `outlierdetection` `incrementCounter`: a failure is any RPC that ended with an
+/// error). A gRPC service config with `outlier_detection_experimental` (and an xDS cluster with
+/// `outlier_detection`) selects it, so gRFC A50's success-rate and failure-percentage
+/// algorithms count what gRPC counts.
+pub const GRPC_NON_OK_CODES: [Code; 16] = [
+    Code::Cancelled,
+    Code::Unknown,
+    Code::InvalidArgument,
+    Code::DeadlineExceeded,
+    Code::NotFound,
+    Code::AlreadyExists,
+    Code::PermissionDenied,
+    Code::ResourceExhausted,
+    Code::FailedPrecondition,
+    Code::Aborted,
+    Code::OutOfRange,
+    Code::Unimplemented,
+    Code::Internal,
+    Code::Unavailable,
+    Code::DataLoss,
+    Code::Unauthenticated,
+];
 
 /// go-zero's failure codes (for [`Builder::failure_codes`]; the default is Envoy's mapping).
 pub const GO_ZERO_FAILURE_CODES: [Code; 6] = [
@@ -153,9 +180,32 @@ impl Builder {
                 subset: None,
                 report_peer: false,
                 methods: crate::service_config::MethodTable::default(),
+                #[cfg(feature = "metrics")]
+                labels: crate::telemetry::ChannelLabels {
+                    target: "pickwise".into(),
+                    backend_service: "".into(),
+                },
             },
             peers: None,
         }
+    }
+
+    /// The channel's target as instruments label it (`grpc.target`, gRFC A66: the URI the
+    /// channel was created for, e.g. `dns:///backends.internal:50051`; default `pickwise`).
+    #[cfg(feature = "metrics")]
+    #[cfg_attr(docsrs, doc(cfg(feature = "metrics")))]
+    pub fn target(mut self, target: impl Into<String>) -> Self {
+        self.config.labels.target = target.into().into();
+        self
+    }
+
+    /// The backend service (xDS cluster) as instruments label it (`grpc.lb.backend_service`,
+    /// gRFC A89; default empty).
+    #[cfg(feature = "metrics")]
+    #[cfg_attr(docsrs, doc(cfg(feature = "metrics")))]
+    pub fn backend_service(mut self, name: impl Into<String>) -> Self {
+        self.config.labels.backend_service = name.into().into();
+        self
     }
 
     /// P2C with `policy` as the cost.
@@ -211,6 +261,8 @@ impl Builder {
         }
         if let Some(o) = c.outlier {
             self.config.pool.outlier = o;
+            // gRFC A50 counts any non-OK call as a failure (grpc-go), not Envoy's mapping.
+            self = self.failure_codes(GRPC_NON_OK_CODES);
         }
         if let Some(s) = c.subset {
             let salt = pickwise::subset::Client::Stable {

@@ -120,10 +120,12 @@ pub mod service_config;
 mod snapshot;
 mod subchannel;
 mod subsetting;
+#[cfg(feature = "metrics")]
+mod telemetry;
 mod transport;
 
 pub use channel::{BalancedChannel, ResponseBody, ResponseFuture, WaitForReady};
-pub use config::{Backoff, Builder, HealthCheck, GO_ZERO_FAILURE_CODES};
+pub use config::{Backoff, Builder, HealthCheck, GO_ZERO_FAILURE_CODES, GRPC_NON_OK_CODES};
 #[doc(hidden)]
 pub use error::error_chain;
 pub use error::NoEndpoint;

@@ -53,10 +53,15 @@ impl ClusterBalancer {
             .lb
             .outlier
             .unwrap_or_else(pickwise_tonic::OutlierConfig::disabled);
-        let builder = builder
+        let mut builder = builder
             .policy(cluster.lb.policy)
             .report_peer(true)
             .outlier(outlier);
+        if cluster.lb.outlier.is_some() {
+            // gRFC A50 as gRPC counts: any non-OK call is a failure (grpc-go
+            // `outlierdetection.incrementCounter`), not Envoy's HTTP mapping.
+            builder = builder.failure_codes(pickwise_tonic::GRPC_NON_OK_CODES);
+        }
         let (tx, rx) = mpsc::unbounded_channel();
         let channel = builder.build_endpoints(tokio_stream::wrappers::UnboundedReceiverStream::new(rx));
         Self {

@@ -189,6 +189,9 @@ enum Action {
     Fail {
         backend: String,
         on: bool,
+        /// The gRPC code the failing calls get (default UNAVAILABLE).
+        #[serde(default)]
+        code: u64,
     },
     Delay {
         backend: String,
@@ -636,7 +639,13 @@ async fn apply(cp: &mut ControlPlane, fleet: &mut Fleet, s: &Scenario, action: &
     match action {
         Action::Kill { backend } => fleet.live.get_mut(backend).expect("a live backend").kill(),
         Action::Restart { backend } => fleet.live.get_mut(backend).expect("a live backend").restart(),
-        Action::Fail { backend, on } => fleet.live[backend].set_failing(*on),
+        Action::Fail { backend, on, code } => {
+            let b = &fleet.live[backend];
+            b.knobs
+                .fail_code
+                .store(*code, std::sync::atomic::Ordering::Relaxed);
+            b.set_failing(*on);
+        }
         Action::Delay { backend, ms } => fleet.live[backend].set_delay(*ms),
         Action::Localities { localities } => cp.set(eds(s, fleet, localities)),
         Action::Policy { policy } => cp.set(cluster(s, *policy)),
@@ -883,6 +892,7 @@ scenarios!(
     routing_hash_policy_terminal,
     routing_header_safe_regex_full_match,
     routing_weighted_clusters,
+    outlier_failure_percentage_counts_any_non_ok,
     wrr_reported_loads_one_to_ten,
     wrr_unreported_backend_takes_the_mean,
 );

@@ -21,6 +21,8 @@ pub struct Knobs {
     pub hits: Arc<AtomicU64>,
     pub delay_ms: Arc<AtomicU64>,
     pub fail: Arc<AtomicBool>,
+    /// The code a failing Check answers (`fail`): 0 means UNAVAILABLE.
+    pub fail_code: Arc<AtomicU64>,
     pub not_serving: Arc<AtomicBool>,
     /// TCP connections accepted.
     pub connections: Arc<AtomicU64>,
@@ -94,7 +96,11 @@ impl Health for Service {
             tokio::time::sleep(Duration::from_millis(delay)).await;
         }
         if self.knobs.fail.load(Ordering::Relaxed) {
-            return Err(Status::unavailable(format!("{} is failing", self.name)));
+            let code = match self.knobs.fail_code.load(Ordering::Relaxed) {
+                0 => tonic::Code::Unavailable,
+                c => tonic::Code::from(c as i32),
+            };
+            return Err(Status::new(code, format!("{} is failing", self.name)));
         }
         let status = if self.knobs.not_serving.load(Ordering::Relaxed) {
             ServingStatus::NotServing
