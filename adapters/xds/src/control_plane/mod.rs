@@ -1,6 +1,8 @@
 //! A small in-process ADS control plane (state of the world) for tests, demos and the loadtest:
 //! set resources, and every connected client gets them; records ACKs and NACKs; stops and
-//! restarts on the same port. It speaks to pickwise, gRPC C-core and grpc-go alike.
+//! restarts on the same port. It speaks to pickwise, gRPC C-core and grpc-go alike. It listens
+//! on TCP ([`ControlPlane::start`]) or on a Unix socket ([`ControlPlane::start_unix`], as
+//! istio-agent serves xDS to proxyless gRPC).
 //!
 //! ```no_run
 //! # async fn demo() -> std::io::Result<()> {
@@ -16,6 +18,7 @@
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 
@@ -86,9 +89,19 @@ impl Inner {
     }
 }
 
+/// Where the control plane listens.
+#[derive(Clone)]
+enum Bind {
+    /// TCP; the port is fixed after the first bind, so a restart serves on the same one.
+    Tcp(SocketAddr),
+    /// A Unix socket at this path (replaced on each bind).
+    Unix(PathBuf),
+}
+
 /// The control plane. Dropping it stops the server.
 pub struct ControlPlane {
     addr: SocketAddr,
+    bind: Bind,
     inner: Arc<Inner>,
     stop: Option<watch::Sender<bool>>,
 }
@@ -96,7 +109,7 @@ pub struct ControlPlane {
 impl std::fmt::Debug for ControlPlane {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("ControlPlane")
-            .field("addr", &self.addr)
+            .field("server_uri", &self.server_uri())
             .finish_non_exhaustive()
     }
 }
@@ -115,13 +128,29 @@ impl ControlPlane {
 
     /// Starts on `addr`.
     pub async fn start_at(addr: SocketAddr) -> std::io::Result<Self> {
+        Self::start_bound(Bind::Tcp(addr)).await
+    }
+
+    /// Starts on a Unix socket at `path` (a file left there is replaced). Clients reach it with
+    /// `server_uri` `unix:///absolute/path`, as in the bootstrap istio-agent writes for
+    /// proxyless gRPC (`unix:///etc/istio/proxy/XDS`).
+    pub async fn start_unix(path: impl Into<PathBuf>) -> std::io::Result<Self> {
+        Self::start_bound(Bind::Unix(path.into())).await
+    }
+
+    async fn start_bound(bind: Bind) -> std::io::Result<Self> {
         let (changed, _) = watch::channel(0);
         let inner = Arc::new(Inner {
             state: Mutex::new(State::default()),
             changed,
         });
+        let addr = match &bind {
+            Bind::Tcp(addr) => *addr,
+            Bind::Unix(_) => SocketAddr::from(([0, 0, 0, 0], 0)),
+        };
         let mut cp = Self {
             addr,
+            bind,
             inner,
             stop: None,
         };
@@ -130,37 +159,58 @@ impl ControlPlane {
     }
 
     async fn serve(&mut self) -> std::io::Result<()> {
-        let listener = tokio::net::TcpListener::bind(self.addr).await?;
-        self.addr = listener.local_addr()?;
         let (stop, stopped) = watch::channel(false);
         let service = Ads {
             inner: self.inner.clone(),
             stopped: stopped.clone(),
         };
         let mut until = stopped;
-        tokio::spawn(async move {
-            let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
-            let _ = tonic::transport::Server::builder()
-                .add_service(AggregatedDiscoveryServiceServer::new(service))
-                .serve_with_incoming_shutdown(incoming, async move {
-                    let _ = until.wait_for(|s| *s).await;
-                })
-                .await;
-        });
+        let router =
+            tonic::transport::Server::builder().add_service(AggregatedDiscoveryServiceServer::new(service));
+        let shutdown = async move {
+            let _ = until.wait_for(|s| *s).await;
+        };
+        match &self.bind {
+            Bind::Tcp(_) => {
+                let listener = tokio::net::TcpListener::bind(self.addr).await?;
+                self.addr = listener.local_addr()?;
+                let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
+                tokio::spawn(router.serve_with_incoming_shutdown(incoming, shutdown));
+            }
+            Bind::Unix(path) => {
+                match std::fs::remove_file(path) {
+                    Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(e),
+                    _ => {}
+                }
+                let listener = tokio::net::UnixListener::bind(path)?;
+                let incoming = tokio_stream::wrappers::UnixListenerStream::new(listener);
+                tokio::spawn(router.serve_with_incoming_shutdown(incoming, shutdown));
+            }
+        }
         self.stop = Some(stop);
         Ok(())
     }
 
-    /// The address clients connect to.
+    /// The TCP address clients connect to (`0.0.0.0:0` on a Unix socket: see
+    /// [`server_uri`](Self::server_uri)).
     pub fn addr(&self) -> SocketAddr {
         self.addr
+    }
+
+    /// The bootstrap's `server_uri` for this control plane: `host:port`, or
+    /// `unix:///path` on a Unix socket.
+    pub fn server_uri(&self) -> String {
+        match &self.bind {
+            Bind::Tcp(_) => self.addr.to_string(),
+            Bind::Unix(path) => format!("unix://{}", path.display()),
+        }
     }
 
     /// A gRFC A27 bootstrap pointing at this control plane.
     pub fn bootstrap_json(&self) -> String {
         format!(
             r#"{{"xds_servers":[{{"server_uri":"{}","channel_creds":[{{"type":"insecure"}}],"server_features":["xds_v3"]}}],"node":{{"id":"pickwise-test","cluster":"test","locality":{{"zone":"z1"}}}}}}"#,
-            self.addr
+            self.server_uri()
         )
     }
 
@@ -227,7 +277,7 @@ impl ControlPlane {
         }
     }
 
-    /// Serves again on the same port after [`stop`](Self::stop).
+    /// Serves again on the same port (or socket path) after [`stop`](Self::stop).
     pub async fn restart(&mut self) -> std::io::Result<()> {
         self.stop().await;
         let mut last = None;
