@@ -311,6 +311,11 @@ impl EndpointState {
         self.load.weight(now, config)
     }
 
+    /// [`load_weight`](Self::load_weight) with why it is or is not usable.
+    pub fn load_weight_state(&self, now: u64, config: &WrrConfig) -> (f64, crate::wrr::WeightState) {
+        self.load.weight_state(now, config)
+    }
+
     /// The utilization of the last load report if it is at most `max_age_ns` old at `now`
     /// (application utilization when the report had it, else CPU).
     #[inline]

@@ -179,19 +179,24 @@ impl LoadWeight {
     /// The weight to schedule with at `now`, 0 when not usable (grpc-go `endpointWeight.weight`):
     /// no report yet, stale (which restarts the blackout), or still in the blackout.
     pub(crate) fn weight(&self, now: u64, cfg: &WrrConfig) -> f64 {
+        self.weight_state(now, cfg).0
+    }
+
+    /// [`weight`](Self::weight) with why it is or is not usable (gRFC A78's counters).
+    pub(crate) fn weight_state(&self, now: u64, cfg: &WrrConfig) -> (f64, WeightState) {
         let last = self.last_updated.load(Relaxed);
         if last == NEVER {
-            return 0.0;
+            return (0.0, WeightState::NotYetUsable);
         }
         let now_ms = millis(now);
         if u64::from(elapsed_ms(now_ms, last)) * 1_000_000 >= cfg.expiration_ns {
             self.non_empty_since.store(NEVER, Relaxed);
-            return 0.0;
+            return (0.0, WeightState::Stale);
         }
         if cfg.blackout_ns != 0 {
             let since = self.non_empty_since.load(Relaxed);
             if since == NEVER || u64::from(elapsed_ms(now_ms, since)) * 1_000_000 < cfg.blackout_ns {
-                return 0.0;
+                return (0.0, WeightState::NotYetUsable);
             }
         }
         let f = |a: &AtomicU32| f64::from(f32::from_bits(a.load(Relaxed)));
@@ -201,8 +206,41 @@ impl LoadWeight {
             qps: f(&self.qps),
             eps: f(&self.eps),
         };
-        weight_of(&r, f64::from(cfg.error_utilization_penalty)).unwrap_or(0.0)
+        match weight_of(&r, f64::from(cfg.error_utilization_penalty)) {
+            Some(w) => (w, WeightState::Usable),
+            None => (0.0, WeightState::NotYetUsable),
+        }
     }
+}
+
+/// Why an endpoint's report weight is or is not used (grpc-go `endpointWeight.weight`), as gRFC
+/// A78 counts them: `grpc.lb.wrr.endpoint_weight_not_yet_usable` (no report yet, or still in the
+/// blackout) and `grpc.lb.wrr.endpoint_weight_stale` (the last report expired).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum WeightState {
+    /// A weight from a recent report, past the blackout.
+    Usable,
+    /// No report yet, or still in the blackout period.
+    NotYetUsable,
+    /// The last report is older than the expiration period.
+    Stale,
+}
+
+#[cfg(feature = "alloc")]
+/// What one `weighted_round_robin` scheduler build saw (one per picker the
+/// [`Balancer`](crate::balancer::Balancer) publishes): plain data an adapter records as gRFC
+/// A78's instruments (the core records nothing itself).
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct WrrStats {
+    /// Localities whose scheduler fell back to plain round robin because fewer than two of its
+    /// (two or more) READY endpoints had a usable weight (`grpc.lb.wrr.rr_fallback`).
+    pub rr_fallback: u32,
+    /// READY endpoints without a usable weight yet (`grpc.lb.wrr.endpoint_weight_not_yet_usable`).
+    pub not_yet_usable: u32,
+    /// READY endpoints whose weight expired (`grpc.lb.wrr.endpoint_weight_stale`).
+    pub stale: u32,
+    /// Every READY endpoint's weight, 0 for one not usable (`grpc.lb.wrr.endpoint_weights`).
+    pub weights: alloc::vec::Vec<f64>,
 }
 
 /// C-core's clamps (`static_stride_scheduler.cc`): the largest weight is scheduled at most

@@ -7,8 +7,14 @@
 //! ```text
 //! cargo run --release -p pickwise-tonic --example loadtest -- [--targets host:port,...]
 //!     [--policy NAME]... [--duration SECS] [--concurrency N] [--healthy] [--fail-percent P]
-//!     [--failure-penalty K] [--unequal] [--json]
+//!     [--failure-penalty K] [--unequal] [--json] [--metrics ADDR [--hold]] [--plot FILE.svg]
 //! ```
+//!
+//! `--metrics ADDR` serves the balancer's instruments in Prometheus text at
+//! `http://ADDR/metrics` while it runs (build with `--features metrics`; see the README's table),
+//! and `--hold` keeps serving them after the results until standard input closes.
+//! `--plot FILE.svg` draws, for each policy, every backend's share of the requests and the p50/p99
+//! latency over time, with the kill and restart of backend 3 marked (plotters, SVG backend).
 //!
 //! pickwise runs use a 100 ms..1 s reconnect backoff and a 1 s base ejection, so a run of a few
 //! seconds shows the killed backend coming back. `--healthy` keeps the embedded backends equal
@@ -36,6 +42,8 @@
 
 #[path = "../tests/support/backend.rs"]
 mod backend;
+#[path = "loadtest/plot.rs"]
+mod plot;
 
 use std::collections::BTreeMap;
 use std::io::{IsTerminal as _, Write as _};
@@ -98,6 +106,16 @@ struct Args {
     /// One JSON object per policy instead of the table.
     #[arg(long)]
     json: bool,
+    /// Serve the instruments in Prometheus text at http://ADDR/metrics while running (needs the
+    /// `metrics` feature to record anything).
+    #[arg(long, value_name = "ADDR")]
+    metrics: Option<std::net::SocketAddr>,
+    /// With --metrics: after the results, keep serving until standard input closes.
+    #[arg(long, requires = "metrics")]
+    hold: bool,
+    /// Draw per-backend share and p50/p99 over time for each policy into this SVG file.
+    #[arg(long, value_name = "FILE.svg")]
+    plot: Option<std::path::PathBuf>,
 }
 
 fn seconds(v: &str) -> Result<Duration, String> {
@@ -137,7 +155,17 @@ struct Run {
     secs: f64,
     latencies_us: Vec<u32>,
     per_backend: BTreeMap<String, u64>,
+    /// For `--plot`: each completed call's (ms since the start, latency µs).
+    timeline: Vec<(u32, u32)>,
+    /// For `--plot`: requests per backend so far, every [`SAMPLE`] (seconds since the start).
+    shares: Vec<(f64, Vec<u64>)>,
+    /// Seconds since the start when backend 3 was killed and restarted.
+    killed_at: Option<f64>,
+    restarted_at: Option<f64>,
 }
+
+/// How often `--plot`'s per-backend counts are sampled.
+const SAMPLE: Duration = Duration::from_millis(250);
 
 impl Run {
     /// Errors per call, in percent.
@@ -287,6 +315,7 @@ async fn run_policy(
             let keyed = policy == "ring-hash";
             tokio::spawn(async move {
                 let mut lat = Vec::with_capacity(4096);
+                let mut timeline = Vec::with_capacity(4096);
                 let mut key = w as u64;
                 while !stop.load(Ordering::Relaxed) {
                     key = key
@@ -295,7 +324,9 @@ async fn run_policy(
                     let t = Instant::now();
                     match one_call(&ch, keyed.then_some((key >> 33) % 1000)).await {
                         Ok(()) => {
-                            lat.push(t.elapsed().as_micros().min(u128::from(u32::MAX)) as u32);
+                            let us = t.elapsed().as_micros().min(u128::from(u32::MAX)) as u32;
+                            lat.push(us);
+                            timeline.push((start.elapsed().as_millis() as u32, us));
                             requests.fetch_add(1, Ordering::Relaxed);
                         }
                         Err(_) => {
@@ -305,23 +336,47 @@ async fn run_policy(
                         }
                     }
                 }
-                lat
+                (lat, timeline)
             })
         })
         .collect();
     // The fault script: with embedded backends, backend 3 dies halfway and returns at 3/4.
     let mut killed = false;
     let mut restarted = false;
+    let (mut killed_at, mut restarted_at) = (None, None);
+    let mut shares = Vec::new();
+    let mut next_sample = Duration::ZERO;
+    let counts = |backends: &[Backend]| -> Vec<u64> {
+        if backends.is_empty() {
+            let picks = pickwise_picks(&channel);
+            targets
+                .iter()
+                .map(|t| picks.get(t).copied().unwrap_or(0))
+                .collect()
+        } else {
+            backends
+                .iter()
+                .zip(&hits_before)
+                .map(|(b, h)| b.hits() - h)
+                .collect()
+        }
+    };
     while start.elapsed() < duration {
+        if start.elapsed() >= next_sample {
+            shares.push((start.elapsed().as_secs_f64(), counts(backends)));
+            next_sample += SAMPLE;
+        }
         tokio::time::sleep(Duration::from_millis(50)).await;
         let t = start.elapsed().as_secs_f64() / duration.as_secs_f64();
         if faults && backends.len() > 3 && t >= 0.5 && !killed {
             backends[3].kill();
             killed = true;
+            killed_at = Some(start.elapsed().as_secs_f64());
         }
         if killed && !restarted && t >= 0.75 {
             backends[3].restart();
             restarted = true;
+            restarted_at = Some(start.elapsed().as_secs_f64());
         }
         if progress {
             eprint!(
@@ -340,10 +395,14 @@ async fn run_policy(
     }
     stop.store(true, Ordering::Relaxed);
     let mut latencies_us = Vec::new();
+    let mut timeline = Vec::new();
     for w in workers {
-        latencies_us.extend(w.await.map_err(|e| e.to_string())?);
+        let (lat, tl) = w.await.map_err(|e| e.to_string())?;
+        latencies_us.extend(lat);
+        timeline.extend(tl);
     }
     let secs = start.elapsed().as_secs_f64();
+    shares.push((secs, counts(backends)));
     if killed && !restarted {
         backends[3].restart();
     }
@@ -378,6 +437,10 @@ async fn run_policy(
         secs,
         latencies_us,
         per_backend,
+        timeline,
+        shares,
+        killed_at,
+        restarted_at,
     })
 }
 
@@ -411,6 +474,22 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
+    if let Some(addr) = args.metrics {
+        if !cfg!(feature = "metrics") {
+            eprintln!("loadtest: built without the `metrics` feature: /metrics will list nothing");
+        }
+        // Its own HTTP listener on the runtime; any path answers, /metrics included.
+        let installed = rt.block_on(async {
+            metrics_exporter_prometheus::PrometheusBuilder::new()
+                .with_http_listener(addr)
+                .install()
+        });
+        if let Err(e) = installed {
+            eprintln!("loadtest: cannot serve metrics on {addr}: {e}");
+            return ExitCode::FAILURE;
+        }
+        eprintln!("loadtest: metrics at http://{addr}/metrics");
+    }
     let mut backends: Vec<Backend> = Vec::new();
     let targets = match &args.targets {
         Some(t) => t.clone(),
@@ -542,6 +621,17 @@ fn main() -> ExitCode {
                 s / d
             );
         }
+    }
+    if let Some(path) = &args.plot {
+        if let Err(e) = plot::draw(path, &rows, &targets) {
+            eprintln!("loadtest: cannot draw {}: {e}", path.display());
+            return ExitCode::FAILURE;
+        }
+    }
+    if args.hold {
+        // Keep serving /metrics (and the backends) until standard input closes.
+        let _ = std::io::Write::flush(&mut std::io::stdout());
+        let _ = std::io::copy(&mut std::io::stdin().lock(), &mut std::io::sink());
     }
     drop(backends);
     rt.shutdown_timeout(Duration::from_secs(1));

@@ -102,6 +102,11 @@ pub(crate) fn spawn(
         subset_dirty: false,
         active_priority: None,
     };
+    #[cfg(feature = "metrics")]
+    {
+        crate::telemetry::describe();
+        tokio::spawn(crate::telemetry::sample(Arc::downgrade(&shared)));
+    }
     tokio::spawn(balancer.run(discovery, peers, events_rx, control_rx, shutdown_rx));
     (shared, shutdown_tx)
 }
@@ -435,7 +440,15 @@ impl Balancer {
             .iter()
             .filter(|m| m.sub.state() != ConnectivityState::Ready)
             .find_map(|m| m.sub.last_error());
+        #[cfg(feature = "metrics")]
+        let labels = &self.shared.common.config.labels;
+        #[cfg(feature = "metrics")]
+        if let Some(stats) = picker.wrr_stats() {
+            crate::telemetry::record_wrr(labels, stats);
+        }
         let snapshot = Snapshot {
+            #[cfg(feature = "metrics")]
+            instruments: crate::telemetry::PickerInstruments::new(labels, picker.policy().name()),
             policy: *picker.policy(),
             picker: Some(picker),
             resolved: self.resolved,

@@ -72,6 +72,16 @@ pub(crate) fn try_pick(shared: &Shared, snap: &Snapshot, req: &Request) -> Resul
         .map_err(|e| snap.unpicked(e))?;
     // Ready in the core but the snapshot predates its channel: the next snapshot has it.
     let channel = member.channel.clone().ok_or(Unpicked::Wait)?;
+    // Handles registered when the picker was published and the endpoint inserted: relaxed
+    // atomic adds, no allocation, no lock.
+    #[cfg(feature = "metrics")]
+    {
+        snap.instruments.picks.increment(1);
+        member.sub.instruments.picks.increment(1);
+        if !common.pool.is_available(&member.sub.core, now) {
+            snap.instruments.panic_picks.increment(1);
+        }
+    }
     let sub = SubRef(member.sub.clone());
     let guard = InFlight::start(sub.clone(), sub, now);
     Ok(Picked {
@@ -101,6 +111,29 @@ pub(crate) type WaitFuture = Pin<Box<dyn Future<Output = Result<(Picked, Request
 /// endpoints changed since it was published): every request waits for the next one rather than
 /// failing.
 pub(crate) async fn wait_for_pick(
+    shared: Arc<Shared>,
+    req: Request,
+    deadline: Option<Instant>,
+    wait_for_ready: bool,
+    avoid: Option<(usize, u64)>,
+) -> Result<(Picked, Request), Status> {
+    #[cfg(feature = "metrics")]
+    let (start, labels) = (Instant::now(), shared.common.config.labels.clone());
+    let result = queued(shared, req, deadline, wait_for_ready, avoid).await;
+    #[cfg(feature = "metrics")]
+    crate::telemetry::record_queued(
+        &labels,
+        start.elapsed(),
+        match &result {
+            Ok(_) => "picked",
+            Err(s) if s.code() == tonic::Code::DeadlineExceeded => "deadline_exceeded",
+            Err(_) => "failed",
+        },
+    );
+    result
+}
+
+async fn queued(
     shared: Arc<Shared>,
     mut req: Request,
     deadline: Option<Instant>,

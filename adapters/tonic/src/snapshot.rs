@@ -64,6 +64,9 @@ pub(crate) struct Snapshot {
     pub(crate) discovery_error: Option<String>,
     /// The balancer has stopped: waiting requests fail with [`NoEndpoint::Shutdown`].
     pub(crate) shutdown: bool,
+    /// This picker's pick counters (its policy's), registered when it is published.
+    #[cfg(feature = "metrics")]
+    pub(crate) instruments: crate::telemetry::PickerInstruments,
 }
 
 /// What a request does when the snapshot yields no endpoint.

@@ -80,12 +80,17 @@ pub(crate) struct Subchannel {
     /// The generation `drain` was asked for (a permit may outlive its connection).
     drain_generation: AtomicU64,
     pub(crate) common: Arc<Common>,
+    /// Its instruments, registered once here (the pick path only increments them).
+    #[cfg(feature = "metrics")]
+    pub(crate) instruments: crate::telemetry::EndpointInstruments,
 }
 
 impl Subchannel {
     pub(crate) fn new(addr: String, weight: u32, common: Arc<Common>) -> Self {
         let core = EndpointState::new(weight);
         core.set_ready(false);
+        #[cfg(feature = "metrics")]
+        let instruments = crate::telemetry::EndpointInstruments::new(&common.config.labels, &addr);
         Self {
             peer: crate::Peer(addr.as_str().into()),
             addr,
@@ -101,6 +106,8 @@ impl Subchannel {
             broken: Notify::new(),
             drain: Notify::new(),
             drain_generation: AtomicU64::new(u64::MAX),
+            #[cfg(feature = "metrics")]
+            instruments,
             common,
         }
     }
@@ -268,11 +275,15 @@ pub(crate) async fn run(sub: Arc<Subchannel>, id: u64, events: mpsc::UnboundedSe
             Ok(Err(e)) => {
                 let msg = error_chain(&*e);
                 tracing::debug!(endpoint = %sub.addr, error = %msg, "connect failed");
+                #[cfg(feature = "metrics")]
+                sub.instruments.attempt_failed();
                 publish(ConnectivityState::TransientFailure, None, Some(msg));
                 tokio::time::sleep(backoff.next()).await;
                 continue;
             }
             Err(_) => {
+                #[cfg(feature = "metrics")]
+                sub.instruments.attempt_failed();
                 publish(
                     ConnectivityState::TransientFailure,
                     None,
@@ -287,6 +298,8 @@ pub(crate) async fn run(sub: Arc<Subchannel>, id: u64, events: mpsc::UnboundedSe
         let preface = tokio::time::timeout(config.connect_timeout, watch.server_preface()).await;
         if let Err(reason) = preface.unwrap_or(Err("no HTTP/2 preface from the server in time")) {
             tracing::debug!(endpoint = %sub.addr, reason, "connect failed");
+            #[cfg(feature = "metrics")]
+            sub.instruments.attempt_failed();
             publish(
                 ConnectivityState::TransientFailure,
                 None,
@@ -296,6 +309,9 @@ pub(crate) async fn run(sub: Arc<Subchannel>, id: u64, events: mpsc::UnboundedSe
             continue;
         }
         sub.generation.fetch_add(1, Ordering::AcqRel);
+        // Counts the attempt and the open connection; its drop counts the disconnection.
+        #[cfg(feature = "metrics")]
+        let mut open = sub.instruments.connected();
         let serving = match &config.health {
             Some(h) => check_health(&channel, &h.service, h.timeout).await,
             None => Ok(()),
@@ -361,6 +377,11 @@ pub(crate) async fn run(sub: Arc<Subchannel>, id: u64, events: mpsc::UnboundedSe
                 }
             }
         };
+        #[cfg(feature = "metrics")]
+        {
+            open.lost(disconnect_error(reason, graceful));
+            drop(open);
+        }
         // A connection that worked resets the backoff; the first reconnect is immediate.
         backoff = BackoffState::new(config.backoff);
         if graceful {
@@ -378,6 +399,17 @@ pub(crate) async fn run(sub: Arc<Subchannel>, id: u64, events: mpsc::UnboundedSe
         if let Ok(mut last) = sub.last_error.lock() {
             *last = Some(reason.to_string());
         }
+    }
+}
+
+/// gRFC A94's `grpc.disconnect_error` for why a connection loop ended.
+#[cfg(feature = "metrics")]
+fn disconnect_error(reason: &str, graceful: bool) -> &'static str {
+    match reason {
+        _ if graceful => "GOAWAY NO_ERROR",
+        "connection closed" => "connection reset",
+        "transport error on a request" => "socket error",
+        _ => "unknown",
     }
 }
 

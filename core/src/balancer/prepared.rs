@@ -16,6 +16,7 @@ use crate::pool::Pool;
 use crate::rng::Rng;
 use crate::schedule::{self, Stride};
 use crate::sync::AtomicU32;
+use crate::wrr::{WeightState, WrrStats};
 use crate::{Maglev, Ring};
 
 /// Why a pick found no endpoint, and what the request should do.
@@ -63,6 +64,8 @@ pub struct Prepared<T> {
     total_weight: u64,
     priority: Option<u32>,
     state: Connectivity,
+    /// What the `weighted_round_robin` scheduler build saw (`None` under other policies).
+    wrr_stats: Option<WrrStats>,
 }
 
 /// What [`build`] needs from the balancer.
@@ -98,6 +101,7 @@ pub(super) fn build<T: Clone + Borrow<EndpointState>>(i: Inputs<'_, T>) -> Prepa
     }
     let (mut ready, mut ready_w, mut localities, mut loc_w) =
         (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    let mut wrr_stats = matches!(i.policy, LbPolicy::WeightedRoundRobin(_)).then(WrrStats::default);
     for (weight, members) in groups {
         let start = ready.len();
         let mut raw: Vec<u32> = Vec::new();
@@ -108,7 +112,16 @@ pub(super) fn build<T: Clone + Borrow<EndpointState>>(i: Inputs<'_, T>) -> Prepa
                 // gRFC A58: weights from the endpoints' load reports (EDS weights unused), per
                 // locality as grpc-go runs one weighted_round_robin child per locality.
                 LbPolicy::WeightedRoundRobin(cfg) => {
-                    reported.push(s.payload.borrow().load_weight(i.now, &cfg))
+                    let (w, state) = s.payload.borrow().load_weight_state(i.now, &cfg);
+                    if let Some(st) = &mut wrr_stats {
+                        match state {
+                            WeightState::Usable => {}
+                            WeightState::NotYetUsable => st.not_yet_usable += 1,
+                            WeightState::Stale => st.stale += 1,
+                        }
+                        st.weights.push(w);
+                    }
+                    reported.push(w)
                 }
                 _ => raw.push(s.spec.weight.max(1)),
             }
@@ -120,6 +133,11 @@ pub(super) fn build<T: Clone + Borrow<EndpointState>>(i: Inputs<'_, T>) -> Prepa
         let weighted = if reported.is_empty() {
             !schedule::scale(&raw, &mut scaled)
         } else {
+            // grpc-go `newScheduler`: one endpoint is plain round robin, not a fallback.
+            let usable = reported.iter().filter(|w| **w > 0.0).count();
+            if let Some(st) = &mut wrr_stats {
+                st.rr_fallback += u32::from(reported.len() >= 2 && usable < 2);
+            }
             crate::wrr::scale(&reported, &mut scaled)
         };
         ready_w.extend_from_slice(&scaled);
@@ -151,6 +169,7 @@ pub(super) fn build<T: Clone + Borrow<EndpointState>>(i: Inputs<'_, T>) -> Prepa
         maglev: i.maglev,
         priority: i.priority,
         state: i.state,
+        wrr_stats,
     }
 }
 
@@ -267,6 +286,12 @@ impl<T: Borrow<EndpointState>> Prepared<T> {
             Connectivity::Connecting | Connectivity::Idle => Unpicked::Wait,
             Connectivity::Ready | Connectivity::TransientFailure => Unpicked::Fail,
         }
+    }
+
+    /// What building this picker's `weighted_round_robin` schedules saw (gRFC A78's counts and
+    /// weights), `None` under other policies. Plain data for an adapter to record.
+    pub fn wrr_stats(&self) -> Option<&WrrStats> {
+        self.wrr_stats.as_ref()
     }
 
     /// The policy it runs.

@@ -1,0 +1,146 @@
+//! `loadtest --metrics ADDR` as an operator scrapes it (feature `metrics`): while the run goes,
+//! `grpc.subchannel.open_connections` counts one connection per backend; after it, the picks per
+//! endpoint add up to the calls the run printed (`--json`), backend by backend.
+
+use std::io::{BufRead as _, BufReader, Read as _, Write as _};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::path::PathBuf;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+fn loadtest() -> Command {
+    let exe = std::env::current_exe().unwrap();
+    let dir: PathBuf = exe.parent().unwrap().parent().unwrap().join("examples");
+    Command::new(dir.join(format!("loadtest{}", std::env::consts::EXE_SUFFIX)))
+}
+
+/// The Prometheus text at http://addr/metrics, if the exporter answers.
+fn scrape(addr: SocketAddr) -> Option<String> {
+    let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(1)).ok()?;
+    s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
+    write!(
+        s,
+        "GET /metrics HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
+    )
+    .ok()?;
+    let mut body = String::new();
+    s.read_to_string(&mut body).ok()?;
+    body.starts_with("HTTP/1.1 200").then_some(body)
+}
+
+/// Every sample of `name` as (labels, value).
+fn samples(text: &str, name: &str) -> Vec<(String, f64)> {
+    text.lines()
+        .filter(|l| !l.starts_with('#'))
+        .filter_map(|l| {
+            let (series, value) = l.rsplit_once(' ')?;
+            let (n, labels) = match series.split_once('{') {
+                Some((n, rest)) => (n, rest.trim_end_matches('}')),
+                None => (series, ""),
+            };
+            if n != name {
+                return None;
+            }
+            Some((labels.to_string(), value.parse().ok()?))
+        })
+        .collect()
+}
+
+/// Scrapes until `ok` holds, for at most `within`; returns the last scrape.
+fn scrape_until(addr: SocketAddr, within: Duration, ok: impl Fn(&str) -> bool) -> String {
+    let until = Instant::now() + within;
+    let mut last = String::new();
+    while Instant::now() < until {
+        if let Some(text) = scrape(addr) {
+            if ok(&text) {
+                return text;
+            }
+            last = text;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    panic!("metrics never satisfied the condition within {within:?}; last scrape:\n{last}");
+}
+
+#[test]
+fn scraped_metrics_match_the_run() {
+    // A free port: bound, read, released for the loadtest's exporter.
+    let addr = TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap();
+    let mut child = loadtest()
+        .args([
+            "--policy",
+            "round-robin",
+            "--healthy",
+            "--duration",
+            "2",
+            "--concurrency",
+            "8",
+        ])
+        .args(["--json", "--hold", "--metrics", &addr.to_string()])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .unwrap();
+    // During the run: one open connection per backend (4 embedded ones), and picks growing.
+    let during = scrape_until(addr, Duration::from_secs(20), |t| {
+        let open = samples(t, "grpc_subchannel_open_connections");
+        open.iter().map(|s| s.1).sum::<f64>() == 4.0 && samples(t, "pickwise_picks").iter().any(|s| s.1 > 0.0)
+    });
+    assert!(
+        during.contains("grpc.target") || during.contains("grpc_target"),
+        "{during}"
+    );
+    assert_eq!(
+        samples(&during, "grpc_subchannel_connection_attempts_succeeded")
+            .iter()
+            .map(|s| s.1)
+            .sum::<f64>(),
+        4.0,
+        "{during}"
+    );
+    // The run's own figures.
+    let mut line = String::new();
+    BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    let run: serde_json::Value = serde_json::from_str(&line).unwrap();
+    let calls = run["requests"].as_u64().unwrap() + run["errors"].as_u64().unwrap();
+    assert!(calls > 0, "{line}");
+    let after = scrape(addr).expect("the exporter serves until stdin closes");
+    let picks = samples(&after, "pickwise_endpoint_picks");
+    assert_eq!(picks.len(), 4, "{after}");
+    assert_eq!(
+        picks.iter().map(|s| s.1).sum::<f64>(),
+        calls as f64,
+        "{line}\n{after}"
+    );
+    let by_policy = samples(&after, "pickwise_picks");
+    assert_eq!(by_policy.len(), 1, "{after}");
+    assert!(
+        by_policy[0].0.contains("pickwise_policy=\"round_robin\""),
+        "{after}"
+    );
+    assert_eq!(by_policy[0].1, calls as f64);
+    // Healthy backends: every call reached the backend it was picked for.
+    if run["errors"].as_u64() == Some(0) {
+        for (addr, hits) in run["per_backend"].as_object().unwrap() {
+            let picked = picks
+                .iter()
+                .find(|(labels, _)| labels.contains(&format!("pickwise_endpoint=\"{addr}\"")))
+                .unwrap_or_else(|| panic!("no picks for {addr}: {after}"));
+            assert_eq!(picked.1, hits.as_u64().unwrap() as f64, "{addr}");
+        }
+    }
+    // The channel is gone: its connections closed, each counted as a disconnection.
+    assert_eq!(
+        samples(&after, "grpc_subchannel_open_connections")
+            .iter()
+            .map(|s| s.1)
+            .sum::<f64>(),
+        0.0,
+        "{after}"
+    );
+    drop(child.stdin.take());
+    assert!(child.wait().unwrap().success());
+}
