@@ -305,6 +305,18 @@ impl EndpointState {
         self.load.reset();
     }
 
+    /// [`reset_load`](Self::reset_load) unless a report arrived after `since` (the caller's
+    /// clock, ns): the balancer's reset on READY keeps a first report from the new connection
+    /// that raced the READY.
+    pub fn reset_load_unless_reported_since(&self, since: u64) {
+        self.load.reset_unless_reported_since(since);
+    }
+
+    /// Re-bases the load-report stamps (see `Pool::sweep`).
+    pub(crate) fn rebase_load(&self, now_ms: u32) {
+        self.load.rebase(now_ms);
+    }
+
     /// The weight `weighted_round_robin` schedules this endpoint with at `now` (A58), 0 while it
     /// has none usable (no report, in the blackout, or expired).
     pub fn load_weight(&self, now: u64, config: &WrrConfig) -> f64 {

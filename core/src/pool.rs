@@ -615,7 +615,7 @@ impl Pool {
     /// Periodic upkeep (Envoy's interval timer; call it at least every few seconds): returns
     /// expired ejections, decays each un-ejected endpoint's multiplier by one per
     /// [`OutlierConfig::interval_ms`], and re-bases time stamps older than 2^31 ms so 32-bit
-    /// stamps stay exact for endpoints idle or not ready for weeks.
+    /// stamps stay exact for endpoints idle or not ready for weeks (load-report stamps too).
     pub fn sweep<'a, I>(&self, now: u64, endpoints: I)
     where
         I: IntoIterator<Item = &'a EndpointState>,
@@ -630,6 +630,7 @@ impl Pool {
             if elapsed_ms(now_ms, stamp) >= REBASE_MS && e.in_flight() == 0 {
                 e.rebase_latency(now_ms, self.estimate(e, now));
             }
+            e.rebase_load(now_ms);
         }
     }
 

@@ -89,9 +89,11 @@ impl<'a> Stride<'a> {
         }
         let m = u64::from(MAX_SCALED);
         let offset = m / 2;
-        // Enough for every weight skew the scaling allows to come round, without looping forever
-        // when nothing accepts: each index gets several turns.
-        let draws = n.saturating_mul(4).saturating_add(64);
+        // Enough for every weight skew the scaling allows to come round (grpc-go and C-core loop
+        // until a turn is taken), without looping forever when nothing accepts: each index gets
+        // many turns, so a weighted pick falls back to the caller's uniform scan only with
+        // negligible probability.
+        let draws = n.saturating_mul(64).saturating_add(1024);
         let mut refused = 0;
         for _ in 0..draws {
             let s = if refused == 0 {

@@ -170,6 +170,34 @@ impl LoadWeight {
         (u.is_finite() && u > 0.0).then_some(u)
     }
 
+    /// [`reset`](Self::reset) unless a report arrived after `since` (ns): a report from the new
+    /// connection that raced the READY it follows is kept (its stream opened at connect).
+    pub(crate) fn reset_unless_reported_since(&self, since: u64) {
+        let last = self.last_updated.load(Relaxed);
+        if last == NEVER || elapsed_ms(last, millis(since)) == 0 {
+            self.reset();
+        }
+    }
+
+    /// Keeps the 32-bit stamps exact over long runs (called from `Pool::sweep`): a report time
+    /// more than 2^31 ms old is forgotten (long expired), a reporting streak longer than that is
+    /// re-based to 2^31 ms (longer than any blackout).
+    pub(crate) fn rebase(&self, now_ms: u32) {
+        const LIMIT: u32 = 1 << 31;
+        let last = self.last_updated.load(Relaxed);
+        if last != NEVER && elapsed_ms(now_ms, last) >= LIMIT {
+            self.reset();
+            return;
+        }
+        let since = self.non_empty_since.load(Relaxed);
+        if since != NEVER && elapsed_ms(now_ms, since) >= LIMIT {
+            let rebased = now_ms.wrapping_sub(LIMIT).min(NEVER - 1);
+            let _ = self
+                .non_empty_since
+                .compare_exchange(since, rebased, Relaxed, Relaxed);
+        }
+    }
+
     /// Forgets the reports (a new connection: the blackout starts again).
     pub(crate) fn reset(&self) {
         self.last_updated.store(NEVER, Relaxed);
@@ -246,16 +274,20 @@ pub struct WrrStats {
 /// C-core's clamps (`static_stride_scheduler.cc`): the largest weight is scheduled at most
 /// this many times the mean…
 const MAX_RATIO: f64 = 10.0;
-/// …and the smallest at least this fraction of it.
-const MIN_RATIO: f64 = 0.1;
+/// …and the smallest at least this fraction of it (C-core `kMinRatio`).
+const MIN_RATIO: f64 = 0.01;
 
-/// Scales report weights into the stride scheduler's `out` (same length), A58's rules: 0 = no
-/// usable weight, scheduled at the mean of the others; weights clamped to [0.1, 10] × the mean
-/// (C-core). Returns `false` (plain round robin) when fewer than two endpoints have a weight or
-/// all scale equal.
+/// Scales report weights into the stride scheduler's `out` (same length), A58's rules with
+/// C-core's `StaticStrideScheduler::Make`: 0 (or NaN, infinite) = no usable weight, scheduled at
+/// the mean of the others'; a negative weight = excluded (an endpoint ejected by outlier
+/// detection, which gRPC reports to the policy as TRANSIENT_FAILURE): not in the mean or the
+/// clamps, scheduled at the minimum (its turns are skipped anyway). The largest weight is
+/// clamped to 10× the mean, the smallest raised to 0.01× the scaled mean. Returns `false`
+/// (plain round robin) when fewer than two endpoints have a weight or all scale equal.
 pub fn scale(weights: &[f64], out: &mut [u16]) -> bool {
     let n = weights.len().min(out.len());
     let usable = |w: f64| w.is_finite() && w > 0.0;
+    let excluded = |w: f64| w < 0.0;
     let (mut sum, mut max, mut count) = (0.0f64, 0.0f64, 0usize);
     for &w in &weights[..n] {
         if usable(w) {
@@ -272,17 +304,21 @@ pub fn scale(weights: &[f64], out: &mut [u16]) -> bool {
     let max = max.min(mean * MAX_RATIO);
     let factor = f64::from(MAX_SCALED) / max;
     let scaled_mean = round(factor * mean).clamp(1.0, f64::from(MAX_SCALED));
-    let lower = round(factor * mean * MIN_RATIO).max(1.0);
+    let lower = round(scaled_mean * MIN_RATIO).max(1.0);
     let mut equal = true;
     let mut first = None;
     for (w, o) in weights[..n].iter().zip(out.iter_mut()) {
-        let s = if usable(*w) {
+        let s = if excluded(*w) {
+            1.0
+        } else if usable(*w) {
             round(factor * w).clamp(lower, f64::from(MAX_SCALED))
         } else {
             scaled_mean
         };
         *o = s as u16;
-        equal &= *first.get_or_insert(*o) == *o;
+        if !excluded(*w) {
+            equal &= *first.get_or_insert(*o) == *o;
+        }
     }
     !equal
 }
@@ -359,14 +395,26 @@ mod tests {
         assert_eq!(out, [21_845, 65_535, 43_690]);
         // Equal weights: round robin.
         assert!(!scale(&[2.0, 2.0, 0.0], &mut out));
-        // Clamped to 10× the mean (509.5 here, so 1000 scales as 509.5) and at least 0.1× it.
+        // Clamped to 10× the mean (509.5 here, so 1000 scales as 509.5); factor 65535 / 509.5 =
+        // 128.6: 1.0 scales to 129, above the floor round(6554 × 0.01) = 66.
         let mut w = [1.0f64; 20];
         w[19] = 1000.0;
         let mut out = [0u16; 20];
         assert!(scale(&w, &mut out));
         assert_eq!(out[19], 65_535);
-        // factor 65535 / 509.5 = 128.6: 1.0 scales to 129, below the floor round(655.35) = 655.
-        assert_eq!(out[0], 655);
+        assert_eq!(out[0], 129);
+        // A tiny weight is raised to 0.01× the scaled mean: [1e-6, 1, 1]: mean 0.67, factor
+        // 65535, scaled mean 43690, floor 437.
+        let mut out = [0u16; 3];
+        assert!(scale(&[1e-6, 1.0, 1.0], &mut out));
+        assert_eq!(out, [437, 65_535, 65_535]);
+        // An excluded (ejected) endpoint counts in neither the mean nor the clamps.
+        assert!(scale(&[-1.0, 1.0, 3.0], &mut out));
+        assert_eq!(out, [1, 21_845, 65_535]);
+        assert!(
+            !scale(&[-1.0, 2.0, 2.0], &mut out),
+            "equal among the rest: round robin"
+        );
         let mut out = [0u16; 4];
         // Garbage is "no weight".
         assert!(!scale(&[f64::NAN, f64::INFINITY, -1.0, 1.0], &mut out));

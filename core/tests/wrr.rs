@@ -319,3 +319,63 @@ fn the_weight_update_is_a_timer() {
     b.handle_timeout(S);
     assert!(b.poll_timeout().unwrap() >= 2 * S, "{:?}", b.poll_timeout());
 }
+
+#[test]
+fn a_first_report_racing_the_ready_it_follows_is_kept() {
+    // The new connection's out-of-band stream opens at connect; its first report can reach the
+    // endpoint before the balancer handles READY. That report is kept (only reports from before
+    // the endpoint left READY are forgotten).
+    let mut b = balancer(cfg(), &["a:1", "b:1"]);
+    report(&b, 0, "a:1", 10.0, 1.0, 0.0);
+    report(&b, 0, "b:1", 10.0, 0.1, 0.0);
+    b.handle_connectivity(S, &"b:1".to_string(), Connectivity::TransientFailure);
+    report(&b, 2 * S, "b:1", 10.0, 0.1, 0.0); // the new connection's first report
+    b.handle_connectivity(2 * S + 1, &"b:1".to_string(), Connectivity::Ready);
+    check(&mut b, 3 * S, &[("a:1", 1), ("b:1", 10)]);
+}
+
+#[test]
+fn switching_to_weighted_round_robin_starts_without_weights() {
+    // Reports recorded under another policy (per-call trailers are read whatever the policy)
+    // do not skip the new policy's blackout: gRPC builds a fresh weighted_round_robin.
+    let mut b = balancer(cfg(), &["a:1", "b:1"]);
+    b.set_policy(LbPolicy::RoundRobin);
+    report(&b, 0, "a:1", 10.0, 1.0, 0.0);
+    report(&b, 0, "b:1", 10.0, 0.1, 0.0);
+    let with_blackout = WrrConfig {
+        blackout_ns: 10 * S,
+        ..cfg()
+    };
+    b.set_policy(LbPolicy::WeightedRoundRobin(with_blackout));
+    // The first weights are due at once (no wait for the next sweep).
+    assert_eq!(b.poll_timeout(), Some(0));
+    report(&b, 20 * S, "a:1", 10.0, 1.0, 0.0);
+    report(&b, 20 * S, "b:1", 10.0, 0.1, 0.0);
+    check(&mut b, 21 * S, &[("a:1", 1), ("b:1", 1)]);
+    report(&b, 30 * S, "a:1", 10.0, 1.0, 0.0);
+    report(&b, 30 * S, "b:1", 10.0, 0.1, 0.0);
+    check(&mut b, 30 * S, &[("a:1", 1), ("b:1", 10)]);
+}
+
+#[test]
+fn an_ejected_endpoint_leaves_the_mean() {
+    // a 10, b 30, c unreported, d 200 and ejected. With d in the mean, c would get (10+30+200)/3
+    // = 80; gRPC reports an ejected endpoint TRANSIENT_FAILURE, so c gets (10+30)/2 = 20.
+    let pool = Arc::new(Pool::new(PoolConfig::default()));
+    let mut b: B = Balancer::new(
+        BalancerConfig::new(LbPolicy::WeightedRoundRobin(cfg())),
+        pool.clone(),
+    );
+    for a in ["a:1", "b:1", "c:1", "d:1"] {
+        add(&mut b, a, EndpointSpec::default());
+    }
+    report(&b, 0, "a:1", 10.0, 1.0, 0.0);
+    report(&b, 0, "b:1", 30.0, 1.0, 0.0);
+    report(&b, 0, "d:1", 200.0, 1.0, 0.0);
+    let d = b.get(&"d:1".to_string()).unwrap().clone();
+    for _ in 0..5 {
+        let _ = pickwise::InFlight::start(&*d, &*pool, 0).complete(S / 2, pickwise::Outcome::Failure);
+    }
+    assert!(d.is_ejected(S));
+    check(&mut b, S, &[("a:1", 1), ("b:1", 3), ("c:1", 2)]);
+}

@@ -2,10 +2,11 @@
 //! `OpenRcaService/StreamCoreMetrics` on an endpoint's own connection and yields its reports,
 //! as grpc-go's ORCA producer (`orca/producer.go`) does for one subchannel.
 //!
-//! The stream ends (`None`) when the server closes it cleanly or answers `UNIMPLEMENTED`
-//! (the server does not serve ORCA; grpc-go stops listening then too). Any other status is
-//! yielded once as `Err` and ends the stream; reconnecting with backoff, as grpc-go's producer
-//! does, is the caller's choice.
+//! The stream ends quietly (`None`) only when the server answers `UNIMPLEMENTED` (it does not
+//! serve ORCA; grpc-go stops listening then too). Any other status, and a server that closes
+//! the stream cleanly (grpc-go's producer retries after EOF too), is yielded once as `Err` and
+//! ends the stream: reopen it with backoff, as grpc-go's producer does (the tonic adapter
+//! does).
 //!
 //! # Examples
 //!
@@ -109,7 +110,12 @@ impl OobStream {
             };
             match stream.message().await {
                 Ok(Some(report)) => Some((Ok(report), State::Streaming(stream))),
-                Ok(None) => None,
+                // A clean end: the caller reopens it (grpc-go retries everything but
+                // UNIMPLEMENTED).
+                Ok(None) => Some((
+                    Err(Status::unavailable("the server ended the load report stream")),
+                    State::Done,
+                )),
                 Err(status) => end_or_error(status),
             }
         });

@@ -52,7 +52,11 @@ impl Common {
         if !self.per_call_reports.load(Ordering::Relaxed) {
             return;
         }
-        let Some(v) = headers.get(pickwise_orca::header::ENDPOINT_LOAD_METRICS_BIN) else {
+        let mut values = headers
+            .get_all(pickwise_orca::header::ENDPOINT_LOAD_METRICS_BIN)
+            .iter();
+        let (Some(v), None) = (values.next(), values.next()) else {
+            // None, or several: grpc-go rejects a call with more than one report.
             return;
         };
         match pickwise_orca::header::decode_bin_value(v.as_bytes()) {

@@ -398,7 +398,7 @@ pub(crate) fn wrr_config(cfg: &Map<String, Value>, name: &str) -> Result<WrrConf
         }
     }
     c.update_ns = c.update_period_ns();
-    if let Some(v) = cfg.get("errorUtilizationPenalty") {
+    if let Some(v) = cfg.get("errorUtilizationPenalty").filter(|v| !v.is_null()) {
         let p = v
             .as_f64()
             .ok_or_else(|| invalid(name, "errorUtilizationPenalty is not a number"))?;

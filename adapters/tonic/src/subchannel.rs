@@ -353,11 +353,9 @@ pub(crate) async fn run(sub: Arc<Subchannel>, id: u64, events: mpsc::UnboundedSe
                 report = oob.next() => match report {
                     Some(Ok(r)) => sub.core.report_load(sub.common.now(), &r),
                     Some(Err(e)) => {
-                        tracing::debug!(endpoint = %sub.addr, error = %e, "load report stream failed; retrying");
-                        oob = Oob::retry(&channel, *oob_period.borrow());
+                        tracing::debug!(endpoint = %sub.addr, error = %e, "load report stream ended; reopening");
                     }
-                    // UNIMPLEMENTED, or the server ended it: none on this connection.
-                    None => oob = Oob::Off,
+                    None => tracing::debug!(endpoint = %sub.addr, "no load report service (UNIMPLEMENTED)"),
                 },
                 Ok(()) = oob_period.changed() => {
                     oob = Oob::start(&channel, *oob_period.borrow_and_update());
@@ -413,45 +411,94 @@ fn disconnect_error(reason: &str, graceful: bool) -> &'static str {
     }
 }
 
-/// A connection's out-of-band load report stream (gRFC A58 with `enable_oob_load_report`).
-enum Oob {
+/// A connection's out-of-band load report stream (gRFC A58 with `enable_oob_load_report`), as
+/// grpc-go's ORCA producer runs it (`orca/producer.go`): a stream that fails or ends is reopened
+/// at once if it delivered a report, else after an exponential backoff (1 s × 1.6ⁿ up to
+/// 120 s, ±20% jitter: grpc-go's `DefaultExponential`); `UNIMPLEMENTED` stops it for the
+/// connection.
+struct Oob {
+    channel: Channel,
+    /// The reporting period asked of the server; `None`: no stream.
+    period: Option<Duration>,
+    state: OobState,
+    /// Failed attempts in a row without a report.
+    failures: u32,
+}
+
+enum OobState {
     Off,
-    On(pickwise_orca::client::OobStream),
-    /// The stream failed: opened again after `.1` (the reporting period, at least a second).
-    Retry(Pin<Box<tokio::time::Sleep>>, Channel, Duration),
+    On(pickwise_orca::client::OobStream, bool),
+    Waiting(Pin<Box<tokio::time::Sleep>>),
 }
 
 impl Oob {
     /// The stream for `period_ns` (0: none) on `channel`.
     fn start(channel: &Channel, period_ns: u64) -> Self {
-        if period_ns == 0 {
-            return Self::Off;
-        }
-        let period = Duration::from_nanos(period_ns);
-        Self::On(pickwise_orca::client::OobStream::open(channel.clone(), period))
+        let period = (period_ns > 0).then(|| Duration::from_nanos(period_ns));
+        let mut oob = Self {
+            channel: channel.clone(),
+            period,
+            state: OobState::Off,
+            failures: 0,
+        };
+        oob.open();
+        oob
     }
 
-    /// The stream for `period_ns` again after a failure, once a period (at least 1 s) passed.
-    fn retry(channel: &Channel, period_ns: u64) -> Self {
-        if period_ns == 0 {
-            return Self::Off;
-        }
-        let period = Duration::from_nanos(period_ns);
-        let sleep = Box::pin(tokio::time::sleep(period.max(Duration::from_secs(1))));
-        Self::Retry(sleep, channel.clone(), period)
+    fn open(&mut self) {
+        self.state = match self.period {
+            Some(p) => OobState::On(
+                pickwise_orca::client::OobStream::open(self.channel.clone(), p),
+                false,
+            ),
+            None => OobState::Off,
+        };
     }
 
-    /// The next report (pending forever while off).
+    /// The stream failed or ended (not UNIMPLEMENTED): reopen now if it delivered a report,
+    /// else after the backoff.
+    fn failed(&mut self) {
+        let delivered = matches!(self.state, OobState::On(_, true));
+        if delivered {
+            self.failures = 0;
+            self.open();
+            return;
+        }
+        let base = Duration::from_secs(1).mul_f64(1.6f64.powi(self.failures.min(16) as i32));
+        let delay = base
+            .min(Duration::from_secs(120))
+            .mul_f64(1.0 + 0.2 * (fastrand::f64() * 2.0 - 1.0));
+        self.failures = self.failures.saturating_add(1);
+        self.state = OobState::Waiting(Box::pin(tokio::time::sleep(delay)));
+    }
+
+    /// The next report; `Some(Err)` after the stream failed (it is rescheduled); pending forever
+    /// while off.
     async fn next(&mut self) -> Option<Result<pickwise::wrr::LoadReport, tonic::Status>> {
         use futures_util::StreamExt as _;
         loop {
-            match self {
-                Self::Off => return std::future::pending().await,
-                Self::On(s) => return s.next().await,
-                Self::Retry(sleep, channel, period) => {
+            match &mut self.state {
+                OobState::Off => return std::future::pending().await,
+                OobState::Waiting(sleep) => {
                     sleep.as_mut().await;
-                    *self = Self::On(pickwise_orca::client::OobStream::open(channel.clone(), *period));
+                    self.open();
                 }
+                OobState::On(stream, delivered) => match stream.next().await {
+                    Some(Ok(r)) => {
+                        *delivered = true;
+                        self.failures = 0;
+                        return Some(Ok(r));
+                    }
+                    Some(Err(e)) => {
+                        self.failed();
+                        return Some(Err(e));
+                    }
+                    // UNIMPLEMENTED: the server has no ORCA service.
+                    None => {
+                        self.state = OobState::Off;
+                        return None;
+                    }
+                },
             }
         }
     }

@@ -189,6 +189,9 @@ struct Slot<T> {
     counted: (u32, u32),
     /// Told to connect (and not told to disconnect since).
     connected: bool,
+    /// When it was inserted or last left READY (`now`, ns): a load report after this came from
+    /// the connection that is becoming READY.
+    left_ready_at: u64,
 }
 
 impl<T> Slot<T> {
@@ -347,6 +350,7 @@ impl<K: Ord + Clone + AsRef<[u8]>, T: Clone + Borrow<EndpointState>> Balancer<K,
                 failing: false,
                 counted: (0, 0),
                 connected: false,
+                left_ready_at: now,
             },
         );
         self.tally(priority, Connectivity::Idle, true);
@@ -397,9 +401,14 @@ impl<K: Ord + Clone + AsRef<[u8]>, T: Clone + Borrow<EndpointState>> Balancer<K,
         };
         if state == Connectivity::Ready && slot.state != Connectivity::Ready {
             // A new connection reports afresh: weighted round robin's blackout starts again
-            // (grpc-go clears an endpoint's weight state when its subchannel becomes READY).
-            slot.payload.borrow().reset_load();
+            // (grpc-go clears an endpoint's weight state when its subchannel becomes READY) —
+            // unless the new connection's own first report already arrived (its out-of-band
+            // stream opens at connect, before this READY is handled).
+            slot.payload
+                .borrow()
+                .reset_load_unless_reported_since(slot.left_ready_at);
         }
+        let left_ready = slot.state == Connectivity::Ready && state != Connectivity::Ready;
         if state == Connectivity::Ready && slot.failing {
             // A new connection after a failed one: the old connection's errors (and the failure
             // penalty they left in the estimate) never weigh on it (grpc-go keeps per-transport
@@ -407,6 +416,9 @@ impl<K: Ord + Clone + AsRef<[u8]>, T: Clone + Borrow<EndpointState>> Balancer<K,
             slot.payload.borrow().reset_latency();
         }
         let (was, now_effective) = self.update_slot(key, |slot| {
+            if left_ready {
+                slot.left_ready_at = now;
+            }
             slot.state = state;
             match state {
                 Connectivity::Ready => slot.failing = false,
@@ -427,8 +439,18 @@ impl<K: Ord + Clone + AsRef<[u8]>, T: Clone + Borrow<EndpointState>> Balancer<K,
         if policy == self.config.policy {
             return;
         }
+        let to_wrr = matches!(policy, LbPolicy::WeightedRoundRobin(_))
+            && !matches!(self.config.policy, LbPolicy::WeightedRoundRobin(_));
+        if to_wrr {
+            // A new weighted_round_robin starts with no weights (gRPC builds a fresh policy):
+            // reports recorded under the previous policy wait out the blackout again.
+            for slot in self.slots.values() {
+                slot.payload.borrow().reset_load();
+            }
+        }
         self.config.policy = policy;
-        self.next_weight_update = None;
+        // Weighted round robin's first weights at the next `handle_timeout` (due at once).
+        self.next_weight_update = matches!(policy, LbPolicy::WeightedRoundRobin(_)).then_some(0);
         self.apply_policy_to_pool();
         for slot in self.slots.values() {
             slot.payload

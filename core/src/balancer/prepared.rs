@@ -112,7 +112,11 @@ pub(super) fn build<T: Clone + Borrow<EndpointState>>(i: Inputs<'_, T>) -> Prepa
                 // gRFC A58: weights from the endpoints' load reports (EDS weights unused), per
                 // locality as grpc-go runs one weighted_round_robin child per locality.
                 LbPolicy::WeightedRoundRobin(cfg) => {
-                    let (w, state) = s.payload.borrow().load_weight_state(i.now, &cfg);
+                    let e = s.payload.borrow();
+                    let (w, state) = e.load_weight_state(i.now, &cfg);
+                    // Ejected by outlier detection: out of the mean and the clamps (gRPC
+                    // reports it to the policy as TRANSIENT_FAILURE); its turns are skipped.
+                    let w = if e.is_ejected(i.now) { -1.0 } else { w };
                     if let Some(st) = &mut wrr_stats {
                         match state {
                             WeightState::Usable => {}

@@ -242,8 +242,11 @@ fn typed_policy(any: &Any, depth: u32) -> Result<Option<Value>, Invalid> {
         let m = lbp::maglev::v3::Maglev::decode(any.value.as_slice()).map_err(bad)?;
         maglev_json(m.table_size.map(|v| v.value))?
     } else if url == lbp::client_side_weighted_round_robin::v3::ClientSideWeightedRoundRobin::type_url() {
-        // gRFC A58 via grpc-go's converter: only fields set in the proto are passed on (the
-        // policy's own defaults fill the rest); an invalid duration NACKs.
+        // gRFC A58 with C-core's semantics: fields set in the proto are passed on (the policy's
+        // defaults fill the rest), zeros included — a `blackout_period` of 0 s turns the blackout
+        // off and an `error_utilization_penalty` of 0 the penalty, as C-core reads them; grpc-go's
+        // converter drops zero values (so they mean the defaults, 10 s and 1.0). A negative
+        // duration NACKs (grpc-go passes it on).
         let w = lbp::client_side_weighted_round_robin::v3::ClientSideWeightedRoundRobin::decode(
             any.value.as_slice(),
         )
