@@ -151,6 +151,9 @@ struct Client {
     /// The resource (inline listener or route configuration) the routes last resolved from: it
     /// keeps serving while a renamed route configuration is on its way.
     last_routes: Option<Arc<Resource>>,
+    /// The `tls` creds' file watcher, started with the first connection attempt.
+    #[cfg(feature = "tls")]
+    tls: Option<Arc<crate::credentials::FileWatcher>>,
 }
 
 fn idx(t: ResourceType) -> usize {
@@ -175,6 +178,8 @@ pub(crate) fn spawn(
         out,
         last_nack: None,
         last_routes: None,
+        #[cfg(feature = "tls")]
+        tls: None,
     };
     client.slots[idx(ResourceType::Listener)].insert(client.target.clone(), Slot::default());
     let task = tokio::spawn(async move { client.run().await });
@@ -226,7 +231,7 @@ impl Client {
                 return false;
             }
         };
-        let channel = match endpoint.connect().await {
+        let channel = match self.connect(endpoint).await {
             Ok(c) => c,
             Err(e) => {
                 tracing::warn!(%uri, error = %pickwise_tonic::error_chain(&e), "cannot reach the xDS server");
@@ -281,6 +286,33 @@ impl Client {
                     self.resolve(&tx, true);
                 }
             }
+        }
+    }
+
+    /// Connects with the bootstrap's channel creds.
+    async fn connect(
+        &mut self,
+        endpoint: tonic::transport::Endpoint,
+    ) -> Result<tonic::transport::Channel, tonic::transport::Error> {
+        match &self.options.bootstrap.channel_creds {
+            #[cfg(feature = "tls")]
+            crate::bootstrap::ChannelCreds::Tls(config) => {
+                let watcher = self
+                    .tls
+                    .get_or_insert_with(|| Arc::new(crate::credentials::FileWatcher::start(config.clone())))
+                    .clone();
+                // tonic refuses `https` URIs without its own TLS: dial `http://` through the
+                // TLS connector, and say `https` in the requests.
+                let origin = endpoint.uri().to_string().replacen("http://", "https://", 1);
+                let endpoint = match origin.parse::<http::Uri>() {
+                    Ok(origin) => endpoint.origin(origin),
+                    Err(_) => endpoint,
+                };
+                endpoint
+                    .connect_with_connector(crate::credentials::Connector::new(watcher, config.clone()))
+                    .await
+            }
+            _ => endpoint.connect().await,
         }
     }
 

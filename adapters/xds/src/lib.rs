@@ -36,8 +36,12 @@
 //!   naming it; requests wait (bounded by their deadline) while the first configuration is on
 //!   its way.
 //!
-//! Not supported yet (NACKed or documented): aggregate and logical-DNS clusters, TLS to the
-//! control plane or to endpoints from xDS (`channel_creds` other than `insecure`), federation
+//! - **Control plane transport**: TCP, or a Unix socket (`unix:///path`, as istio-agent
+//!   serves xDS); plaintext, or TLS and mTLS with the `tls` feature (gRFC A65 `tls` channel
+//!   creds, files re-read every `refresh_interval`; see [`bootstrap`] and `credentials`).
+//!
+//! Not supported yet (NACKed or documented): aggregate and logical-DNS clusters, TLS to
+//! endpoints from xDS (gRFC A29 security; `certificate_providers` is parsed only), federation
 //! (`xdstp://`), HTTP filters beyond validation (gRFC A39: fault injection is accepted, not
 //! applied), retries from routes (gRFC A44: validated, not applied), load reporting (LRS),
 //! `pick_first` and weighted round robin (skipped in a policy list). Route and listener
@@ -54,6 +58,9 @@ mod cluster;
 #[cfg(feature = "control-plane")]
 #[cfg_attr(docsrs, doc(cfg(feature = "control-plane")))]
 pub mod control_plane;
+#[cfg(feature = "tls")]
+#[cfg_attr(docsrs, doc(cfg(feature = "tls")))]
+pub mod credentials;
 mod dispatch;
 mod manager;
 pub mod resource;
@@ -61,7 +68,7 @@ mod routing;
 
 use std::fmt;
 
-pub use bootstrap::{Bootstrap, BootstrapError};
+pub use bootstrap::{Bootstrap, BootstrapError, ChannelCreds};
 pub use builder::XdsBuilder;
 pub use channel::{XdsBody, XdsChannel, XdsFuture, XdsStatus};
 pub use client::{AdsBackoff, AdsKeepalive};

@@ -76,6 +76,12 @@ struct State {
     replies: Vec<Reply>,
     received: Vec<Received>,
     streams: u64,
+    /// Per TLS handshake completed: the leaf certificate the client presented (DER).
+    #[cfg(feature = "tls")]
+    client_certificates: Vec<Option<Vec<u8>>>,
+    /// TLS handshakes that failed.
+    #[cfg(feature = "tls")]
+    tls_failures: u64,
 }
 
 struct Inner {
@@ -96,6 +102,9 @@ enum Bind {
     Tcp(SocketAddr),
     /// A Unix socket at this path (replaced on each bind).
     Unix(PathBuf),
+    /// TLS over TCP with this server configuration (its client verifier decides mTLS).
+    #[cfg(feature = "tls")]
+    Tls(SocketAddr, Arc<tokio_rustls::rustls::ServerConfig>),
 }
 
 /// The control plane. Dropping it stops the server.
@@ -138,6 +147,33 @@ impl ControlPlane {
         Self::start_bound(Bind::Unix(path.into())).await
     }
 
+    /// Starts on `addr` serving TLS with `config` (ALPN `h2` is added); records the
+    /// certificate each client presents ([`client_certificates`](Self::client_certificates)).
+    #[cfg(feature = "tls")]
+    #[cfg_attr(docsrs, doc(cfg(feature = "tls")))]
+    pub async fn start_tls(
+        addr: SocketAddr,
+        mut config: tokio_rustls::rustls::ServerConfig,
+    ) -> std::io::Result<Self> {
+        config.alpn_protocols = vec![b"h2".to_vec()];
+        Self::start_bound(Bind::Tls(addr, Arc::new(config))).await
+    }
+
+    /// The leaf certificate (DER) each completed TLS handshake presented, in order (`None`:
+    /// none presented).
+    #[cfg(feature = "tls")]
+    #[cfg_attr(docsrs, doc(cfg(feature = "tls")))]
+    pub fn client_certificates(&self) -> Vec<Option<Vec<u8>>> {
+        self.inner.lock().client_certificates.clone()
+    }
+
+    /// How many TLS handshakes failed (a client without an accepted certificate, say).
+    #[cfg(feature = "tls")]
+    #[cfg_attr(docsrs, doc(cfg(feature = "tls")))]
+    pub fn tls_failures(&self) -> u64 {
+        self.inner.lock().tls_failures
+    }
+
     async fn start_bound(bind: Bind) -> std::io::Result<Self> {
         let (changed, _) = watch::channel(0);
         let inner = Arc::new(Inner {
@@ -146,6 +182,8 @@ impl ControlPlane {
         });
         let addr = match &bind {
             Bind::Tcp(addr) => *addr,
+            #[cfg(feature = "tls")]
+            Bind::Tls(addr, _) => *addr,
             Bind::Unix(_) => SocketAddr::from(([0, 0, 0, 0], 0)),
         };
         let mut cp = Self {
@@ -164,7 +202,7 @@ impl ControlPlane {
             inner: self.inner.clone(),
             stopped: stopped.clone(),
         };
-        let mut until = stopped;
+        let mut until = stopped.clone();
         let router =
             tonic::transport::Server::builder().add_service(AggregatedDiscoveryServiceServer::new(service));
         let shutdown = async move {
@@ -186,6 +224,13 @@ impl ControlPlane {
                 let incoming = tokio_stream::wrappers::UnixListenerStream::new(listener);
                 tokio::spawn(router.serve_with_incoming_shutdown(incoming, shutdown));
             }
+            #[cfg(feature = "tls")]
+            Bind::Tls(_, config) => {
+                let listener = tokio::net::TcpListener::bind(self.addr).await?;
+                self.addr = listener.local_addr()?;
+                let incoming = tls::accept(listener, config.clone(), self.inner.clone(), stopped.clone());
+                tokio::spawn(router.serve_with_incoming_shutdown(incoming, shutdown));
+            }
         }
         self.stop = Some(stop);
         Ok(())
@@ -203,6 +248,8 @@ impl ControlPlane {
         match &self.bind {
             Bind::Tcp(_) => self.addr.to_string(),
             Bind::Unix(path) => format!("unix://{}", path.display()),
+            #[cfg(feature = "tls")]
+            Bind::Tls(..) => self.addr.to_string(),
         }
     }
 
@@ -297,6 +344,91 @@ impl Drop for ControlPlane {
         if let Some(stop) = self.stop.take() {
             let _ = stop.send(true);
         }
+    }
+}
+
+#[cfg(feature = "tls")]
+mod tls {
+    //! The TLS accept loop: handshakes run concurrently, each finished one is recorded and
+    //! handed to the tonic server.
+    use super::*;
+    use std::task::{Context, Poll};
+    use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+    use tokio::net::{TcpListener, TcpStream};
+
+    /// A TLS connection as the tonic server takes it.
+    pub(super) struct Conn(tokio_rustls::server::TlsStream<TcpStream>);
+
+    impl tonic::transport::server::Connected for Conn {
+        type ConnectInfo = ();
+        fn connect_info(&self) -> Self::ConnectInfo {}
+    }
+
+    impl AsyncRead for Conn {
+        fn poll_read(
+            mut self: Pin<&mut Self>,
+            cx: &mut Context<'_>,
+            buf: &mut ReadBuf<'_>,
+        ) -> Poll<std::io::Result<()>> {
+            Pin::new(&mut self.0).poll_read(cx, buf)
+        }
+    }
+
+    impl AsyncWrite for Conn {
+        fn poll_write(
+            mut self: Pin<&mut Self>,
+            cx: &mut Context<'_>,
+            buf: &[u8],
+        ) -> Poll<std::io::Result<usize>> {
+            Pin::new(&mut self.0).poll_write(cx, buf)
+        }
+        fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+            Pin::new(&mut self.0).poll_flush(cx)
+        }
+        fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+            Pin::new(&mut self.0).poll_shutdown(cx)
+        }
+    }
+
+    pub(super) fn accept(
+        listener: TcpListener,
+        config: Arc<tokio_rustls::rustls::ServerConfig>,
+        inner: Arc<Inner>,
+        mut stopped: watch::Receiver<bool>,
+    ) -> impl Stream<Item = std::io::Result<Conn>> {
+        let (tx, rx) = mpsc::channel(16);
+        let acceptor = tokio_rustls::TlsAcceptor::from(config);
+        tokio::spawn(async move {
+            loop {
+                let tcp = tokio::select! {
+                    r = listener.accept() => match r {
+                        Ok((tcp, _)) => tcp,
+                        Err(_) => continue,
+                    },
+                    _ = stopped.wait_for(|s| *s) => return,
+                };
+                let (acceptor, inner, tx) = (acceptor.clone(), inner.clone(), tx.clone());
+                tokio::spawn(async move {
+                    match acceptor.accept(tcp).await {
+                        Ok(tls) => {
+                            let leaf = tls
+                                .get_ref()
+                                .1
+                                .peer_certificates()
+                                .and_then(|c| c.first())
+                                .map(|c| c.to_vec());
+                            inner.lock().client_certificates.push(leaf);
+                            let _ = tx.send(Ok(Conn(tls))).await;
+                        }
+                        Err(e) => {
+                            tracing::debug!(error = %e, "control plane: TLS handshake failed");
+                            inner.lock().tls_failures += 1;
+                        }
+                    }
+                });
+            }
+        });
+        tokio_stream::wrappers::ReceiverStream::new(rx)
     }
 }
 
