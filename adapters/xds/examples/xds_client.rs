@@ -6,6 +6,7 @@
 //! GRPC_XDS_BOOTSTRAP=bootstrap.json cargo run --release -p pickwise-xds --example xds_client -- \
 //!     xds:///NAME [--duration S] [--concurrency N] [--json]
 //! ... --header NAME --keys FILE     # one call per key: prints "KEY host:port"
+//! ... --metrics 127.0.0.1:9464        # Prometheus text at http://ADDR/metrics (feature `metrics`)
 //! ```
 //!
 //! `--json` prints one object per second: `{"t", "policy", "requests", "errors", "per_backend"}`.
@@ -46,6 +47,13 @@ struct Args {
     /// Start an in-process control plane and three backends, and point the client at them.
     #[arg(long)]
     demo: bool,
+    /// Serve the instruments (gRFC A78's `grpc.xds_client.*`, each cluster's balancer's) in
+    /// Prometheus text at http://ADDR/metrics while running (needs the `metrics` feature).
+    #[arg(long)]
+    metrics: Option<std::net::SocketAddr>,
+    /// With --metrics: after the run, keep serving until standard input closes.
+    #[arg(long, requires = "metrics")]
+    hold: bool,
 }
 
 #[derive(Default)]
@@ -62,6 +70,30 @@ fn main() -> ExitCode {
 }
 
 async fn run(args: Args) -> ExitCode {
+    if let Some(addr) = args.metrics {
+        if !cfg!(feature = "metrics") {
+            eprintln!("xds_client: built without the `metrics` feature: /metrics will list nothing");
+        }
+        // Its own HTTP listener on the runtime; any path answers, /metrics included.
+        if let Err(e) = metrics_exporter_prometheus::PrometheusBuilder::new()
+            .with_http_listener(addr)
+            .install()
+        {
+            eprintln!("xds_client: cannot serve metrics on {addr}: {e}");
+            return ExitCode::from(2);
+        }
+        eprintln!("xds_client: metrics at http://{addr}/metrics");
+    }
+    let code = run_client(&args).await;
+    if args.hold {
+        // Keep serving /metrics until standard input closes.
+        let _ =
+            tokio::task::spawn_blocking(|| std::io::copy(&mut std::io::stdin(), &mut std::io::sink())).await;
+    }
+    code
+}
+
+async fn run_client(args: &Args) -> ExitCode {
     let _demo = if args.demo {
         Some(demo::start(&args.target, Duration::from_secs(args.duration)).await)
     } else {
@@ -119,7 +151,7 @@ async fn run(args: Args) -> ExitCode {
         tick.tick().await;
         let c = std::mem::take(&mut *counts.lock().unwrap());
         errors_total += c.errors;
-        report(&args, &channel, start, &c);
+        report(args, &channel, start, &c);
     }
     for w in workers {
         let _ = w.await;

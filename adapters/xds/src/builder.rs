@@ -119,6 +119,7 @@ impl XdsBuilder {
             resource_timeout: self.resource_timeout,
             backoff: self.backoff,
             keepalive: self.keepalive,
+            channel_target: target.to_owned(),
         };
         let (state, ads) = client::spawn(options, name.to_owned());
         let (version, _) = watch::channel(0u64);
@@ -129,7 +130,15 @@ impl XdsBuilder {
             channel_id: fastrand::u64(..),
             target: name.to_owned(),
         });
-        let manager = tokio::spawn(manager::manage(shared.clone(), state, self.template));
+        // Each cluster's instruments carry the channel's target (`grpc.target`, gRFC A66).
+        #[cfg(feature = "metrics")]
+        let template: Template = {
+            let (user, target) = (self.template, target.to_owned());
+            Arc::new(move || user().target(target.clone()))
+        };
+        #[cfg(not(feature = "metrics"))]
+        let template = self.template;
+        let manager = tokio::spawn(manager::manage(shared.clone(), state, template));
         Ok(XdsChannel::new(shared, [ads, manager]))
     }
 }

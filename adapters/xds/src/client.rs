@@ -40,6 +40,7 @@ use crate::resource::{
     self, ClusterConfig, EndpointsConfig, ListenerConfig, Resource, ResourceType, Route, RouteConfig,
     RouteSource,
 };
+use crate::telemetry::{CacheState, XdsInstruments};
 
 /// Reconnect backoff for the ADS stream.
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -88,6 +89,8 @@ pub(crate) struct Options {
     pub(crate) resource_timeout: Duration,
     pub(crate) backoff: AdsBackoff,
     pub(crate) keepalive: AdsKeepalive,
+    /// The channel's target as the user gave it (`xds:///name`), for instruments.
+    pub(crate) channel_target: String,
 }
 
 /// The resolved configuration for one target, as the channel consumes it.
@@ -154,6 +157,8 @@ struct Client {
     /// The `tls` creds' file watcher, started with the first connection attempt.
     #[cfg(feature = "tls")]
     tls: Option<Arc<crate::credentials::FileWatcher>>,
+    /// gRFC A78's `grpc.xds_client.*` (empty without the `metrics` feature).
+    instruments: XdsInstruments,
 }
 
 fn idx(t: ResourceType) -> usize {
@@ -169,6 +174,7 @@ pub(crate) fn spawn(
         routes: Ok(None),
         ..XdsState::default()
     }));
+    let instruments = XdsInstruments::new(&options.channel_target, &options.bootstrap.server_uri);
     let mut client = Client {
         options,
         target,
@@ -180,8 +186,10 @@ pub(crate) fn spawn(
         last_routes: None,
         #[cfg(feature = "tls")]
         tls: None,
+        instruments,
     };
     client.slots[idx(ResourceType::Listener)].insert(client.target.clone(), Slot::default());
+    client.record_cache();
     let task = tokio::spawn(async move { client.run().await });
     (rx, task)
 }
@@ -197,6 +205,11 @@ impl Client {
             };
             self.stop_timers();
             self.publish(false);
+            if !got_response {
+                // gRFC A57/A78: a connectivity failure, or a stream that failed without a
+                // response, is a server failure.
+                self.instruments.failed();
+            }
             if got_response {
                 delay = self.options.backoff.initial;
             }
@@ -261,6 +274,7 @@ impl Client {
             }
         };
         tracing::info!(%uri, "ADS stream up");
+        self.instruments.connected();
         self.start_timers();
         self.publish(true);
         let mut got_response = false;
@@ -269,6 +283,9 @@ impl Client {
             tokio::select! {
                 msg = stream.message() => match msg {
                     Ok(Some(resp)) => {
+                        if !got_response {
+                            self.instruments.connected();
+                        }
                         got_response = true;
                         self.on_response(resp, &tx);
                     }
@@ -367,14 +384,17 @@ impl Client {
         let mut errors = Vec::new();
         let mut seen = BTreeSet::new();
         let mut changed = false;
+        let (mut valid, mut invalid) = (0, 0);
         let slots = &mut self.slots[idx(t)];
         for any in resources {
             match resource::decode(t, any) {
                 Ok((name, value)) => {
                     if !seen.insert(name.clone()) {
                         errors.push(format!("resource {name:?} appears twice"));
+                        invalid += 1;
                         continue;
                     }
+                    valid += 1;
                     let Some(slot) = slots.get_mut(&name) else {
                         continue; // not subscribed (any more)
                     };
@@ -388,6 +408,7 @@ impl Client {
                 }
                 Err(e) => {
                     errors.push(e.to_string());
+                    invalid += 1;
                     if let Some(name) = &e.name {
                         seen.insert(name.clone());
                         if let Some(slot) = slots.get_mut(name) {
@@ -410,7 +431,41 @@ impl Client {
                 }
             }
         }
+        self.instruments.updates(t, valid, invalid);
         (errors, changed)
+    }
+
+    /// Sets `grpc.xds_client.resources` from the cache (a no-op without `metrics`).
+    fn record_cache(&mut self) {
+        let cache = self.slots.iter().enumerate().flat_map(|(i, slots)| {
+            slots.iter().map(move |(name, slot)| {
+                let state = match slot {
+                    Slot { missing: true, .. } => CacheState::DoesNotExist,
+                    Slot {
+                        value: Some(_),
+                        error: None,
+                        ..
+                    } => CacheState::Acked,
+                    Slot {
+                        value: Some(_),
+                        error: Some(_),
+                        ..
+                    } => CacheState::NackedButCached,
+                    Slot {
+                        value: None,
+                        error: Some(_),
+                        ..
+                    } => CacheState::Nacked,
+                    Slot {
+                        value: None,
+                        error: None,
+                        ..
+                    } => CacheState::Requested,
+                };
+                (ResourceType::ALL[i], name.as_str(), state)
+            })
+        });
+        self.instruments.resources(cache);
     }
 
     /// Resolves the chain, publishes the state and updates subscriptions (sending requests for
@@ -439,6 +494,7 @@ impl Client {
             let _ = tx.send(self.request(t, false));
         }
         self.send(state, connected);
+        self.record_cache();
     }
 
     /// Publishes the chain as it resolves now, without touching subscriptions.

@@ -44,8 +44,9 @@ impl std::fmt::Debug for ClusterBalancer {
 }
 
 impl ClusterBalancer {
-    /// Starts a balancer for `cluster` from the user's builder template.
-    pub(crate) fn new(builder: pickwise_tonic::Builder, cluster: &ClusterConfig) -> Self {
+    /// Starts a balancer for the cluster `name` from the user's builder template.
+    #[cfg_attr(not(feature = "metrics"), allow(unused_variables))]
+    pub(crate) fn new(builder: pickwise_tonic::Builder, name: &str, cluster: &ClusterConfig) -> Self {
         // Outlier detection only when CDS asks for it (gRFC A50: no `outlier_detection`, no
         // ejection), whatever the template's default; found by the differential scenario
         // `no_outlier_detection_without_config` (pickwise ejected, C-core kept sending).
@@ -57,6 +58,11 @@ impl ClusterBalancer {
             .policy(cluster.lb.policy)
             .report_peer(true)
             .outlier(outlier);
+        // Its instruments' `grpc.lb.backend_service` (gRFC A89): the cluster's name.
+        #[cfg(feature = "metrics")]
+        {
+            builder = builder.backend_service(name);
+        }
         if cluster.lb.outlier.is_some() {
             // gRFC A50 as gRPC counts: any non-OK call is a failure (grpc-go
             // `outlierdetection.incrementCounter`), not Envoy's HTTP mapping.

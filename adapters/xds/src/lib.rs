@@ -65,6 +65,7 @@ mod dispatch;
 mod manager;
 pub mod resource;
 mod routing;
+mod telemetry;
 
 use std::fmt;
 

@@ -43,7 +43,7 @@ pub(crate) async fn manage(
                 ClusterState::Ready(cluster, eds) => {
                     let b = balancers
                         .entry(name.clone())
-                        .or_insert_with(|| ClusterBalancer::new(template(), cluster));
+                        .or_insert_with(|| ClusterBalancer::new(template(), name, cluster));
                     b.update(cluster, eds);
                     ready_entry(b)
                 }
