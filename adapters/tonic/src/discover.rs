@@ -6,7 +6,8 @@
 //! last good endpoint set and says so in a `tracing` event.
 //!
 //! Ready-made sources: [`fixed`] (a static list), [`channel`] (a handle you push changes into) and
-//! [`dns`] (periodic re-resolution of a `host:port`).
+//! [`dns`] (periodic re-resolution of a `host:port`); behind features, [`DnsSrv`] (DNS SRV records
+//! with TTL-driven refresh, `dns-srv`).
 
 use std::collections::BTreeSet;
 use std::net::SocketAddr;
@@ -17,6 +18,12 @@ use std::time::Duration;
 use futures_core::Stream;
 use tokio::sync::mpsc;
 pub use tower::discover::Change;
+
+#[cfg(feature = "dns-srv")]
+mod srv;
+#[cfg(feature = "dns-srv")]
+#[cfg_attr(docsrs, doc(cfg(feature = "dns-srv")))]
+pub use srv::{dns_srv, hickory_resolver, DnsSrv};
 
 use crate::BoxError;
 
