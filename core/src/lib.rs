@@ -86,7 +86,9 @@ pub use maglev::{Maglev, MaglevError};
 pub use outcome::Observed;
 pub use p2c::{P2c, PickError};
 pub use picker::{LbPolicy, NoKey, Picker};
-pub use pool::{FailurePercentageEjection, OutlierConfig, Policy, Pool, PoolConfig, SuccessRateEjection};
+pub use pool::{
+    EjectionReason, FailurePercentageEjection, OutlierConfig, Policy, Pool, PoolConfig, SuccessRateEjection,
+};
 #[cfg(feature = "alloc")]
 pub use ring::Ring;
 pub use ring::{FixedRing, Mode, RingConfig, RingView, MAX_RING_SIZE};

@@ -335,6 +335,20 @@ impl Pool {
         self.endpoints.store(n.min(u32::MAX as usize) as u32, Relaxed);
     }
 
+    /// Whether `e` is ejected at `now`, and by which rule: a failure streak at the
+    /// consecutive-failures threshold, else an interval algorithm (gRFC A50). A plain reading
+    /// for instruments (adapters label ejections with [`EjectionReason::as_str`]); not for the
+    /// pick path.
+    pub fn ejection(&self, e: &EndpointState, now: u64) -> Option<EjectionReason> {
+        e.ejected_for_ms(now)?;
+        let threshold = self.config.outlier.consecutive_failures;
+        Some(if threshold != 0 && e.consecutive_failures() >= threshold {
+            EjectionReason::ConsecutiveFailures
+        } else {
+            EjectionReason::OutlierStatistics
+        })
+    }
+
     /// Endpoints currently counted as ejected.
     pub fn ejected(&self) -> u32 {
         self.ejected.0.load(Relaxed)
@@ -802,5 +816,25 @@ mod tests {
         let w = (-0.11f32).exp();
         let want = 10e6 * w + 100e6 * (1.0 - w);
         assert!((pool.estimate(&e, 1110 * MS) - want).abs() / want < 1e-3);
+    }
+}
+
+/// Why an endpoint is ejected ([`Pool::ejection`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum EjectionReason {
+    /// Its failure streak reached [`OutlierConfig::consecutive_failures`].
+    ConsecutiveFailures,
+    /// An interval algorithm (success rate or failure percentage, gRFC A50) ejected it.
+    OutlierStatistics,
+}
+
+impl EjectionReason {
+    /// `consecutive_failures` or `outlier_statistics` (the instruments' `reason` label).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::ConsecutiveFailures => "consecutive_failures",
+            Self::OutlierStatistics => "outlier_statistics",
+        }
     }
 }

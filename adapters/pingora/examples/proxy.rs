@@ -11,8 +11,13 @@
 //! cargo run --release -p pickwise-pingora --example proxy -- [--policy NAME]... [--duration SECS]
 //!     [--concurrency N] [--targets host:port,...] [--healthy] [--h2c] [--json]
 //!     [--dead N] [--fail-percent P] [--load-report VALUE]... [--wrr-blackout-ms MS]
-//!     [--wrr-update-ms MS]
+//!     [--wrr-update-ms MS] [--metrics ADDR [--hold]]
 //! ```
+//!
+//! `--metrics ADDR` serves the selections' instruments in Prometheus text at
+//! `http://ADDR/metrics` while it runs (build with `--features metrics`; the README's table;
+//! `grpc.target` is the selection's name); `--hold` keeps serving after the results until
+//! standard input closes.
 //!
 //! The two scenarios of issue 16: `--healthy --backends 3 --dead 2 --concurrency 32` (three live
 //! backends and two dead addresses; health checks mark them down), and
@@ -112,6 +117,13 @@ struct Args {
     /// `weighted-round-robin`'s weight update period (at least 100 ms).
     #[arg(long, default_value_t = 100)]
     wrr_update_ms: u64,
+    /// Serve the instruments in Prometheus text at http://ADDR/metrics while running (needs the
+    /// `metrics` feature to record anything).
+    #[arg(long)]
+    metrics: Option<std::net::SocketAddr>,
+    /// With --metrics: after the results, keep serving until standard input closes.
+    #[arg(long, requires = "metrics")]
+    hold: bool,
 }
 
 /// A loopback address nothing listens on (bound, then released): connections are refused.
@@ -137,6 +149,10 @@ fn selection(name: &str, args: &Args) -> (Selection, bool) {
         failure_penalty: args.failure_penalty,
         ..PoolConfig::default()
     };
+    // With `metrics`, each selection's instruments say its name as `grpc.target`.
+    #[cfg(feature = "metrics")]
+    let pickwise = |p| Selection::Pickwise(Shared::with_target(p, config, name));
+    #[cfg(not(feature = "metrics"))]
     let pickwise = |p| Selection::Pickwise(Shared::new(p, config));
     match name {
         "p2c-peak-ewma" => (pickwise(LbPolicy::P2c(Policy::PeakEwma)), false),
@@ -229,6 +245,22 @@ fn main() {
         .enable_all()
         .build()
         .expect("runtime");
+    if let Some(addr) = args.metrics {
+        if !cfg!(feature = "metrics") {
+            eprintln!("proxy: built without the `metrics` feature: /metrics will list nothing");
+        }
+        // Its own HTTP listener on the runtime; any path answers, /metrics included.
+        let installed = rt.block_on(async {
+            metrics_exporter_prometheus::PrometheusBuilder::new()
+                .with_http_listener(addr)
+                .install()
+        });
+        if let Err(e) = installed {
+            eprintln!("proxy: cannot serve metrics on {addr}: {e}");
+            std::process::exit(2);
+        }
+        eprintln!("proxy: metrics at http://{addr}/metrics");
+    }
     let backends: Arc<Mutex<Vec<Local>>> = Arc::new(Mutex::new(Vec::new()));
     let mut targets = match &args.targets {
         Some(t) => t.clone(),
@@ -364,5 +396,9 @@ fn main() {
                 shares.join(" | ")
             );
         }
+    }
+    if args.hold {
+        // Keep serving /metrics (and the backends) until standard input closes.
+        let _ = std::io::copy(&mut std::io::stdin(), &mut std::io::sink());
     }
 }

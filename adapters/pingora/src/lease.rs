@@ -55,7 +55,10 @@ pub type Lease = InFlight<Arc<EndpointState>, PoolRef>;
 /// Takes a lease on `backend` in the group `shared` (`None` if the group does not know it). Runs
 /// the group's timer if due ([`Shared::handle_timeout`]; it reads the clock anyway).
 pub fn lease(shared: &Arc<Shared>, backend: &Backend) -> Option<Lease> {
-    let state = shared.state_at(backend.addr.as_inet()?)?;
+    let addr = backend.addr.as_inet()?;
+    let state = shared.state_at(addr)?;
+    #[cfg(feature = "metrics")]
+    shared.instruments.picked(addr);
     let now = shared.now();
     shared.handle_timeout(now);
     Some(InFlight::start(state, PoolRef(shared.clone()), now))

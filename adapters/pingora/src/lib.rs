@@ -66,6 +66,8 @@ mod health;
 mod lease;
 mod selection;
 mod state;
+#[cfg(feature = "metrics")]
+mod telemetry;
 
 pub use discovery::{Change, StreamDiscovery};
 pub use health::{tcp_health_check, HealthObserver};

@@ -115,6 +115,9 @@ pub struct Shared {
     /// [`now`](Self::now)'s clock.
     next_timeout: AtomicU64,
     epoch: Instant,
+    /// Picks, in-flight gauges and ejections (feature `metrics`).
+    #[cfg(feature = "metrics")]
+    pub(crate) instruments: crate::telemetry::GroupInstruments,
 }
 
 impl Shared {
@@ -123,6 +126,18 @@ impl Shared {
     /// pool's in-flight total for bounded-load ring hash. A ring-hash key whose owner is not ready
     /// walks on clockwise (Envoy's behaviour, [`OwnerConnecting::Walk`]): a proxy does not queue.
     pub fn new(policy: LbPolicy, pool: PoolConfig) -> Arc<Self> {
+        Self::build(policy, pool, "pickwise")
+    }
+
+    /// [`new`](Self::new), with the group's name as its instruments' `grpc.target` (feature
+    /// `metrics`; [`new`](Self::new) says `pickwise`).
+    #[cfg(feature = "metrics")]
+    pub fn with_target(policy: LbPolicy, pool: PoolConfig, target: &str) -> Arc<Self> {
+        Self::build(policy, pool, target)
+    }
+
+    #[cfg_attr(not(feature = "metrics"), allow(unused_variables))]
+    fn build(policy: LbPolicy, pool: PoolConfig, target: &str) -> Arc<Self> {
         let sweep_ms = u64::from(pool.outlier.interval_ms).clamp(1, MAX_SWEEP_MS);
         let pool = Arc::new(Pool::new(pool));
         let config = BalancerConfig {
@@ -150,6 +165,8 @@ impl Shared {
             by_addr: ArcSwap::from_pointee(HashMap::new()),
             next_timeout: AtomicU64::new(0),
             epoch,
+            #[cfg(feature = "metrics")]
+            instruments: crate::telemetry::GroupInstruments::new(target, &policy),
         })
     }
 
@@ -226,6 +243,8 @@ impl Shared {
         let now = core.advance(now);
         core.balancer.handle_timeout(now);
         self.publish(&mut core, now);
+        #[cfg(feature = "metrics")]
+        self.instruments.sample(&self.pool, now);
     }
 
     /// Pingora's health check flipped `backend` to `healthy`: READY or TRANSIENT_FAILURE for the
@@ -293,6 +312,11 @@ impl Shared {
             .iter()
             .filter_map(|(_, m)| Some((*m.backend.addr.as_inet()?, m.state.clone())))
             .collect();
+        #[cfg(feature = "metrics")]
+        {
+            self.instruments.rebuild(&by_addr);
+            self.instruments.sample(&self.pool, now);
+        }
         self.by_addr.store(Arc::new(by_addr));
         // Always a fresh picker for a rebuild (payloads may have changed).
         while core.balancer.poll_event().is_some() {}

@@ -248,7 +248,6 @@ fn sample_once(shared: &Arc<Shared>) {
     let now = common.now();
     let snap = shared.snapshot.load();
     let Some(picker) = &snap.picker else { return };
-    let threshold = common.config.pool.outlier.consecutive_failures;
     for m in picker.all() {
         let e = &m.sub.core;
         let i = &m.sub.instruments;
@@ -256,18 +255,13 @@ fn sample_once(shared: &Arc<Shared>) {
         if e.latency_ns().is_some() {
             i.cost.set(f64::from(common.pool.estimate(e, now)) / 1e9);
         }
-        let ejected = e.ejected_for_ms(now).is_some();
-        if ejected && !i.was_ejected.swap(ejected, Ordering::Relaxed) {
-            // A streak at the threshold ejected it; otherwise an interval algorithm did (gRFC A50).
-            let reason = if threshold != 0 && e.consecutive_failures() >= threshold {
-                "consecutive_failures"
-            } else {
-                "outlier_statistics"
-            };
+        let ejection = common.pool.ejection(e, now);
+        let ejected = ejection.is_some();
+        if let Some(reason) = ejection.filter(|_| !i.was_ejected.swap(true, Ordering::Relaxed)) {
             counter!("pickwise.endpoint.ejections",
                 "grpc.target" => i.labels.target.clone(),
                 "pickwise.endpoint" => m.sub.addr.clone(),
-                "reason" => reason)
+                "reason" => reason.as_str())
             .increment(1);
         } else if !ejected {
             i.was_ejected.store(false, Ordering::Relaxed);

@@ -1,0 +1,127 @@
+//! Instruments (feature `metrics`): the `pickwise.*` names and attributes of `pickwise-tonic`'s
+//! (see the README's table), recorded through the [`metrics`](https://docs.rs/metrics) facade.
+//! Without a recorder installed every handle is a no-op; without the feature nothing here is
+//! compiled in.
+//!
+//! - **At each lease** ([`lease`](crate::lease), the backend a request actually goes to, after
+//!   Pingora's health checks and a retry's exclusions): `pickwise.picks` (the group's policy)
+//!   and `pickwise.endpoint.picks`; one relaxed add each, handles registered per backend when a
+//!   rebuild first sees it.
+//! - **When the core's timers run** ([`Shared::handle_timeout`](crate::Shared::handle_timeout),
+//!   at least once a second while requests flow) and at each rebuild: per-backend
+//!   `pickwise.endpoint.in_flight`, and `pickwise.endpoint.ejections` with the reason the core
+//!   gives ([`Pool::ejection`](pickwise::Pool::ejection)).
+//!
+//! `grpc.target` is the group's name ([`Shared::with_target`](crate::Shared::with_target);
+//! `pickwise` by default), `pickwise.endpoint` the backend's `ip:port`.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
+use arc_swap::ArcSwap;
+use metrics::{counter, gauge, Counter, Gauge, SharedString};
+use pickwise::{EndpointState, LbPolicy, Pool};
+
+/// One backend's handles.
+#[derive(Debug)]
+struct Endpoint {
+    state: Arc<EndpointState>,
+    addr: SharedString,
+    picks: Counter,
+    in_flight: Gauge,
+    /// Ejected when last sampled.
+    was_ejected: AtomicBool,
+}
+
+/// One upstream group's instruments.
+#[derive(Debug)]
+pub(crate) struct GroupInstruments {
+    target: SharedString,
+    picks: Counter,
+    endpoints: ArcSwap<HashMap<SocketAddr, Arc<Endpoint>>>,
+}
+
+impl GroupInstruments {
+    pub(crate) fn new(target: &str, policy: &LbPolicy) -> Self {
+        describe();
+        let target = SharedString::from(target.to_owned());
+        Self {
+            picks: counter!("pickwise.picks", "grpc.target" => target.clone(), "pickwise.policy" => policy.name()),
+            target,
+            endpoints: ArcSwap::from_pointee(HashMap::new()),
+        }
+    }
+
+    /// A request leased `addr` (the pick path: two relaxed adds).
+    pub(crate) fn picked(&self, addr: &SocketAddr) {
+        self.picks.increment(1);
+        if let Some(e) = self.endpoints.load().get(addr) {
+            e.picks.increment(1);
+        }
+    }
+
+    /// The backend set of a rebuild: handles for new backends (known ones keep theirs).
+    pub(crate) fn rebuild(&self, backends: &HashMap<SocketAddr, Arc<EndpointState>>) {
+        let old = self.endpoints.load();
+        let t = &self.target;
+        let next = backends
+            .iter()
+            .map(|(addr, state)| {
+                let e = match old.get(addr) {
+                    Some(e) if Arc::ptr_eq(&e.state, state) => e.clone(),
+                    _ => {
+                        let a = SharedString::from(addr.to_string());
+                        Arc::new(Endpoint {
+                            picks: counter!("pickwise.endpoint.picks", "grpc.target" => t.clone(), "pickwise.endpoint" => a.clone()),
+                            in_flight: gauge!("pickwise.endpoint.in_flight", "grpc.target" => t.clone(), "pickwise.endpoint" => a.clone()),
+                            addr: a,
+                            state: state.clone(),
+                            was_ejected: AtomicBool::new(false),
+                        })
+                    }
+                };
+                (*addr, e)
+            })
+            .collect();
+        self.endpoints.store(Arc::new(next));
+    }
+
+    /// Sets the in-flight gauges and counts ejections begun since the last sample.
+    pub(crate) fn sample(&self, pool: &Pool, now: u64) {
+        for e in self.endpoints.load().values() {
+            e.in_flight.set(f64::from(e.state.in_flight()));
+            match pool.ejection(&e.state, now) {
+                Some(reason) => {
+                    if !e.was_ejected.swap(true, Ordering::Relaxed) {
+                        counter!("pickwise.endpoint.ejections",
+                            "grpc.target" => self.target.clone(),
+                            "pickwise.endpoint" => e.addr.clone(),
+                            "reason" => reason.as_str())
+                        .increment(1);
+                    }
+                }
+                None => e.was_ejected.store(false, Ordering::Relaxed),
+            }
+        }
+    }
+}
+
+/// Units and help text, once per process.
+fn describe() {
+    use metrics::{describe_counter, describe_gauge};
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        describe_counter!("pickwise.picks", "Picks by the group's policy.");
+        describe_counter!("pickwise.endpoint.picks", "Picks of one backend.");
+        describe_gauge!(
+            "pickwise.endpoint.in_flight",
+            "Requests in flight on one backend."
+        );
+        describe_counter!(
+            "pickwise.endpoint.ejections",
+            "Outlier ejections of one backend, by reason."
+        );
+    });
+}

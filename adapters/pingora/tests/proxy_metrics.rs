@@ -1,0 +1,101 @@
+//! `proxy --metrics ADDR` as an operator scrapes it (feature `metrics`): after a run through the
+//! Pingora proxy, the picks per backend add up to what the run counted (`--json`), backend by
+//! backend, and the policy's pick counter to the total.
+
+use std::io::{BufRead as _, BufReader, Read as _, Write as _};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::path::PathBuf;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+fn proxy() -> Command {
+    let exe = std::env::current_exe().unwrap();
+    let dir: PathBuf = exe.parent().unwrap().parent().unwrap().join("examples");
+    Command::new(dir.join(format!("proxy{}", std::env::consts::EXE_SUFFIX)))
+}
+
+/// The Prometheus text at http://addr/metrics, if the exporter answers.
+fn scrape(addr: SocketAddr) -> Option<String> {
+    let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(1)).ok()?;
+    s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
+    write!(
+        s,
+        "GET /metrics HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
+    )
+    .ok()?;
+    let mut body = String::new();
+    s.read_to_string(&mut body).ok()?;
+    body.starts_with("HTTP/1.1 200").then_some(body)
+}
+
+/// Every sample of `name` as (labels, value).
+fn samples(text: &str, name: &str) -> Vec<(String, f64)> {
+    text.lines()
+        .filter(|l| !l.starts_with('#'))
+        .filter_map(|l| {
+            let (series, value) = l.rsplit_once(' ')?;
+            let (n, labels) = match series.split_once('{') {
+                Some((n, rest)) => (n, rest.trim_end_matches('}')),
+                None => (series, ""),
+            };
+            (n == name).then(|| Some((labels.to_string(), value.parse().ok()?)))?
+        })
+        .collect()
+}
+
+#[test]
+fn scraped_picks_match_the_run() {
+    // A free port: bound, read, released for the proxy's exporter.
+    let addr = TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap();
+    let mut child = proxy()
+        .args(["--policy", "p2c-least-request", "--healthy", "--backends", "2"])
+        .args(["--duration", "1", "--concurrency", "4", "--json", "--hold"])
+        .args(["--metrics", &addr.to_string()])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .unwrap();
+    // The run's own figures (printed when the run is over and the proxy dropped).
+    let mut line = String::new();
+    BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    let run: serde_json::Value = serde_json::from_str(&line).expect(&line);
+    let requests = run["requests"].as_u64().unwrap();
+    assert!(requests > 0, "{line}");
+    assert_eq!(run["errors"].as_u64(), Some(0), "{line}");
+    let target = "grpc_target=\"p2c-least-request\"";
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let text = loop {
+        if let Some(text) = scrape(addr) {
+            break text;
+        }
+        assert!(Instant::now() < deadline, "no scrape from {addr}");
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let picks = samples(&text, "pickwise_endpoint_picks");
+    assert_eq!(picks.len(), 2, "{text}");
+    for (backend, hits) in run["per_backend"].as_object().unwrap() {
+        let picked = picks
+            .iter()
+            .find(|(labels, _)| labels.contains(&format!("pickwise_endpoint=\"{backend}\"")))
+            .unwrap_or_else(|| panic!("no picks for {backend}: {text}"));
+        assert!(picked.0.contains(target), "{text}");
+        assert_eq!(
+            picked.1,
+            hits.as_u64().unwrap() as f64,
+            "{backend}: {line}\n{text}"
+        );
+    }
+    let by_policy = samples(&text, "pickwise_picks");
+    assert_eq!(by_policy.len(), 1, "{text}");
+    assert!(by_policy[0].0.contains(target), "{text}");
+    assert_eq!(by_policy[0].1, requests as f64, "{line}\n{text}");
+    // Nothing in flight once the run is over; no ejection among healthy backends.
+    let in_flight = samples(&text, "pickwise_endpoint_in_flight");
+    assert!(in_flight.iter().all(|s| s.1 == 0.0), "{text}");
+    assert!(samples(&text, "pickwise_endpoint_ejections").is_empty(), "{text}");
+    drop(child.stdin.take());
+    assert!(child.wait().unwrap().success());
+}
