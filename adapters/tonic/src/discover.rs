@@ -7,7 +7,7 @@
 //!
 //! Ready-made sources: [`fixed`] (a static list), [`channel`] (a handle you push changes into) and
 //! [`dns`] (periodic re-resolution of a `host:port`); behind features, [`DnsSrv`] (DNS SRV records
-//! with TTL-driven refresh, `dns-srv`).
+//! with TTL-driven refresh, `dns-srv`) and [`EndpointSlices`] (Kubernetes, `k8s`).
 
 use std::collections::BTreeSet;
 use std::net::SocketAddr;
@@ -24,6 +24,12 @@ mod srv;
 #[cfg(feature = "dns-srv")]
 #[cfg_attr(docsrs, doc(cfg(feature = "dns-srv")))]
 pub use srv::{dns_srv, hickory_resolver, DnsSrv};
+
+#[cfg(feature = "k8s")]
+mod k8s;
+#[cfg(feature = "k8s")]
+#[cfg_attr(docsrs, doc(cfg(feature = "k8s")))]
+pub use k8s::{EndpointSlices, SERVICE_NAME_LABEL};
 
 use crate::BoxError;
 
