@@ -6,6 +6,8 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 out=benches/RESULTS.md
 tmp=$(mktemp -d)
+# The Envoy comparison's section (benches/envoy_vs_pingora.sh) is kept as it is.
+sed -n '/^<!-- envoy_vs_pingora: generated/,/^<!-- envoy_vs_pingora: end -->/p' "$out" > "$tmp/envoy.md" 2>/dev/null || true
 cargo build --release -q -p pickwise-benches --bin compare
 cargo build --release -q -p pickwise-tonic --example loadtest
 cargo build --release -q -p pickwise-benches --bin pingora
@@ -117,4 +119,7 @@ for l in sys.stdin:
     r=json.loads(l); print(f\"| $round | {r['policy']} | {r['rps']:.0f} | {r['p50_ms']:.2f} | {r['p99_ms']:.2f} | {r['errors']} |\")"
   done
 } >> "$out"
+if [[ -s "$tmp/envoy.md" ]]; then
+  { echo; cat "$tmp/envoy.md"; } >> "$out"
+fi
 rm -rf "$tmp"
