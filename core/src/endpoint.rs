@@ -97,6 +97,10 @@ pub struct EndpointState {
     consecutive_failures: AtomicU32,
     /// The ejection-time multiplier (Envoy's `ejectTimeBackoff`).
     ejections: AtomicU32,
+    /// What started the current or last ejection: 0 a failure streak, 1 an interval algorithm
+    /// (read by [`Pool::ejection`](crate::Pool::ejection); the streak itself is reset by the
+    /// ejection, so it cannot tell).
+    pub(crate) ejected_by: AtomicU32,
     /// Stamp of the last pick that chose this endpoint (go-zero's `forcePick`; GoZero policy only).
     last_pick: AtomicU32,
     /// Successful requests, wrapping; counted only while success-rate or failure-percentage
@@ -128,6 +132,7 @@ impl EndpointState {
             backoff_at: AtomicU32::new(0),
             consecutive_failures: AtomicU32::new(0),
             ejections: AtomicU32::new(0),
+            ejected_by: AtomicU32::new(0),
             last_pick: AtomicU32::new(0),
             successes: AtomicU32::new(0),
             picks: Counter::new(0),

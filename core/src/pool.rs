@@ -336,13 +336,13 @@ impl Pool {
     }
 
     /// Whether `e` is ejected at `now`, and by which rule: a failure streak at the
-    /// consecutive-failures threshold, else an interval algorithm (gRFC A50). A plain reading
+    /// consecutive-failures threshold, or an interval algorithm (gRFC A50), as recorded when the
+    /// ejection started. A plain reading
     /// for instruments (adapters label ejections with [`EjectionReason::as_str`]); not for the
     /// pick path.
     pub fn ejection(&self, e: &EndpointState, now: u64) -> Option<EjectionReason> {
         e.ejected_for_ms(now)?;
-        let threshold = self.config.outlier.consecutive_failures;
-        Some(if threshold != 0 && e.consecutive_failures() >= threshold {
+        Some(if e.ejected_by.load(Relaxed) == 0 {
             EjectionReason::ConsecutiveFailures
         } else {
             EjectionReason::OutlierStatistics
@@ -564,6 +564,7 @@ impl Pool {
         }
         let outlier = self.config.outlier;
         if e.eject(now_ms, |m| outlier.next_ejection(m)) {
+            e.ejected_by.store(0, Relaxed);
             true
         } else {
             self.release_slot(); // someone else ejected it first, or it was removed
@@ -593,6 +594,7 @@ impl Pool {
         }
         let outlier = self.config.outlier;
         if e.eject(millis(now), |m| outlier.next_ejection(m)) {
+            e.ejected_by.store(1, Relaxed);
             true
         } else {
             self.release_slot();
@@ -686,6 +688,34 @@ mod tests {
         assert_eq!(pool.ejected(), 1);
         assert!(pool.available(&es[0], 5 * MS + 30_001 * MS));
         assert_eq!(pool.ejected(), 0);
+    }
+
+    #[test]
+    fn ejection_reports_what_started_it() {
+        let pool = Pool::new(PoolConfig::default());
+        let es: [EndpointState; 10] = core::array::from_fn(|_| EndpointState::new(1));
+        pool.set_endpoints(10);
+        assert_eq!(pool.ejection(&es[0], 0), None);
+        for i in 0..5 {
+            fail(&es[0], &pool, i * MS);
+        }
+        // The streak is reset by the ejection; the reason is still the streak.
+        assert_eq!(es[0].consecutive_failures(), 0);
+        assert_eq!(
+            pool.ejection(&es[0], 6 * MS),
+            Some(EjectionReason::ConsecutiveFailures)
+        );
+        // (A second pool: the first's 10% cap is taken.)
+        let other = Pool::new(PoolConfig::default());
+        other.set_endpoints(10);
+        assert!(other.eject_outlier(&es[1], 6 * MS));
+        assert_eq!(
+            other.ejection(&es[1], 7 * MS),
+            Some(EjectionReason::OutlierStatistics)
+        );
+        assert_eq!(EjectionReason::OutlierStatistics.as_str(), "outlier_statistics");
+        // Over: no reason.
+        assert_eq!(pool.ejection(&es[0], 5 * MS + 30_001 * MS), None);
     }
 
     #[test]
