@@ -284,8 +284,13 @@ impl Tracker {
     fn end(&mut self, outcome: Outcome) {
         if let Some(lease) = self.lease.take() {
             let now = lease_now(&lease);
-            let _ = lease.complete(now, outcome);
+            let _done = lease.complete(now, outcome);
             if let Some(shared) = &self.shared {
+                // An ejection is counted when it happens (the sampler would see it later).
+                #[cfg(feature = "metrics")]
+                if _done.ejected {
+                    shared.instruments.sample(&shared.pool, now);
+                }
                 shared.handle_timeout(now);
             }
         }

@@ -8,9 +8,10 @@
 //!   and `pickwise.endpoint.picks`; one relaxed add each, handles registered per backend when a
 //!   rebuild first sees it.
 //! - **When the core's timers run** ([`Shared::handle_timeout`](crate::Shared::handle_timeout),
-//!   at least once a second while requests flow) and at each rebuild: per-backend
-//!   `pickwise.endpoint.in_flight`, and `pickwise.endpoint.ejections` with the reason the core
-//!   gives ([`Pool::ejection`](pickwise::Pool::ejection)).
+//!   at least once a second while requests flow), at each rebuild and when a completion ejects
+//!   a backend: per-backend `pickwise.endpoint.in_flight`, and `pickwise.endpoint.ejections` with
+//!   the reason the core gives ([`Pool::ejection`](pickwise::Pool::ejection)); each ejection is
+//!   counted once.
 //!
 //! `grpc.target` is the group's name ([`Shared::with_target`](crate::Shared::with_target);
 //! `pickwise` by default), `pickwise.endpoint` the backend's `ip:port`.

@@ -1,6 +1,7 @@
 //! `proxy --metrics ADDR` as an operator scrapes it (feature `metrics`): after a run through the
 //! Pingora proxy, the picks per backend add up to what the run counted (`--json`), backend by
-//! backend, and the policy's pick counter to the total.
+//! backend, and the policy's pick counter to the total; a backend that answers only 503s is
+//! ejected, and the ejection counted with its reason.
 
 use std::io::{BufRead as _, BufReader, Read as _, Write as _};
 use std::net::{SocketAddr, TcpListener, TcpStream};
@@ -41,6 +42,61 @@ fn samples(text: &str, name: &str) -> Vec<(String, f64)> {
             (n == name).then(|| Some((labels.to_string(), value.parse().ok()?)))?
         })
         .collect()
+}
+
+/// Starts the proxy example with `args`, `--json --hold --metrics ADDR`; returns it, the
+/// exporter's address and the run's JSON line (printed once the run is over).
+fn run(args: &[&str]) -> (std::process::Child, SocketAddr, String) {
+    // A free port: bound, read, released for the proxy's exporter.
+    let addr = TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap();
+    let mut child = proxy()
+        .args(args)
+        .args(["--json", "--hold", "--metrics", &addr.to_string()])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    (child, addr, line)
+}
+
+#[test]
+fn an_ejection_is_counted_with_its_reason() {
+    let (mut child, addr, line) = run(&[
+        "--policy",
+        "p2c-least-request",
+        "--healthy",
+        "--backends",
+        "3",
+        "--fail-percent",
+        "100",
+        "--duration",
+        "1",
+        "--concurrency",
+        "4",
+    ]);
+    let run: serde_json::Value = serde_json::from_str(&line).expect(&line);
+    assert!(run["errors"].as_u64().unwrap() >= 5, "{line}");
+    let text = scrape(addr).expect("the exporter serves until stdin closes");
+    let ejections = samples(&text, "pickwise_endpoint_ejections");
+    assert!(
+        ejections
+            .iter()
+            .any(|(l, v)| l.contains("reason=\"consecutive_failures\"") && *v >= 1.0),
+        "{text}"
+    );
+    assert!(
+        ejections
+            .iter()
+            .all(|(l, _)| l.contains("reason=\"consecutive_failures\"")),
+        "{text}"
+    );
+    drop(child.stdin.take());
+    assert!(child.wait().unwrap().success());
 }
 
 #[test]
@@ -92,9 +148,11 @@ fn scraped_picks_match_the_run() {
     assert_eq!(by_policy.len(), 1, "{text}");
     assert!(by_policy[0].0.contains(target), "{text}");
     assert_eq!(by_policy[0].1, requests as f64, "{line}\n{text}");
-    // Nothing in flight once the run is over; no ejection among healthy backends.
+    // In-flight is sampled (at the core's timer runs): one series per backend, within the
+    // run's concurrency; no ejection among healthy backends.
     let in_flight = samples(&text, "pickwise_endpoint_in_flight");
-    assert!(in_flight.iter().all(|s| s.1 == 0.0), "{text}");
+    assert_eq!(in_flight.len(), 2, "{text}");
+    assert!(in_flight.iter().all(|s| s.1 <= 4.0), "{text}");
     assert!(samples(&text, "pickwise_endpoint_ejections").is_empty(), "{text}");
     drop(child.stdin.take());
     assert!(child.wait().unwrap().success());
