@@ -45,6 +45,9 @@
 //!   ([`Shared::handle_timeout`]); nothing to schedule.
 //! - **Discovery**: Pingora's `discovery::Static`, or [`StreamDiscovery`] from any stream of
 //!   endpoint changes.
+//! - **Metrics** (feature `metrics`): `pickwise-tonic`'s `pickwise.*` instruments — picks per
+//!   policy and per backend (counted at each lease), in-flight and ejections by reason — through
+//!   the `metrics` facade; `Shared::with_target` names the group (`grpc.target`).
 //!
 //! ```no_run
 //! use pickwise::{LbPolicy, Policy, PoolConfig};

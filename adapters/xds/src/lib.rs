@@ -39,6 +39,11 @@
 //! - **Control plane transport**: TCP, or a Unix socket (`unix:///path`, as istio-agent
 //!   serves xDS); plaintext, or TLS and mTLS with the `tls` feature (gRFC A65 `tls` channel
 //!   creds, files re-read every `refresh_interval`; see [`bootstrap`] and `credentials`).
+//! - **Metrics** (feature `metrics`): gRFC A78's xDS client instruments
+//!   (`grpc.xds_client.connected`, `server_failure`, `resource_updates_valid` / `_invalid`,
+//!   `resources` by cache state) through the `metrics` facade, and each cluster balancer's
+//!   `pickwise-tonic` instruments labelled with the channel's target and the cluster's name
+//!   (the README's table; `xds_client --metrics ADDR` serves them in Prometheus text).
 //!
 //! Not supported yet (NACKed or documented): aggregate and logical-DNS clusters, TLS to
 //! endpoints from xDS (gRFC A29 security; `certificate_providers` is parsed only), federation
