@@ -211,6 +211,16 @@ mod enabled {
         }
     }
 
+    impl Drop for Inner {
+        /// The client is gone (its channel dropped): not connected, nothing cached.
+        fn drop(&mut self) {
+            self.connected.set(0.0);
+            for (gauge, _) in self.resources.values() {
+                gauge.set(0.0);
+            }
+        }
+    }
+
     /// Units and help text, once per process.
     fn describe() {
         use metrics::{describe_counter, describe_gauge};

@@ -175,6 +175,14 @@ async fn xds_client_instruments_match_the_control_plane() {
         ),
         1.0
     );
+    // The channel is dropped: its client stops, not connected, nothing cached.
+    drop(ch);
+    until("connected 0 and no resources after the channel is gone", || {
+        let text = handle.render();
+        value(&text, "grpc_xds_client_connected", &[&target, &server]) == 0.0
+            && value(&text, "grpc_xds_client_resources", &[&target]) == 0.0
+    })
+    .await;
 }
 
 fn xds_client() -> Command {
