@@ -172,15 +172,22 @@ impl Conn {
     }
 }
 
-/// Sends one request and records it if `start` is in the window.
-async fn measured(
-    conn: &mut Conn,
-    stats: &RefCell<Stats>,
+/// What every request shares.
+#[derive(Clone, Copy)]
+struct Run {
     window: Window,
-    start: Instant,
+    keys: u64,
     timeout: Duration,
-) {
-    let key = fastrand::u64(..) % KEYS.with(|k| *k.borrow());
+}
+
+/// Sends one request and records it if `start` is in the window.
+async fn measured(conn: &mut Conn, stats: &RefCell<Stats>, run: Run, start: Instant) {
+    let Run {
+        window,
+        keys,
+        timeout,
+    } = run;
+    let key = fastrand::u64(..keys);
     let outcome = match tokio::time::timeout(timeout, conn.request(key)).await {
         Ok(r) => r,
         Err(_) => {
@@ -208,10 +215,6 @@ async fn measured(
     }
 }
 
-thread_local! {
-    static KEYS: RefCell<u64> = const { RefCell::new(1000) };
-}
-
 /// User + system CPU seconds of process `pid` (all threads).
 fn cpu_seconds(pid: u32) -> Option<f64> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
@@ -230,7 +233,6 @@ fn main() {
         eprintln!("--duration and --rate must be positive, --warmup not negative");
         std::process::exit(2);
     }
-    KEYS.with(|k| *k.borrow_mut() = args.keys);
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -244,6 +246,11 @@ fn main() {
         let window = Window {
             start,
             end: start + Duration::from_secs_f64(args.duration),
+        };
+        let run = Run {
+            window,
+            keys: args.keys,
+            timeout,
         };
         let sampler = args.proxy_pid.map(|pid| {
             tokio::task::spawn_local(async move {
@@ -267,7 +274,7 @@ fn main() {
                             if sent >= window.end {
                                 break;
                             }
-                            measured(&mut conn, &stats, window, sent, timeout).await;
+                            measured(&mut conn, &stats, run, sent).await;
                         }
                     }));
                 }
@@ -297,7 +304,7 @@ fn main() {
                             let Some(due) = rx.lock().await.recv().await else {
                                 break;
                             };
-                            measured(&mut conn, &stats, window, due, timeout).await;
+                            measured(&mut conn, &stats, run, due).await;
                         }
                     }));
                 }
