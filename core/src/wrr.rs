@@ -13,7 +13,8 @@
 //!   without a usable weight take the mean of the others'; while fewer than two have one, plain
 //!   round robin.
 //! - [`scale`] turns the weights into the stride scheduler's ([`crate::schedule`]), with C-core's
-//!   clamps: the largest weight is at most 10× the mean, the smallest at least 0.1× it.
+//!   clamps: the largest weight is at most 10× the mean, the smallest at least 0.01× the scaled
+//!   mean.
 //!
 //! ```
 //! use pickwise::wrr::{self, LoadReport};
