@@ -110,6 +110,8 @@ pub struct EndpointState {
     failures: Counter,
     /// Weighted round robin's report-derived weight (gRFC A58).
     load: LoadWeight,
+    /// Its id in a Prequal probe pool (0: none yet; [`crate::prequal`]).
+    probe_id: AtomicU32,
 }
 
 impl Default for EndpointState {
@@ -138,6 +140,7 @@ impl EndpointState {
             picks: Counter::new(0),
             failures: Counter::new(0),
             load: LoadWeight::new(),
+            probe_id: AtomicU32::new(0),
         }
     }
 
@@ -385,6 +388,19 @@ impl EndpointState {
     /// failure-percentage ejection is configured; compare two readings with `wrapping_sub`.
     pub fn successes(&self) -> u32 {
         self.successes.load(Relaxed)
+    }
+
+    /// Its Prequal probe-pool id (0: none assigned).
+    pub(crate) fn probe_id(&self) -> u32 {
+        self.probe_id.load(Relaxed)
+    }
+
+    /// Sets the probe-pool id unless one is set; returns the id in force.
+    pub(crate) fn set_probe_id(&self, id: u32) -> u32 {
+        match self.probe_id.compare_exchange(0, id, Relaxed, Relaxed) {
+            Ok(_) => id,
+            Err(cur) => cur,
+        }
     }
 
     pub(crate) fn count_success(&self) {

@@ -23,6 +23,8 @@
 //! - [`balancer`]: [`Balancer`](balancer::Balancer), the balancer's life as a sans-IO state
 //!   machine (membership, readiness, priorities and localities as gRPC's tree, timers) that
 //!   publishes [`Prepared`](balancer::Prepared) pickers; every adapter drives one (feature `alloc`).
+//! - [`prequal`]: Prequal (NSDI '24): a lock-free pool of probe answers (requests in flight and
+//!   latency per server) and the hot-cold lexicographic rule, `LbPolicy::Prequal`.
 //! - [`schedule`]: weighted round robin by grpc-go's static stride scheduler (O(1) amortised).
 //! - [`outcome`]: what a response or error means for its endpoint (HTTP status, gRPC status
 //!   with Envoy's mapping, connect failure, local/downstream error), classified once.
@@ -69,6 +71,7 @@ pub mod outcome;
 pub mod p2c;
 pub mod picker;
 pub mod pool;
+pub mod prequal;
 pub mod ring;
 mod rng;
 pub mod schedule;

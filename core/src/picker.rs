@@ -37,6 +37,7 @@ use crate::endpoint::EndpointState;
 use crate::hashing::{HashPolicy, RingPicker};
 use crate::p2c::{P2c, PickError};
 use crate::pool::{Policy, Pool};
+use crate::prequal::PrequalConfig;
 use crate::ring::{RingConfig, RingView};
 use crate::rng::Rng;
 use crate::schedule::Stride;
@@ -77,6 +78,11 @@ pub enum LbPolicy {
     /// Weighted round robin on the endpoints' own load reports (gRPC `weighted_round_robin`,
     /// gRFC A58): weights from ORCA reports ([`crate::wrr`]), recomputed by the balancer.
     WeightedRoundRobin(WrrConfig),
+    /// Prequal (NSDI '24): the hot-cold lexicographic rule over probe answers (requests in
+    /// flight, latency), P2C while fewer than two are usable ([`crate::prequal`]). Picks through
+    /// a [`Balancer`](crate::balancer::Balancer)'s prepared picker, which holds the probe pool;
+    /// a bare [`Picker`] runs the fallback P2C.
+    Prequal(PrequalConfig),
     /// Maglev table lookups (Envoy `envoy.load_balancing_policies.maglev`; gRPC has none): an
     /// owner that cannot take the request hands it to the owner of the next slot.
     Maglev {
@@ -112,6 +118,7 @@ impl LbPolicy {
             Self::P2c(Policy::GoZero) => "pickwise_go_zero",
             Self::RoundRobin => "round_robin",
             Self::WeightedRoundRobin(_) => "weighted_round_robin",
+            Self::Prequal(_) => "pickwise_prequal",
             Self::RingHash { .. } => "ring_hash_experimental",
             Self::Maglev { .. } => "maglev",
         }
@@ -126,6 +133,7 @@ impl LbPolicy {
             "pickwise_go_zero" => Self::P2c(Policy::GoZero),
             "round_robin" => Self::RoundRobin,
             "weighted_round_robin" => Self::WeightedRoundRobin(WrrConfig::default()),
+            "pickwise_prequal" => Self::Prequal(PrequalConfig::default()),
             "ring_hash_experimental" => Self::RingHash {
                 ring: RingConfig::grpc(),
                 load: HashPolicy::Plain,

@@ -139,6 +139,7 @@ fn prepared_pickers_allocate_nothing() {
             blackout_ns: 0,
             ..Default::default()
         }),
+        pickwise::LbPolicy::Prequal(Default::default()),
     ] {
         let pool = Arc::new(Pool::new(PoolConfig::default()));
         let mut b: Balancer<String, Arc<EndpointState>> =
@@ -168,11 +169,21 @@ fn prepared_pickers_allocate_nothing() {
         let picker = b.picker(1, 42);
         let mut rng = SplitMix64::new(4);
         let before = ALLOCS.load(Ordering::SeqCst);
+        let mut targets = [0usize; 4];
         for k in 0..10_000u64 {
             let e = picker
                 .pick(k, (k % 2 == 0).then_some(k.wrapping_mul(0x9e37_79b9)), &mut rng)
                 .unwrap();
             drop(InFlight::start(&**e, &*pool, k));
+            // Prequal's probe side (the prober task's calls) allocates nothing either.
+            let n = picker.probe_targets(k, &mut rng, &mut targets);
+            for &t in &targets[..n] {
+                let report = pickwise::prequal::ProbeReport {
+                    rif: (k % 7) as u32,
+                    latency_us: 100 + t as u32,
+                };
+                picker.record_probe(&*picker.ready()[t], report, k, &mut rng);
+            }
         }
         assert_eq!(
             ALLOCS.load(Ordering::SeqCst) - before,

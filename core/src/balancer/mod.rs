@@ -63,6 +63,7 @@ use core::borrow::Borrow;
 use crate::endpoint::EndpointState;
 use crate::picker::LbPolicy;
 use crate::pool::Pool;
+use crate::prequal::ProbePool;
 use crate::rng::{Rng, SplitMix64};
 use crate::{HashPolicy, Maglev, Ring};
 
@@ -233,6 +234,8 @@ pub struct Balancer<K, T> {
     rng: SplitMix64,
     /// The next recomputation of `weighted_round_robin`'s weights (gRFC A58's update period).
     next_weight_update: Option<u64>,
+    /// Prequal's probe answers, shared by every picker published under `pickwise_prequal`.
+    probes: Option<Arc<ProbePool>>,
 }
 
 impl<K: Ord + Clone + AsRef<[u8]>, T: Clone + Borrow<EndpointState>> Balancer<K, T> {
@@ -255,6 +258,7 @@ impl<K: Ord + Clone + AsRef<[u8]>, T: Clone + Borrow<EndpointState>> Balancer<K,
             next_detection: None,
             rng: SplitMix64::new(config.seed),
             next_weight_update: None,
+            probes: probe_pool(&config.policy),
         };
         b.apply_policy_to_pool();
         b
@@ -449,6 +453,8 @@ impl<K: Ord + Clone + AsRef<[u8]>, T: Clone + Borrow<EndpointState>> Balancer<K,
             }
         }
         self.config.policy = policy;
+        // A new Prequal configuration starts with an empty pool (sizes and budgets changed).
+        self.probes = probe_pool(&policy);
         // Weighted round robin's first weights at the next `handle_timeout` (due at once).
         self.next_weight_update = matches!(policy, LbPolicy::WeightedRoundRobin(_)).then_some(0);
         self.apply_policy_to_pool();
@@ -652,8 +658,10 @@ impl<K: Ord + Clone + AsRef<[u8]>, T: Clone + Borrow<EndpointState>> Balancer<K,
     }
 
     fn apply_policy_to_pool(&self) {
-        if let LbPolicy::P2c(cost) = self.config.policy {
-            self.pool.set_policy(cost);
+        match self.config.policy {
+            LbPolicy::P2c(cost) => self.pool.set_policy(cost),
+            LbPolicy::Prequal(c) => self.pool.set_policy(c.fallback),
+            _ => {}
         }
         self.pool.set_track_total(matches!(
             self.config.policy,
@@ -874,10 +882,19 @@ impl<K: Ord + Clone + AsRef<[u8]>, T: Clone + Borrow<EndpointState>> Balancer<K,
             ring: self.ring.clone(),
             maglev: self.maglev.clone(),
             priority: active,
+            probes: self.probes.clone(),
             state: active.map_or(Connectivity::TransientFailure, |p| self.child_state(p)),
             now,
             seed,
         })
+    }
+}
+
+/// A probe pool for a Prequal policy.
+fn probe_pool(policy: &LbPolicy) -> Option<Arc<ProbePool>> {
+    match policy {
+        LbPolicy::Prequal(c) => Some(Arc::new(ProbePool::new(*c))),
+        _ => None,
     }
 }
 

@@ -13,6 +13,7 @@ use crate::endpoint::EndpointState;
 use crate::hashing;
 use crate::picker::{LbPolicy, NoKey, Picker};
 use crate::pool::Pool;
+use crate::prequal::{self, ProbePool, ProbeReport};
 use crate::rng::Rng;
 use crate::schedule::{self, Stride};
 use crate::sync::AtomicU32;
@@ -66,6 +67,10 @@ pub struct Prepared<T> {
     state: Connectivity,
     /// What the `weighted_round_robin` scheduler build saw (`None` under other policies).
     wrr_stats: Option<WrrStats>,
+    /// Prequal's probe answers (shared with the balancer's other pickers).
+    probes: Option<Arc<ProbePool>>,
+    /// Probe-pool ids of the `ready` endpoints with their positions, sorted by id.
+    probe_ids: Vec<(u32, u32)>,
 }
 
 /// What [`build`] needs from the balancer.
@@ -78,6 +83,7 @@ pub(super) struct Inputs<'a, T> {
     pub(super) ring: Option<Arc<Ring>>,
     pub(super) maglev: Option<Arc<Maglev>>,
     pub(super) priority: Option<u32>,
+    pub(super) probes: Option<Arc<ProbePool>>,
     pub(super) state: Connectivity,
     pub(super) now: u64,
     pub(super) seed: u64,
@@ -152,6 +158,16 @@ pub(super) fn build<T: Clone + Borrow<EndpointState>>(i: Inputs<'_, T>) -> Prepa
         loc_w.push(weight);
     }
     let locality_weights = schedule::scaled(&loc_w);
+    let mut probe_ids = Vec::new();
+    if let Some(probes) = &i.probes {
+        probes.set_endpoints(ready.len());
+        probe_ids = ready
+            .iter()
+            .enumerate()
+            .map(|(pos, e)| (probes.id(e.borrow()), pos as u32))
+            .collect();
+        probe_ids.sort_unstable();
+    }
     let seed = i.seed as u32;
     let cursors = (0..=localities.len())
         .map(|k| AtomicU32::new(seed.wrapping_add(k as u32).wrapping_mul(0x9E37_79B9)))
@@ -174,6 +190,8 @@ pub(super) fn build<T: Clone + Borrow<EndpointState>>(i: Inputs<'_, T>) -> Prepa
         priority: i.priority,
         state: i.state,
         wrr_stats,
+        probes: i.probes,
+        probe_ids,
     }
 }
 
@@ -241,6 +259,12 @@ impl<T: Borrow<EndpointState>> Prepared<T> {
                 .unwrap_or(0)
         };
         let l = &self.localities[loc];
+        if let Some(probes) = &self.probes {
+            let range = l.ready.clone();
+            if let Some(pos) = probes.pick(&self.ready, &self.probe_ids, range, &self.pool, now) {
+                return Ok(&self.ready[pos]);
+            }
+        }
         let ready = &self.ready[l.ready.clone()];
         let mut picker = Picker::new(&self.policy, ready, &self.pool).with_cursor(&self.cursors[loc]);
         if l.weighted {
@@ -289,6 +313,38 @@ impl<T: Borrow<EndpointState>> Prepared<T> {
         match self.state {
             Connectivity::Connecting | Connectivity::Idle => Unpicked::Wait,
             Connectivity::Ready | Connectivity::TransientFailure => Unpicked::Fail,
+        }
+    }
+
+    /// Prequal's probe pool (`None` under other policies).
+    pub fn probes(&self) -> Option<&Arc<ProbePool>> {
+        self.probes.as_ref()
+    }
+
+    /// Prequal: the probes to send now. Takes the probes owed (per query picked, or one after
+    /// the idle interval; at most `out.len()`) and fills `out` with distinct positions in
+    /// [`ready`](Self::ready) drawn uniformly, available endpoints first; returns how many. The
+    /// adapter probes those endpoints asynchronously and records each answer with
+    /// [`record_probe`](Self::record_probe). 0 under other policies.
+    pub fn probe_targets(&self, now: u64, rng: &mut impl Rng, out: &mut [usize]) -> usize {
+        let Some(probes) = &self.probes else {
+            return 0;
+        };
+        let n = self.ready.len();
+        if n == 0 || out.is_empty() {
+            return 0;
+        }
+        let k = probes.take_probes(now, out.len().min(n) as u32) as usize;
+        prequal::sample_distinct(n, &mut out[..k], rng, |i| {
+            self.pool.is_available(self.ready[i].borrow(), now)
+        })
+    }
+
+    /// Prequal: records an answer from `endpoint` received at `now` (a probe's, or one a
+    /// response carried). No-op under other policies.
+    pub fn record_probe(&self, endpoint: &EndpointState, report: ProbeReport, now: u64, rng: &mut impl Rng) {
+        if let Some(probes) = &self.probes {
+            probes.record(endpoint, report, now, rng);
         }
     }
 

@@ -1,0 +1,601 @@
+//! Prequal: probing-based selection (Wydrowski et al., "Load is not what you should balance:
+//! Introducing Prequal", NSDI '24; the balancer behind YouTube). Clients keep a small pool of fresh
+//! probe answers — each server's requests in flight (RIF) and its latency estimate at that RIF —
+//! and pick by the hot-cold lexicographic (HCL) rule.
+//!
+//! What the paper specifies (§4), as implemented here:
+//! - **Probing:** `probes_per_query` probes per query (fractional rates rounded deterministically
+//!   so the long-run rate is exact), to targets drawn uniformly without replacement from the
+//!   available endpoints, plus one probe after `idle_probe_ns` without one. The core only counts
+//!   what is owed ([`ProbePool::take_probes`], [`Prepared::probe_targets`]); the adapter sends
+//!   the probes asynchronously, never on the pick path, and feeds the answers back
+//!   ([`Prepared::record_probe`]). Answers piggybacked on responses are recorded the same way.
+//! - **Pool:** at most `pool_size` answers (16), at most one per endpoint (a new answer replaces
+//!   the endpoint's older one), the oldest evicted when full; answers older than `max_age_ns`
+//!   (1 s) are dropped; each answer routes at most `b_reuse` queries, where
+//!   `b_reuse = max(1, (1 + δ) / ((1 - m/n)·r_probe - r_remove))` randomly rounded (Eq. 1).
+//! - **HCL:** an answer is hot when its RIF exceeds the `q_rif` quantile (2^-0.25 ≈ 0.84) of the
+//!   RIFs of the last 64 answers received; if every usable answer is hot the lowest RIF wins,
+//!   otherwise the cold answer with the lowest latency. The chosen answer's RIF is incremented
+//!   (the query just sent).
+//! - **Removal:** `removes_per_query` answers per query (deterministic rounding), alternating the
+//!   oldest and the worst (the hot answer with the highest RIF if any is hot, else the cold one with
+//!   the highest latency).
+//! - **Fallback:** while fewer than two usable answers are pooled the pick is P2C under
+//!   [`PrequalConfig::fallback`] (the paper falls back to a uniformly random replica; P2C with a
+//!   load cost is never worse than random and uses the load pickwise tracks anyway).
+//!
+//! What the paper leaves open, and pickwise's choices:
+//! - Eq. (1) with a non-positive denominator (probes cannot keep the pool growing, e.g. m = 16 of
+//!   n = 20 at 3 probes per query): `b_reuse = max_reuse` (16), as prequal-rs decided; the paper's
+//!   `max(1, negative)` would drain the pool faster exactly when probes are scarce.
+//! - Usable answers are those of endpoints that are available (READY, not ejected by outlier
+//!   detection) and whose last request did not fail (`consecutive_failures == 0`): a server that
+//!   answers errors fast reports a low RIF and latency and would otherwise attract traffic
+//!   (the paper's "sinkholing"); pickwise's ejection removes it after the streak.
+//! - The pool is shared by every picker the balancer publishes and keyed by endpoint identity,
+//!   so membership or readiness changes keep the answers of endpoints that stay.
+//!
+//! **Lock-free.** A pick reads the slots (four 32-bit atomics each; a slot's fields are read
+//! between two reads of its tag word and skipped if it changed), consumes its answer with one
+//! compare-and-swap, and makes one `fetch_add` on the query counter. No allocation, no lock; the
+//! quantile threshold is recomputed when an answer is recorded (off the pick path).
+//!
+//! [`Prepared::probe_targets`]: crate::balancer::Prepared::probe_targets
+//! [`Prepared::record_probe`]: crate::balancer::Prepared::record_probe
+
+use core::borrow::Borrow;
+use core::ops::Range;
+
+use crate::endpoint::EndpointState;
+use crate::pool::{Policy, Pool};
+use crate::rng::Rng;
+use crate::sync::{
+    AtomicU32,
+    Ordering::{AcqRel, Acquire, Relaxed, Release},
+};
+use crate::time::{elapsed_ms, millis};
+
+const SECOND: u64 = 1_000_000_000;
+
+/// Most answers a pool can hold (the paper's 16 fits with room to experiment).
+pub const MAX_POOL_SIZE: usize = 32;
+/// RIFs of this many recent answers make the hot/cold quantile.
+pub const RIF_HISTORY: usize = 64;
+/// Most queries one answer can route (the reuse counter's range).
+pub const MAX_REUSE: u32 = 63;
+
+/// One probe answer as a server reports it (the `x-prequal-rif` / `x-prequal-latency-us` headers
+/// or the gRPC probe method; adapters parse the wire).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ProbeReport {
+    /// Requests in flight at the server.
+    pub rif: u32,
+    /// The server's latency estimate at that RIF, in microseconds (0: the server reports RIF only).
+    pub latency_us: u32,
+}
+
+/// Prequal's settings. Defaults are the paper's testbed settings (§5).
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct PrequalConfig {
+    /// Probes per query (`r_probe`, 3); fractional rates are spread over queries.
+    pub probes_per_query: f32,
+    /// Answers kept (`m`, 16; at most [`MAX_POOL_SIZE`]).
+    pub pool_size: u8,
+    /// Answers older than this are dropped (1 s).
+    pub max_age_ns: u64,
+    /// Answers removed per query, alternating oldest and worst (`r_remove`, 1).
+    pub removes_per_query: f32,
+    /// `δ` of the reuse budget, Eq. (1) (1).
+    pub reuse_delta: f32,
+    /// Upper bound of the reuse budget (16; at most [`MAX_REUSE`]).
+    pub max_reuse: u8,
+    /// Answers whose RIF exceeds this quantile of recent RIFs are hot (`Q_RIF`, 2^-0.25 ≈ 0.84).
+    pub q_rif: f32,
+    /// One probe after this long without any (500 ms; 0 disables), so the pool is fresh when
+    /// traffic resumes.
+    pub idle_probe_ns: u64,
+    /// The cost P2C uses while fewer than two answers are usable (peak-EWMA).
+    pub fallback: Policy,
+}
+
+impl Default for PrequalConfig {
+    fn default() -> Self {
+        Self {
+            probes_per_query: 3.0,
+            pool_size: 16,
+            max_age_ns: SECOND,
+            removes_per_query: 1.0,
+            reuse_delta: 1.0,
+            max_reuse: 16,
+            q_rif: 0.840_896_4, // 2^-0.25
+            idle_probe_ns: SECOND / 2,
+            fallback: Policy::PeakEwma,
+        }
+    }
+}
+
+impl PrequalConfig {
+    fn pool_size(&self) -> usize {
+        (self.pool_size as usize).clamp(1, MAX_POOL_SIZE)
+    }
+
+    /// The reuse budget for `n` endpoints before rounding (Eq. 1; see the module docs for a
+    /// non-positive denominator).
+    pub fn reuse_budget(&self, n: usize) -> f32 {
+        let max = (self.max_reuse as u32).clamp(1, MAX_REUSE) as f32;
+        let m = self.pool_size() as f32;
+        let n = (n.max(1)) as f32;
+        let denom = (1.0 - m / n) * self.probes_per_query - self.removes_per_query;
+        if denom > 0.0 && denom.is_finite() {
+            let b = (1.0 + self.reuse_delta.max(0.0)) / denom;
+            if b.is_finite() {
+                return b.clamp(1.0, max);
+            }
+        }
+        max
+    }
+}
+
+/// A rate per query in 1/1024ths (`as` saturates; NaN and negatives are 0).
+fn fixed(rate: f32) -> u64 {
+    (rate * 1024.0) as u64
+}
+
+// Slot tag word: endpoint id (20 bits; 0 = empty), uses left (6 bits), version (6 bits).
+const ID_BITS: u32 = 20;
+const ID_MASK: u32 = (1 << ID_BITS) - 1;
+const USES_SHIFT: u32 = ID_BITS;
+const USES_MASK: u32 = 0x3f;
+const VERSION_SHIFT: u32 = 26;
+
+fn id_of(tag: u32) -> u32 {
+    tag & ID_MASK
+}
+fn uses_of(tag: u32) -> u32 {
+    (tag >> USES_SHIFT) & USES_MASK
+}
+fn bump(tag: u32) -> u32 {
+    // Next version, nothing else: the "empty" form of a slot after `tag`.
+    ((tag >> VERSION_SHIFT).wrapping_add(1) << VERSION_SHIFT) & !((1 << VERSION_SHIFT) - 1)
+}
+fn with(version_of: u32, id: u32, uses: u32) -> u32 {
+    (version_of & !((1 << VERSION_SHIFT) - 1)) | (uses.min(USES_MASK) << USES_SHIFT) | (id & ID_MASK)
+}
+
+#[derive(Debug)]
+struct Slot {
+    tag: AtomicU32,
+    rif: AtomicU32,
+    latency_us: AtomicU32,
+    received_ms: AtomicU32,
+}
+
+impl Slot {
+    fn new() -> Self {
+        Self {
+            tag: AtomicU32::new(0),
+            rif: AtomicU32::new(0),
+            latency_us: AtomicU32::new(0),
+            received_ms: AtomicU32::new(0),
+        }
+    }
+
+    /// A consistent read: `(tag, rif, latency, received)`, `None` if empty or changing.
+    fn read(&self) -> Option<(u32, u32, u32, u32)> {
+        let tag = self.tag.load(Acquire);
+        if id_of(tag) == 0 {
+            return None;
+        }
+        let (rif, lat, at) = (
+            self.rif.load(Relaxed),
+            self.latency_us.load(Relaxed),
+            self.received_ms.load(Relaxed),
+        );
+        // Acquire pairs with the writer's release of the tag: unchanged tag, unchanged answer
+        // (the RIF increment on use is the one field written without a new tag).
+        (self.tag.load(Acquire) == tag).then_some((tag, rif, lat, at))
+    }
+
+    /// Empties the slot if it still holds `tag`.
+    fn clear(&self, tag: u32) -> bool {
+        self.tag.compare_exchange(tag, bump(tag), AcqRel, Relaxed).is_ok()
+    }
+}
+
+/// The answers one client holds, shared by every picker a balancer publishes (see the
+/// [module docs](self)). Lock-free; fixed size (no allocation).
+#[derive(Debug)]
+pub struct ProbePool {
+    config: PrequalConfig,
+    slots: [Slot; MAX_POOL_SIZE],
+    /// Queries picked (the probe and removal rates are per query).
+    queries: AtomicU32,
+    /// Probes handed out by [`take_probes`](Self::take_probes) (in probe units, wrapping).
+    issued: AtomicU32,
+    /// Millisecond stamp of the last probe handed out (idle probing).
+    last_probe_ms: AtomicU32,
+    /// Recent answers' RIFs (ring) and how many were written.
+    history: [AtomicU32; RIF_HISTORY],
+    history_at: AtomicU32,
+    /// The `q_rif` quantile of `history`; `u32::MAX` until the first answer (nothing is hot).
+    threshold: AtomicU32,
+    /// Ready endpoints the last picker had (`n` of Eq. 1).
+    endpoints: AtomicU32,
+    /// The next endpoint id (ids start at 1; 0 marks an empty slot).
+    next_id: AtomicU32,
+}
+
+/// What one scan of the pool found.
+#[derive(Clone, Copy, Debug)]
+struct Best {
+    slot: usize,
+    tag: u32,
+    pos: usize,
+    rif: u32,
+    latency: u32,
+}
+
+impl ProbePool {
+    /// An empty pool with `config`.
+    pub fn new(config: PrequalConfig) -> Self {
+        Self {
+            config,
+            slots: core::array::from_fn(|_| Slot::new()),
+            queries: AtomicU32::new(0),
+            issued: AtomicU32::new(0),
+            last_probe_ms: AtomicU32::new(0),
+            history: core::array::from_fn(|_| AtomicU32::new(0)),
+            history_at: AtomicU32::new(0),
+            threshold: AtomicU32::new(u32::MAX),
+            endpoints: AtomicU32::new(0),
+            next_id: AtomicU32::new(1),
+        }
+    }
+
+    /// The settings.
+    pub fn config(&self) -> &PrequalConfig {
+        &self.config
+    }
+
+    /// Answers pooled now (fresh or not yet expired by a pick).
+    pub fn len(&self) -> usize {
+        self.slots[..self.config.pool_size()]
+            .iter()
+            .filter(|s| id_of(s.tag.load(Relaxed)) != 0)
+            .count()
+    }
+
+    /// Whether no answer is pooled.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// The current hot threshold: answers with a RIF above it are hot (`None` before any answer).
+    pub fn hot_threshold(&self) -> Option<u32> {
+        let t = self.threshold.load(Relaxed);
+        (t != u32::MAX).then_some(t)
+    }
+
+    /// Queries picked so far (wrapping).
+    pub fn queries(&self) -> u32 {
+        self.queries.load(Relaxed)
+    }
+
+    /// Sets `n` of Eq. (1): the endpoints probes are drawn from (the balancer does it per picker).
+    pub fn set_endpoints(&self, n: usize) {
+        self.endpoints.store(n.min(u32::MAX as usize) as u32, Relaxed);
+    }
+
+    /// `e`'s id in this pool, assigned on first use (ids are per pool; 20 bits, wrapping after a
+    /// million endpoint states, after which a stale answer could at worst name another endpoint
+    /// for up to `max_age_ns`).
+    pub(crate) fn id(&self, e: &EndpointState) -> u32 {
+        let cur = e.probe_id();
+        if cur != 0 {
+            return cur;
+        }
+        let mut id = self.next_id.fetch_add(1, Relaxed) & ID_MASK;
+        if id == 0 {
+            id = self.next_id.fetch_add(1, Relaxed) & ID_MASK;
+        }
+        e.set_probe_id(id)
+    }
+
+    /// Probes owed now (`probes_per_query` per query picked, minus those taken), without taking
+    /// them: adapters wake their prober when this is positive.
+    pub fn probes_owed(&self) -> u32 {
+        let due = (u64::from(self.queries.load(Relaxed)) * fixed(self.config.probes_per_query)) >> 10;
+        (due as u32).wrapping_sub(self.issued.load(Relaxed)).min(1 << 16)
+    }
+
+    /// Takes up to `max` owed probes (at least one if `idle_probe_ns` passed since the last probe
+    /// and `max > 0`). The caller sends that many probes.
+    pub fn take_probes(&self, now: u64, max: u32) -> u32 {
+        let now_ms = millis(now);
+        let mut took = 0;
+        let mut cur = self.issued.load(Relaxed);
+        loop {
+            let due = (u64::from(self.queries.load(Relaxed)) * fixed(self.config.probes_per_query)) >> 10;
+            let owed = (due as u32).wrapping_sub(cur);
+            // A wrapped difference above 2^16 is a counter race (issued ran ahead): nothing owed.
+            let owed = if owed > 1 << 16 { 0 } else { owed };
+            let n = owed.min(max);
+            if n == 0 {
+                break;
+            }
+            match self
+                .issued
+                .compare_exchange_weak(cur, cur.wrapping_add(n), Relaxed, Relaxed)
+            {
+                Ok(_) => {
+                    took = n;
+                    break;
+                }
+                Err(actual) => cur = actual,
+            }
+        }
+        let idle = self.config.idle_probe_ns;
+        if took == 0 && max > 0 && idle > 0 {
+            let last = self.last_probe_ms.load(Relaxed);
+            let idle_ms = (idle / 1_000_000).max(1).min(u32::MAX as u64) as u32;
+            if elapsed_ms(now_ms, last) >= idle_ms
+                && self
+                    .last_probe_ms
+                    .compare_exchange(last, now_ms, Relaxed, Relaxed)
+                    .is_ok()
+            {
+                took = 1;
+            }
+        }
+        if took > 0 {
+            self.last_probe_ms.store(now_ms, Relaxed);
+        }
+        took
+    }
+
+    /// Records an answer from `e` received at `now` (a probe's, or one piggybacked on a
+    /// response). `rng` rounds the reuse budget. Off the pick path: also recomputes the hot
+    /// threshold.
+    pub fn record(&self, e: &EndpointState, report: ProbeReport, now: u64, rng: &mut impl Rng) {
+        if e.is_removed() {
+            return;
+        }
+        let id = self.id(e);
+        let now_ms = millis(now);
+        let budget = self.config.reuse_budget(self.endpoints.load(Relaxed) as usize);
+        let whole = budget as u32;
+        let frac = budget - whole as f32;
+        let uses = whole + u32::from(((rng.next_u64() >> 40) as f32) < frac * (1u64 << 24) as f32);
+        let uses = uses.clamp(1, MAX_REUSE);
+        self.push_history(report.rif);
+
+        let slots = &self.slots[..self.config.pool_size()];
+        // The endpoint's own slot, else an empty one, else the oldest.
+        for _ in 0..4 {
+            let mut target: Option<(usize, u32)> = None;
+            let mut empty: Option<(usize, u32)> = None;
+            let mut oldest: Option<(usize, u32, u32)> = None;
+            for (i, s) in slots.iter().enumerate() {
+                let tag = s.tag.load(Acquire);
+                if id_of(tag) == id {
+                    target = Some((i, tag));
+                    break;
+                }
+                if id_of(tag) == 0 {
+                    empty = empty.or(Some((i, tag)));
+                    continue;
+                }
+                let age = elapsed_ms(now_ms, s.received_ms.load(Relaxed));
+                if oldest.is_none_or(|(_, _, a)| age > a) {
+                    oldest = Some((i, tag, age));
+                }
+            }
+            let Some((i, tag)) = target.or(empty).or(oldest.map(|(i, t, _)| (i, t))) else {
+                return;
+            };
+            let s = &slots[i];
+            // Claim: empty under a new version (readers skip it), write, publish.
+            let claimed = bump(tag);
+            if s.tag.compare_exchange(tag, claimed, AcqRel, Relaxed).is_err() {
+                continue;
+            }
+            s.rif.store(report.rif, Relaxed);
+            s.latency_us.store(report.latency_us, Relaxed);
+            s.received_ms.store(now_ms, Relaxed);
+            s.tag.store(with(claimed, id, uses), Release);
+            return;
+        }
+    }
+
+    fn push_history(&self, rif: u32) {
+        let at = self.history_at.fetch_add(1, Relaxed);
+        self.history[at as usize % RIF_HISTORY].store(rif, Relaxed);
+        let len = (at as usize + 1).min(RIF_HISTORY);
+        let mut v = [0u32; RIF_HISTORY];
+        for (d, h) in v.iter_mut().zip(&self.history[..len]) {
+            *d = h.load(Relaxed);
+        }
+        let v = &mut v[..len];
+        v.sort_unstable();
+        let q = self.config.q_rif;
+        let q = if q.is_nan() { 1.0 } else { q.clamp(0.0, 1.0) };
+        let k = (((len - 1) as f32) * q) as usize;
+        self.threshold.store(v[k.min(len - 1)], Relaxed);
+    }
+
+    /// One Prequal pick among `ready[range]`: the position in `ready` of the HCL choice, or
+    /// `None` while fewer than two answers are usable (the caller falls back to P2C). Counts the
+    /// query (probes owed, removals). `ids` maps endpoint ids to positions in `ready`, sorted.
+    pub(crate) fn pick<E: Borrow<EndpointState>>(
+        &self,
+        ready: &[E],
+        ids: &[(u32, u32)],
+        range: Range<usize>,
+        pool: &Pool,
+        now: u64,
+    ) -> Option<usize> {
+        let q = self.queries.fetch_add(1, Relaxed);
+        let now_ms = millis(now);
+        let max_age = (self.config.max_age_ns / 1_000_000).min(u32::MAX as u64) as u32;
+        let threshold = self.threshold.load(Relaxed);
+        let hot = |rif: u32| rif > threshold;
+        let (mut cold_best, mut any_best): (Option<Best>, Option<Best>) = (None, None);
+        let mut usable = 0u32;
+        // Removal candidates over the whole pool: the oldest, and the worst.
+        let mut oldest: Option<(usize, u32, u32)> = None;
+        let mut worst: Option<(usize, u32, bool, u32)> = None; // (slot, tag, hot, rif or latency)
+        for (i, s) in self.slots[..self.config.pool_size()].iter().enumerate() {
+            let Some((tag, rif, latency, at)) = s.read() else {
+                continue;
+            };
+            let age = elapsed_ms(now_ms, at);
+            if age > max_age {
+                s.clear(tag);
+                continue;
+            }
+            if oldest.is_none_or(|(_, _, a)| age > a) {
+                oldest = Some((i, tag, age));
+            }
+            let (h, key) = if hot(rif) { (true, rif) } else { (false, latency) };
+            if worst.is_none_or(|(_, _, wh, wk)| (h, key) > (wh, wk)) {
+                worst = Some((i, tag, h, key));
+            }
+            let Ok(k) = ids.binary_search_by_key(&id_of(tag), |&(id, _)| id) else {
+                continue;
+            };
+            let pos = ids[k].1 as usize;
+            if !range.contains(&pos) {
+                continue;
+            }
+            let e = ready[pos].borrow();
+            if !pool.available(e, now) || e.consecutive_failures() > 0 {
+                continue;
+            }
+            usable += 1;
+            let b = Best {
+                slot: i,
+                tag,
+                pos,
+                rif,
+                latency,
+            };
+            if !hot(rif) && cold_best.is_none_or(|c| (latency, rif) < (c.latency, c.rif)) {
+                cold_best = Some(b);
+            }
+            if any_best.is_none_or(|c| (rif, latency) < (c.rif, c.latency)) {
+                any_best = Some(b);
+            }
+        }
+        let chosen = if usable >= 2 { cold_best.or(any_best) } else { None };
+        // The chosen answer's tag after its use, for a removal that picks the same slot.
+        let used = chosen.map(|c| (c.slot, self.consume(c)));
+        // Removals for this query: floor((q+1)·r) - floor(q·r), alternating by their running count.
+        let r = fixed(self.config.removes_per_query);
+        let (before, after) = ((u64::from(q) * r) >> 10, ((u64::from(q) + 1) * r) >> 10);
+        for k in before..after {
+            let victim = if k % 2 == 0 {
+                oldest.map(|(i, t, _)| (i, t))
+            } else {
+                worst.map(|(i, t, _, _)| (i, t))
+            };
+            if let Some((i, t)) = victim {
+                let t = match used {
+                    Some((slot, after)) if slot == i => after,
+                    _ => t,
+                };
+                self.slots[i].clear(t);
+            }
+        }
+        chosen.map(|c| c.pos)
+    }
+
+    /// Uses answer `c` once: its RIF counts the query just sent; the answer leaves the pool when
+    /// its reuse budget is spent. Returns the slot's tag after the use.
+    fn consume(&self, c: Best) -> u32 {
+        let s = &self.slots[c.slot];
+        let uses = uses_of(c.tag);
+        let next = if uses <= 1 {
+            bump(c.tag)
+        } else {
+            with(c.tag, id_of(c.tag), uses - 1)
+        };
+        match s.tag.compare_exchange(c.tag, next, AcqRel, Relaxed) {
+            Ok(_) => {
+                if uses > 1 {
+                    s.rif.fetch_add(1, Relaxed);
+                }
+                next
+            }
+            // Another pick used or replaced it meanwhile: the query still goes where decided.
+            Err(now) => now,
+        }
+    }
+}
+
+/// Up to `out.len()` distinct positions in `0..n` drawn uniformly where `accept` holds (the
+/// probe targets: available endpoints first; if fewer than wanted are available, the others).
+pub(crate) fn sample_distinct(
+    n: usize,
+    out: &mut [usize],
+    rng: &mut impl Rng,
+    accept: impl Fn(usize) -> bool,
+) -> usize {
+    let want = out.len().min(n);
+    let mut k = 0;
+    // Rejection sampling while the set is large against the draw; a pass over all otherwise.
+    let mut tries = 0;
+    while k < want && tries < 8 * want + 8 {
+        tries += 1;
+        let i = (((rng.next_u64() >> 32) * n as u64) >> 32) as usize;
+        if accept(i) && !out[..k].contains(&i) {
+            out[k] = i;
+            k += 1;
+        }
+    }
+    if k < want {
+        // Few acceptable ones: a scan from a random start (acceptable first, then any).
+        let start = (((rng.next_u64() >> 32) * n as u64) >> 32) as usize;
+        for pass in 0..2 {
+            for j in 0..n {
+                if k == want {
+                    break;
+                }
+                let i = (start + j) % n;
+                if (pass == 1 || accept(i)) && !out[..k].contains(&i) {
+                    out[k] = i;
+                    k += 1;
+                }
+            }
+        }
+    }
+    k
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tag_fields_round_trip() {
+        let t = with(bump(0), 12345, 9);
+        assert_eq!(id_of(t), 12345);
+        assert_eq!(uses_of(t), 9);
+        assert_eq!(id_of(bump(t)), 0);
+        assert_ne!(bump(t), bump(bump(t)));
+    }
+
+    #[test]
+    fn reuse_budget_follows_eq_1() {
+        let c = PrequalConfig::default();
+        // m = 16, n = 100, r = 3, r_remove = 1: (1 + 1) / (0.84 * 3 - 1) = 1.3158
+        assert!((c.reuse_budget(100) - 2.0 / 1.52).abs() < 1e-4);
+        // n = 20: denominator 0.6 - 1 < 0: the cap.
+        assert_eq!(c.reuse_budget(20), 16.0);
+        let c = PrequalConfig {
+            reuse_delta: f32::NAN,
+            ..c
+        };
+        assert!(c.reuse_budget(100) >= 1.0);
+    }
+}
