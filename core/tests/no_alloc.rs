@@ -182,7 +182,7 @@ fn prepared_pickers_allocate_nothing() {
                     rif: (k % 7) as u32,
                     latency_us: 100 + t as u32,
                 };
-                picker.record_probe(&*picker.ready()[t], report, k, &mut rng);
+                picker.record_probe(&picker.ready()[t], report, k, &mut rng);
             }
         }
         assert_eq!(
