@@ -16,8 +16,16 @@
 //! Python `xds-protos` package), and every report converts into the core's
 //! [`LoadReport`] ([`convert`]).
 //!
-//! Features: `server` (tonic server side), `client` (tonic OOB client). Without them the crate
-//! is the messages, the conversion and the header parser.
+//! The crate also carries Prequal's server side and wire format (NSDI '24, [`prequal`]):
+//! requests in flight and a per-RIF latency estimate, answered to probes over gRPC
+//! (`pickwise.prequal.v1.Prequal/Probe`) or HTTP (`GET /prequal/probe`) and piggybacked on
+//! responses as the `x-prequal-rif` / `x-prequal-latency-us` headers that envoy-prequal and
+//! prequal-rs use.
+//!
+//! Features: `server` (tonic server side: ORCA's layer and OOB service, Prequal's layer and
+//! probe service), `client` (tonic clients: ORCA's OOB stream, the Prequal probe). Without
+//! them the crate is the messages, the conversion, the header parsers, Prequal's state and
+//! its HTTP probe helper.
 //!
 //! # Examples
 //!
@@ -45,6 +53,7 @@
 
 pub mod convert;
 pub mod header;
+pub mod prequal;
 pub mod proto;
 
 #[cfg(feature = "client")]

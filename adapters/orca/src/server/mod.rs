@@ -40,4 +40,5 @@ mod service;
 pub use cpu::{CpuSampler, CpuTimes};
 pub use layer::{CallMetricsBody, CallMetricsLayer, CallMetricsService, ResponseFuture};
 pub use metrics::{CallMetricsRecorder, ServerMetrics, ServerMetricsProvider, ServerMetricsRecorder};
+pub(crate) use service::unimplemented;
 pub use service::OpenRcaServer;

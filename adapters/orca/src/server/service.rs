@@ -112,18 +112,22 @@ where
                 Ok(grpc.server_streaming(method, req).await)
             })
         } else {
-            Box::pin(async move {
-                let mut response = http::Response::new(tonic::body::Body::default());
-                let headers = response.headers_mut();
-                headers.insert(
-                    tonic::Status::GRPC_STATUS,
-                    (tonic::Code::Unimplemented as i32).into(),
-                );
-                headers.insert(http::header::CONTENT_TYPE, tonic::metadata::GRPC_CONTENT_TYPE);
-                Ok(response)
-            })
+            Box::pin(async move { Ok(unimplemented()) })
         }
     }
+}
+
+/// The trailers-only `UNIMPLEMENTED` answer to a method a service does not have, as
+/// tonic-build's generated services send it.
+pub(crate) fn unimplemented() -> http::Response<tonic::body::Body> {
+    let mut response = http::Response::new(tonic::body::Body::default());
+    let headers = response.headers_mut();
+    headers.insert(
+        tonic::Status::GRPC_STATUS,
+        (tonic::Code::Unimplemented as i32).into(),
+    );
+    headers.insert(http::header::CONTENT_TYPE, tonic::metadata::GRPC_CONTENT_TYPE);
+    response
 }
 
 #[cfg(test)]
