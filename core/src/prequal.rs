@@ -187,13 +187,15 @@ impl Slot {
         if id_of(tag) == 0 {
             return None;
         }
+        // A seqlock read: the fields are written with release after the writer's claim (a
+        // new tag), so a field read that sees a new value also sees the claim when the tag is
+        // read again: unchanged tag, unchanged answer (the RIF increment on use is the one field
+        // written without a new tag).
         let (rif, lat, at) = (
-            self.rif.load(Relaxed),
-            self.latency_us.load(Relaxed),
-            self.received_ms.load(Relaxed),
+            self.rif.load(Acquire),
+            self.latency_us.load(Acquire),
+            self.received_ms.load(Acquire),
         );
-        // Acquire pairs with the writer's release of the tag: unchanged tag, unchanged answer
-        // (the RIF increment on use is the one field written without a new tag).
         (self.tag.load(Acquire) == tag).then_some((tag, rif, lat, at))
     }
 
@@ -269,6 +271,16 @@ impl ProbePool {
     /// Whether no answer is pooled.
     pub fn is_empty(&self) -> bool {
         self.len() == 0
+    }
+
+    /// Calls `f` with each pooled answer (read consistently) and its age in milliseconds at `now`.
+    pub fn for_each_answer(&self, now: u64, mut f: impl FnMut(ProbeReport, u32)) {
+        let now_ms = millis(now);
+        for s in &self.slots[..self.config.pool_size()] {
+            if let Some((_, rif, latency_us, at)) = s.read() {
+                f(ProbeReport { rif, latency_us }, elapsed_ms(now_ms, at));
+            }
+        }
     }
 
     /// The current hot threshold: answers with a RIF above it are hot (`None` before any answer).
@@ -400,9 +412,9 @@ impl ProbePool {
             if s.tag.compare_exchange(tag, claimed, AcqRel, Relaxed).is_err() {
                 continue;
             }
-            s.rif.store(report.rif, Relaxed);
-            s.latency_us.store(report.latency_us, Relaxed);
-            s.received_ms.store(now_ms, Relaxed);
+            s.rif.store(report.rif, Release);
+            s.latency_us.store(report.latency_us, Release);
+            s.received_ms.store(now_ms, Release);
             s.tag.store(with(claimed, id, uses), Release);
             return;
         }

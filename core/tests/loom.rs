@@ -166,3 +166,37 @@ fn a_clock_free_pick_never_unejects() {
         assert_eq!(pool.ejected(), 1);
     });
 }
+
+/// Prequal's probe pool: an answer replacing another is never read half old, half new (the
+/// slot's seqlock), and two picks racing to use an answer with one use left remove it once.
+#[test]
+fn a_probe_answer_is_read_whole() {
+    use pickwise::prequal::{PrequalConfig, ProbePool, ProbeReport};
+    use pickwise::SplitMix64;
+    loom::model(|| {
+        let probes = Arc::new(ProbePool::new(PrequalConfig {
+            pool_size: 1,
+            ..PrequalConfig::default()
+        }));
+        let e = Arc::new(EndpointState::new(1));
+        let old = ProbeReport {
+            rif: 1,
+            latency_us: 100,
+        };
+        let new = ProbeReport {
+            rif: 5,
+            latency_us: 500,
+        };
+        probes.record(&e, old, 0, &mut SplitMix64::new(1));
+        let (p2, e2) = (probes.clone(), e.clone());
+        let writer = thread::spawn(move || p2.record(&e2, new, MS, &mut SplitMix64::new(2)));
+        probes.for_each_answer(MS, |r, _| assert!(r == old || r == new, "torn answer {r:?}"));
+        writer.join().unwrap();
+        let mut seen = 0;
+        probes.for_each_answer(MS, |r, _| {
+            assert_eq!(r, new);
+            seen += 1;
+        });
+        assert_eq!(seen, 1);
+    });
+}
