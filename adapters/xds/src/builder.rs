@@ -121,6 +121,10 @@ impl XdsBuilder {
             keepalive: self.keepalive,
             channel_target: target.to_owned(),
         };
+        #[cfg(feature = "tls")]
+        let providers = Arc::new(crate::upstream_tls::Providers::new(
+            options.bootstrap.certificate_providers.clone(),
+        ));
         let (state, ads) = client::spawn(options, name.to_owned());
         let (version, _) = watch::channel(0u64);
         let shared = Arc::new(Shared {
@@ -138,7 +142,13 @@ impl XdsBuilder {
         };
         #[cfg(not(feature = "metrics"))]
         let template = self.template;
-        let manager = tokio::spawn(manager::manage(shared.clone(), state, template));
+        let manager = tokio::spawn(manager::manage(
+            shared.clone(),
+            state,
+            template,
+            #[cfg(feature = "tls")]
+            providers,
+        ));
         Ok(XdsChannel::new(shared, [ads, manager]))
     }
 }

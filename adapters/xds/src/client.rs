@@ -387,7 +387,16 @@ impl Client {
         let (mut valid, mut invalid) = (0, 0);
         let slots = &mut self.slots[idx(t)];
         for any in resources {
-            match resource::decode(t, any) {
+            let decoded = resource::decode(t, any).and_then(|(name, value)| {
+                match security_allowed(&value, &self.options.bootstrap) {
+                    Ok(()) => Ok((name, value)),
+                    Err(reason) => Err(resource::InvalidResource {
+                        name: Some(name),
+                        reason,
+                    }),
+                }
+            });
+            match decoded {
                 Ok((name, value)) => {
                     if !seen.insert(name.clone()) {
                         errors.push(format!("resource {name:?} appears twice"));
@@ -689,4 +698,25 @@ async fn sleep_until_opt(at: Option<Instant>) {
         Some(at) => tokio::time::sleep_until(at).await,
         None => std::future::pending().await,
     }
+}
+
+/// Checks what only the bootstrap can tell about a decoded resource: the certificate provider
+/// instances a cluster's security config names exist (grpc-go's `securityConfigValidator`).
+/// Without the `tls` feature a cluster asking for TLS is NACKed rather than served in
+/// plaintext (grpc-go falls back to its fallback credentials only when the application chose
+/// insecure ones).
+fn security_allowed(value: &resource::Resource, bootstrap: &Bootstrap) -> Result<(), String> {
+    let resource::Resource::Cluster(c) = value else {
+        return Ok(());
+    };
+    let Some(sc) = &c.security else {
+        return Ok(());
+    };
+    if cfg!(not(feature = "tls")) {
+        return Err(
+            "transport_socket asks for TLS to the endpoints (gRFC A29): pickwise-xds needs its `tls` feature for it"
+                .into(),
+        );
+    }
+    resource::check_providers(sc, &bootstrap.certificate_providers)
 }

@@ -32,6 +32,11 @@ pub(crate) struct ClusterBalancer {
     /// The last circuit-breaker limit and drop policy (kept while the cluster re-resolves).
     pub(crate) max_requests: u32,
     pub(crate) drops: Arc<Vec<(String, u32)>>,
+    /// TLS to the endpoints from CDS (gRFC A29), and the bootstrap's providers it reads.
+    #[cfg(feature = "tls")]
+    tls: Option<crate::upstream_tls::UpstreamTls>,
+    #[cfg(feature = "tls")]
+    providers: Arc<crate::upstream_tls::Providers>,
 }
 
 impl std::fmt::Debug for ClusterBalancer {
@@ -44,9 +49,16 @@ impl std::fmt::Debug for ClusterBalancer {
 }
 
 impl ClusterBalancer {
-    /// Starts a balancer for the cluster `name` from the user's builder template.
+    /// Starts a balancer for the cluster `name` from the user's builder template; with the
+    /// `tls` feature, connections use TLS as the cluster's security config says (an error when
+    /// it names a provider instance the bootstrap does not have, which the client NACKs first).
     #[cfg_attr(not(feature = "metrics"), allow(unused_variables))]
-    pub(crate) fn new(builder: pickwise_tonic::Builder, name: &str, cluster: &ClusterConfig) -> Self {
+    pub(crate) fn new(
+        builder: pickwise_tonic::Builder,
+        name: &str,
+        cluster: &ClusterConfig,
+        #[cfg(feature = "tls")] providers: &Arc<crate::upstream_tls::Providers>,
+    ) -> Result<Self, String> {
         // Outlier detection only when CDS asks for it (gRFC A50: no `outlier_detection`, no
         // ejection), whatever the template's default; found by the differential scenario
         // `no_outlier_detection_without_config` (pickwise ejected, C-core kept sending).
@@ -68,9 +80,18 @@ impl ClusterBalancer {
             // `outlierdetection.incrementCounter`), not Envoy's HTTP mapping.
             builder = builder.failure_codes(pickwise_tonic::GRPC_NON_OK_CODES);
         }
+        #[cfg(feature = "tls")]
+        let tls = match &cluster.security {
+            Some(sc) => {
+                let tls = crate::upstream_tls::UpstreamTls::new(providers, sc)?;
+                builder = builder.tls(tls.client_config());
+                Some(tls)
+            }
+            None => None,
+        };
         let (tx, rx) = mpsc::unbounded_channel();
         let channel = builder.build_endpoints(tokio_stream::wrappers::UnboundedReceiverStream::new(rx));
-        Self {
+        Ok(Self {
             channel,
             tx,
             endpoints: HashMap::new(),
@@ -78,13 +99,34 @@ impl ClusterBalancer {
             in_flight: Arc::new(AtomicU32::new(0)),
             max_requests: cluster.max_requests,
             drops: Arc::default(),
-        }
+            #[cfg(feature = "tls")]
+            tls,
+            #[cfg(feature = "tls")]
+            providers: providers.clone(),
+        })
+    }
+
+    /// Whether `cluster` can be applied in place: TLS stays on or off (turning it on or off
+    /// needs another balancer, whose connections are all new).
+    pub(crate) fn can_update(&self, cluster: &ClusterConfig) -> bool {
+        #[cfg(feature = "tls")]
+        return self.tls.is_some() == cluster.security.is_some();
+        #[cfg(not(feature = "tls"))]
+        return cluster.security.is_none();
     }
 
     /// Applies a new cluster and endpoint set: the policy switches in place, endpoints are
     /// diffed (inserts for new or changed, removes for gone).
     pub(crate) fn update(&mut self, cluster: &ClusterConfig, eds: &EndpointsConfig) {
         self.max_requests = cluster.max_requests;
+        // A new security config (providers, matchers) applies to the next handshakes;
+        // established connections are kept, as grpc-go swaps its handshake info.
+        #[cfg(feature = "tls")]
+        if let (Some(tls), Some(sc)) = (&mut self.tls, &cluster.security) {
+            if let Err(e) = tls.update(&self.providers, sc) {
+                tracing::warn!(error = %e, "keeping the cluster's previous security config");
+            }
+        }
         if *self.drops != eds.drops {
             self.drops = Arc::new(eds.drops.clone());
         }

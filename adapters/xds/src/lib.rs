@@ -71,6 +71,8 @@ mod manager;
 pub mod resource;
 mod routing;
 mod telemetry;
+#[cfg(feature = "tls")]
+mod upstream_tls;
 
 use std::fmt;
 

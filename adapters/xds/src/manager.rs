@@ -21,6 +21,7 @@ pub(crate) async fn manage(
     shared: Arc<Shared>,
     mut state: watch::Receiver<Arc<XdsState>>,
     template: Template,
+    #[cfg(feature = "tls")] providers: Arc<crate::upstream_tls::Providers>,
 ) {
     let mut balancers: BTreeMap<String, ClusterBalancer> = BTreeMap::new();
     // Balancers of clusters no route names any more, kept until the requests routed to them
@@ -41,9 +42,29 @@ pub(crate) async fn manage(
                     ClusterEntry::Failed(e.clone())
                 }
                 ClusterState::Ready(cluster, eds) => {
-                    let b = balancers
-                        .entry(name.clone())
-                        .or_insert_with(|| ClusterBalancer::new(template(), name, cluster));
+                    // TLS turned on or off: a new balancer; the old one finishes its requests.
+                    if balancers.get(name).is_some_and(|b| !b.can_update(cluster)) {
+                        retiring.extend(balancers.remove(name));
+                    }
+                    if !balancers.contains_key(name) {
+                        let b = ClusterBalancer::new(
+                            template(),
+                            name,
+                            cluster,
+                            #[cfg(feature = "tls")]
+                            &providers,
+                        );
+                        match b {
+                            Ok(b) => {
+                                balancers.insert(name.clone(), b);
+                            }
+                            Err(e) => {
+                                clusters.insert(name.clone(), ClusterEntry::Failed(e));
+                                continue;
+                            }
+                        }
+                    }
+                    let b = balancers.get_mut(name).expect("inserted above");
                     b.update(cluster, eds);
                     ready_entry(b)
                 }

@@ -40,6 +40,9 @@ pub struct ClusterConfig {
     pub lb: ServiceConfig,
     /// Circuit breaker: requests in flight at most (default priority's `max_requests`, 1024).
     pub max_requests: u32,
+    /// TLS to the endpoints (gRFC A29: `transport_socket` with an `UpstreamTlsContext`);
+    /// `None`: plaintext.
+    pub security: Option<super::security::SecurityConfig>,
 }
 
 pub(super) fn validate(c: &Cluster) -> Result<ClusterConfig, Invalid> {
@@ -72,6 +75,8 @@ pub(super) fn validate(c: &Cluster) -> Result<ClusterConfig, Invalid> {
     // grpc-go validates lb_policy first (an unsupported one NACKs even when
     // load_balancing_policy is set), then load_balancing_policy, when present, replaces it.
     let mut policy = legacy_policy(c)?;
+    // grpc-go reads the security config after lb_policy and before outlier detection.
+    let security = super::security::from_cluster(c)?;
     let od = match &c.outlier_detection {
         Some(od) => Some(outlier(od)?),
         None => None,
@@ -97,6 +102,7 @@ pub(super) fn validate(c: &Cluster) -> Result<ClusterConfig, Invalid> {
         lb_json,
         lb,
         max_requests,
+        security,
     })
 }
 

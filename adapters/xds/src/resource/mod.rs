@@ -6,6 +6,7 @@ mod cluster;
 mod endpoint;
 mod listener;
 mod route;
+mod security;
 
 use std::fmt;
 
@@ -19,6 +20,8 @@ pub use route::{
     ClusterWeight, HashPolicy, HashSource, HeaderMatch, HeaderMatcher, PathMatch, Route, RouteAction,
     RouteConfig, RouteMatch, VirtualHost,
 };
+pub(crate) use security::check_providers;
+pub use security::{CertProviderInstance, SanMatcher, SecurityConfig};
 
 /// The four resource types of gRPC's xDS client, in dependency order.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]

@@ -484,7 +484,7 @@ fn regex(re: &RegexMatcher) -> Result<regex::Regex, Invalid> {
 
 /// grpc-go `StringMatcherFromProto` (internal/xds/matcher/string_matcher.go): empty prefix,
 /// suffix and contains are invalid; `ignore_case` does not apply to `safe_regex`.
-fn string_matcher(s: &StringMatcher) -> Result<HeaderMatch, Invalid> {
+pub(super) fn string_matcher(s: &StringMatcher) -> Result<HeaderMatch, Invalid> {
     let ic = s.ignore_case;
     let non_empty = |what: &str, p: &str| {
         if p.is_empty() {
