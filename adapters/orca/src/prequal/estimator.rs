@@ -1,25 +1,5 @@
 //! [`RecentMedian`]: the paper's latency estimate (NSDI '24, §4), the median latency of recent
 //! queries that arrived at the server's current RIF.
-//!
-//! Samples are kept per RIF bucket: one bucket per RIF from 0 to 63, then four buckets per
-//! power of two (64–79, 80–95, 96–111, 112–127, 128–159, …, up to `u32::MAX`: 168 buckets in
-//! all). Each bucket is a ring of the last [`RecentMedian::SAMPLES_PER_BUCKET`] samples (latency
-//! and completion time) behind its own short mutex, plus an atomic "newest sample at" so that
-//! stale buckets are skipped without locking.
-//!
-//! The estimate for RIF `r` at time `now`, given a maximum age:
-//!
-//! 1. A sample is fresh when `now - completed_at <= max_age`; others are ignored.
-//! 2. If `r`'s bucket holds fresh samples, the estimate is their median (for an even count the
-//!    upper of the two middle values).
-//! 3. Otherwise it is the median of the nearest bucket (by bucket index) that holds fresh
-//!    samples; at equal distance the higher-RIF bucket wins, so a server whose RIF has just
-//!    risen above anything it measured reports a pessimistic rather than optimistic latency.
-//! 4. With no fresh sample anywhere the estimate is 0 (as prequal-rs: a stale high value would
-//!    keep clients away from an idle server indefinitely, since nothing would refresh it).
-//!
-//! The caller supplies the clock (`now` as a [`Duration`] since any fixed origin, monotonic):
-//! [`ProbeState`](super::ProbeState) reads it from an `Instant`, and tests pass it by hand.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
@@ -44,8 +24,28 @@ fn bucket_of(rif: u32) -> usize {
     EXACT as usize + (((log2 - EXACT.trailing_zeros()) << PER_OCTAVE_LOG2) + sub) as usize
 }
 
-/// The paper's per-RIF median latency estimator (see the [module docs](self) for the buckets
-/// and the estimation rule). Thread-safe; a record locks one bucket for a few nanoseconds.
+/// The paper's per-RIF median latency estimator. Thread-safe; a record locks one bucket for a
+/// few nanoseconds.
+///
+/// Samples are kept per RIF bucket: one bucket per RIF from 0 to 63, then four buckets per
+/// power of two (64–79, 80–95, 96–111, 112–127, 128–159, …, up to `u32::MAX`: 168 buckets in
+/// all). Each bucket is a ring of the last [`RecentMedian::SAMPLES_PER_BUCKET`] samples (latency
+/// and completion time) behind its own short mutex, plus an atomic "newest sample at" so that
+/// stale buckets are skipped without locking.
+///
+/// The estimate for RIF `r` at time `now`, given a maximum age:
+///
+/// 1. A sample is fresh when `now - completed_at <= max_age`; others are ignored.
+/// 2. If `r`'s bucket holds fresh samples, the estimate is their median (for an even count the
+///    upper of the two middle values).
+/// 3. Otherwise it is the median of the nearest bucket (by bucket index) that holds fresh
+///    samples; at equal distance the higher-RIF bucket wins, so a server whose RIF has just
+///    risen above anything it measured reports a pessimistic rather than optimistic latency.
+/// 4. With no fresh sample anywhere the estimate is 0 (as prequal-rs: a stale high value would
+///    keep clients away from an idle server indefinitely, since nothing would refresh it).
+///
+/// The caller supplies the clock (`now` as a [`Duration`] since any fixed origin, monotonic):
+/// [`ProbeState`](super::ProbeState) reads it from an `Instant`, and tests pass it by hand.
 pub struct RecentMedian {
     max_age_us: u64,
     buckets: Box<[Bucket]>,
@@ -129,20 +129,19 @@ impl RecentMedian {
         };
         let center = bucket_of(rif);
         // Nearest bucket with a fresh sample; at equal distance the higher one.
+        let median = |b: usize| if fresh(b) { self.median(b, now_us) } else { None };
         for d in 0..BUCKETS {
             let above = center + d;
-            let below = center.checked_sub(d);
-            if above >= BUCKETS && below.is_none() {
+            if above < BUCKETS {
+                if let Some(m) = median(above) {
+                    return m;
+                }
+            } else if d > center {
                 break;
             }
-            for b in [Some(above).filter(|&b| b < BUCKETS), below.filter(|_| d > 0)]
-                .into_iter()
-                .flatten()
-            {
-                if fresh(b) {
-                    if let Some(m) = self.median(b, now_us) {
-                        return m;
-                    }
+            if d > 0 && d <= center {
+                if let Some(m) = median(center - d) {
+                    return m;
                 }
             }
         }

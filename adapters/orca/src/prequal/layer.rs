@@ -1,20 +1,5 @@
 //! [`PrequalLayer`]: counts every request a tower/tonic/hyper server handles in a
 //! [`ProbeState`], and piggybacks the server's report on its responses.
-//!
-//! A request counts from the moment the layer's service is called until its response body
-//! ends (it yields trailers, reports end of stream, or fails) or until the response future or
-//! body is dropped, whichever comes first: a cancelled request (the client resets the stream,
-//! the server drops the future) stops counting too. The count is an RAII guard
-//! ([`InFlight`](super::InFlight)), so nothing can leak it.
-//!
-//! Probes are not counted, and get no piggybacked headers: the gRPC probe
-//! ([`PROBE_GRPC_PATH`], any method) and the HTTP probe (`GET`/`HEAD` on the layer's HTTP probe
-//! path, [`PROBE_PATH`] by default) pass straight through.
-//!
-//! Piggybacking (on by default): every other response's head gets `x-prequal-rif` and
-//! `x-prequal-latency-us` (for gRPC, response initial metadata with the same names; in a
-//! trailers-only error response too). The RIF reported excludes the request being answered,
-//! which is over from the client's point of view.
 
 use std::future::Future;
 use std::pin::Pin;
@@ -30,9 +15,23 @@ use super::http::{is_probe_at, PROBE_PATH};
 use super::proto::PROBE_GRPC_PATH;
 use super::state::{InFlight, ProbeState};
 
-/// A tower `Layer` counting requests in flight in a [`ProbeState`] (see the
-/// [module docs](self)). Add it to a tonic server with `Server::builder().layer(..)`, or wrap
-/// any `Service<http::Request<_>>`. Cheap to clone.
+/// A tower `Layer` counting requests in flight in a [`ProbeState`]. Add it to a tonic server
+/// with `Server::builder().layer(..)`, or wrap any `Service<http::Request<_>>`. Cheap to clone.
+///
+/// A request counts from the moment the layer's service is called until its response body
+/// ends (it yields trailers, reports end of stream, or fails) or until the response future or
+/// body is dropped, whichever comes first: a cancelled request (the client resets the stream,
+/// the server drops the future) stops counting too. The count is an RAII guard
+/// ([`InFlight`](super::InFlight)), so nothing can leak it.
+///
+/// Probes are not counted, and get no piggybacked headers: the gRPC probe
+/// ([`PROBE_GRPC_PATH`], any method) and the HTTP probe (`GET`/`HEAD` on the layer's HTTP probe
+/// path, [`PROBE_PATH`] by default) pass straight through.
+///
+/// Piggybacking (on by default): every other response's head gets `x-prequal-rif` and
+/// `x-prequal-latency-us` (for gRPC, response initial metadata with the same names; in a
+/// trailers-only error response too). The RIF reported excludes the request being answered,
+/// which is over from the client's point of view.
 #[derive(Clone, Debug)]
 pub struct PrequalLayer {
     config: Config,

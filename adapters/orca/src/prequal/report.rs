@@ -1,12 +1,6 @@
 //! [`ProbeReport`] and its two HTTP headers, `x-prequal-rif` and `x-prequal-latency-us`: the
 //! names envoy-prequal and prequal-rs use, so their clients can probe pickwise servers and the
 //! other way round.
-//!
-//! Each header's value is a decimal integer. [`ProbeReport::from_headers`] reads the first
-//! value of each; it wants both (as prequal-rs's prober does), accepts surrounding ASCII
-//! whitespace, and refuses anything else that is not ASCII digits (signs, decimal points,
-//! empty values, non-ASCII bytes). A number too large for a `u32` saturates at `u32::MAX`
-//! (envoy-prequal and prequal-rs send the latency as a 64-bit count of microseconds).
 
 use http::{HeaderMap, HeaderValue};
 
@@ -17,6 +11,12 @@ pub const HEADER_LATENCY_US: &str = "x-prequal-latency-us";
 
 /// One server's answer to a Prequal probe (NSDI '24, §4): its requests in flight and its
 /// latency estimate for a query arriving at that RIF.
+///
+/// Each header's value is a decimal integer. [`ProbeReport::from_headers`] reads the first
+/// value of each; it wants both (as prequal-rs's prober does), accepts surrounding ASCII
+/// whitespace, and refuses anything else that is not ASCII digits (signs, decimal points,
+/// empty values, non-ASCII bytes). A number too large for a `u32` saturates at `u32::MAX`
+/// (envoy-prequal and prequal-rs send the latency as a 64-bit count of microseconds).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
 pub struct ProbeReport {
     /// Requests in flight when the report was made.
@@ -28,7 +28,7 @@ pub struct ProbeReport {
 
 impl ProbeReport {
     /// The report in `headers` ([`HEADER_RIF`] and [`HEADER_LATENCY_US`], first value of
-    /// each), `None` unless both are present and numeric (see the [module docs](self)).
+    /// each), `None` unless both are present and numeric (the rules are on [`ProbeReport`]).
     pub fn from_headers(headers: &HeaderMap) -> Option<Self> {
         Some(Self {
             rif: parse_u32(headers.get(HEADER_RIF)?.as_bytes())?,
