@@ -9,7 +9,7 @@
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use pickwise_orca::prequal::{
     probe, Estimator, PrequalLayer, PrequalServer, ProbeReport, ProbeState, HEADER_LATENCY_US, HEADER_RIF,
@@ -273,43 +273,55 @@ async fn failed_calls_stop_counting() {
 
 // ===== latency estimate =====
 
-#[tokio::test]
-async fn latency_estimate_is_the_median_of_calls_that_arrived_at_that_rif() {
-    let mut h = Harness::start(long_lived(), true).await;
-    // At RIF 0: three fast calls, one at a time.
-    for ms in [1, 2, 3] {
-        work(
-            h.channel.clone(),
-            Work {
-                sleep_ms: ms,
-                ..Default::default()
-            },
-        )
-        .await
-        .unwrap();
-    }
-    // At RIF 2: five calls of 20..100 ms, one at a time, while two others are held.
-    let held = h.hold(2).await;
-    for ms in [100, 20, 80, 40, 60] {
+/// Calls `Work` sleeping `ms`, one at a time; returns how long each took as the client saw it.
+async fn timed_calls(h: &Harness, sleeps_ms: &[u64]) -> Vec<Duration> {
+    let mut took = Vec::new();
+    for &sleep_ms in sleeps_ms {
+        let start = Instant::now();
         let metadata = work(
             h.channel.clone(),
             Work {
-                sleep_ms: ms,
+                sleep_ms,
                 ..Default::default()
             },
         )
         .await
         .unwrap();
-        // Piggybacked on the response: the held two, not the call itself.
-        assert_eq!(piggybacked(&metadata).map(|r| r.rif), Some(2));
+        took.push(start.elapsed());
+        // Piggybacked on the response: the RIF without the call itself.
+        assert_eq!(piggybacked(&metadata).map(|r| r.rif), Some(h.state.rif()));
     }
+    took
+}
+
+/// The estimator's median: the upper middle value, in µs.
+fn upper_median(values: impl IntoIterator<Item = Duration>) -> u32 {
+    let mut v: Vec<u32> = values.into_iter().map(ProbeReport::saturating_us).collect();
+    v.sort_unstable();
+    v[v.len() / 2]
+}
+
+/// Each call's latency as the server measures it lies between its sleep and what the client
+/// saw, so the median of the calls that arrived at a RIF lies between the medians of those.
+#[tokio::test]
+async fn latency_estimate_is_the_median_of_calls_that_arrived_at_that_rif() {
+    let mut h = Harness::start(long_lived(), true).await;
+    let ms = Duration::from_millis;
+    // At RIF 0: three fast calls, one at a time.
+    let fast = [1, 2, 3];
+    let fast_took = timed_calls(&h, &fast).await;
+    // At RIF 2: five calls of 20..100 ms, one at a time, while two others are held.
+    let held_since = Instant::now();
+    let held = h.hold(2).await;
+    let slow = [100, 20, 80, 40, 60];
+    let slow_took = timed_calls(&h, &slow).await;
     h.until_rif(2).await;
     let at_2 = h.probe().await;
     assert_eq!(at_2.rif, 2);
-    // The median is the 60 ms call (each call's latency is its sleep plus well under 20 ms).
+    let (low, high) = (upper_median(slow.map(ms)), upper_median(slow_took.clone()));
     assert!(
-        (60_000..80_000).contains(&at_2.latency_us),
-        "estimate at RIF 2: {} µs",
+        (low..=high).contains(&at_2.latency_us),
+        "estimate at RIF 2: {} µs, expected the median of {slow_took:?}",
         at_2.latency_us
     );
     assert_eq!(at_2, h.state.report());
@@ -318,13 +330,16 @@ async fn latency_estimate_is_the_median_of_calls_that_arrived_at_that_rif() {
     for call in held {
         call.await.unwrap().unwrap();
     }
+    let held_took = held_since.elapsed();
     h.until_rif(0).await;
-    // Back at RIF 0, not the RIF-2 samples: RIF 0's bucket holds the 1, 2 and 3 ms calls and
-    // the first held call (300 ms and more); the upper median of four is the 3 ms call.
+    // Back at RIF 0, not the RIF-2 samples: RIF 0's bucket holds the fast calls and the first
+    // held call (it arrived while nothing else was in flight).
     let at_0 = h.probe().await;
+    let low = upper_median(fast.map(ms).into_iter().chain([Duration::ZERO]));
+    let high = upper_median(fast_took.iter().copied().chain([held_took]));
     assert!(
-        (3_000..20_000).contains(&at_0.latency_us),
-        "estimate at RIF 0: {} µs",
+        (low..=high).contains(&at_0.latency_us),
+        "estimate at RIF 0: {} µs, expected the median of {fast_took:?} and one held call",
         at_0.latency_us
     );
 }

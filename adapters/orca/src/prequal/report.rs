@@ -48,6 +48,25 @@ impl ProbeReport {
     }
 }
 
+impl From<ProbeReport> for pickwise::prequal::ProbeReport {
+    /// The core's probe answer (the client side's selection rule reads it).
+    fn from(r: ProbeReport) -> Self {
+        Self {
+            rif: r.rif,
+            latency_us: r.latency_us,
+        }
+    }
+}
+
+impl From<pickwise::prequal::ProbeReport> for ProbeReport {
+    fn from(r: pickwise::prequal::ProbeReport) -> Self {
+        Self {
+            rif: r.rif,
+            latency_us: r.latency_us,
+        }
+    }
+}
+
 /// ASCII digits between optional ASCII whitespace, saturating at `u32::MAX`.
 fn parse_u32(value: &[u8]) -> Option<u32> {
     let digits = value.trim_ascii();
@@ -160,6 +179,17 @@ mod tests {
             assert_eq!(h.get_all(HEADER_RIF).iter().count(), 1);
             assert_eq!(ProbeReport::from_headers(&h), Some(r));
         }
+    }
+
+    #[test]
+    fn converts_to_the_core() {
+        let r = ProbeReport {
+            rif: 4,
+            latency_us: 9,
+        };
+        let core = pickwise::prequal::ProbeReport::from(r);
+        assert_eq!((core.rif, core.latency_us), (4, 9));
+        assert_eq!(ProbeReport::from(core), r);
     }
 
     #[test]
