@@ -22,6 +22,13 @@
 //! weighs by. As in Envoy's router, the first report of an attempt counts (headers before
 //! trailers); a malformed one is logged at debug level and ignored; a response without one
 //! changes nothing.
+//!
+//! **Prequal reports.** Under `pickwise_prequal`, response headers carrying `x-prequal-rif` and
+//! `x-prequal-latency-us` (a backend piggybacking its probe answer, as prequal-rs's and
+//! envoy-prequal's servers do) are recorded for the attempt's backend like a probe's answer
+//! ([`Prepared::record_probe`](pickwise::balancer::Prepared::record_probe)); a response without
+//! both, or with a malformed one, records nothing. Probes themselves are the
+//! [`Prober`](crate::Prober)'s.
 
 use std::borrow::Borrow;
 use std::net::SocketAddr;
@@ -31,6 +38,7 @@ use pickwise::outcome::{self, Observed};
 use pickwise::wrr::LoadReport;
 use pickwise::{EndpointState, InFlight, Outcome, Pool};
 use pickwise_orca::header::{parse_headers, ENDPOINT_LOAD_METRICS, ENDPOINT_LOAD_METRICS_BIN};
+use pickwise_orca::prequal::{ProbeReport as WireReport, HEADER_RIF};
 use pingora::http::ResponseHeader;
 use pingora::lb::{Backend, LoadBalancer};
 use pingora::{Error, ErrorSource, ErrorType};
@@ -202,7 +210,8 @@ impl Tracker {
     /// one follows. A success so far takes the latency sample now (tower's
     /// `CompleteOnResponse`); a 5xx or a failing `grpc-status` (trailers-only response) marks the
     /// attempt failed and takes no sample. An ORCA load report in the headers reaches the
-    /// backend's state (see the module docs).
+    /// backend's state, and under Prequal a piggybacked report is recorded (see the module
+    /// docs).
     pub fn response(&mut self, header: &ResponseHeader) {
         let outcome = match header.headers.get("grpc-status") {
             Some(code) => outcome::grpc_header(code.as_bytes()),
@@ -212,6 +221,7 @@ impl Tracker {
             },
         };
         self.load_report(&header.headers);
+        self.piggybacked(&header.headers);
         self.outcome = Some(outcome);
         if outcome == Outcome::Success {
             if let Some(lease) = self.lease.as_mut() {
@@ -275,6 +285,25 @@ impl Tracker {
                 "pickwise: ignoring a malformed ORCA load report"
             ),
         }
+    }
+
+    /// Records a Prequal report the response carried for the attempt's backend.
+    fn piggybacked(&self, headers: &pingora::http::HMap) {
+        let (Some(shared), Some(lease)) = (self.shared.as_ref(), self.lease.as_ref()) else {
+            return;
+        };
+        if !shared.is_prequal() || !headers.contains_key(HEADER_RIF) {
+            return;
+        }
+        let Some(r) = WireReport::from_headers(headers) else {
+            tracing::debug!(backend = ?self.current(), "pickwise: ignoring a malformed Prequal report");
+            return;
+        };
+        let report = pickwise::prequal::ProbeReport {
+            rif: r.rif,
+            latency_us: r.latency_us,
+        };
+        shared.record_piggybacked(lease.endpoint(), report, lease_now(lease));
     }
 
     fn error_outcome(&self, error: &Error) -> Outcome {

@@ -43,6 +43,14 @@
 //! - **Timers.** The core balancer's timers (ejection expiry, multiplier decay, stamp
 //!   re-basing, gRFC A50 detection, weighted round robin's weight updates) run from lease starts and completions when due
 //!   ([`Shared::handle_timeout`]); nothing to schedule.
+//! - **Prequal** (NSDI '24; [`LbPolicy::Prequal`](pickwise::LbPolicy), by name
+//!   `pickwise_prequal`): picks by the core's hot-cold rule over fresh probe answers (requests in
+//!   flight and latency per backend), P2C while fewer than two are fresh. The [`Prober`], a
+//!   Pingora background service, sends the probes the picker owes as `GET /prequal/probe` on one
+//!   HTTP/1.1 connection per backend (prequal-rs's and envoy-prequal's convention, served by
+//!   `pickwise_orca::prequal`), never on the select path; [`Tracker::response`] records reports
+//!   backends piggyback on responses (`x-prequal-rif`, `x-prequal-latency-us`).
+//!   [`Shared::probe_stats`] counts probes sent, answered and failed.
 //! - **Discovery**: Pingora's `discovery::Static`, or [`StreamDiscovery`] from any stream of
 //!   endpoint changes.
 //! - **Metrics** (feature `metrics`): `pickwise-tonic`'s `pickwise.*` instruments — picks per
@@ -67,6 +75,7 @@
 mod discovery;
 mod health;
 mod lease;
+mod prober;
 mod selection;
 mod state;
 #[cfg(feature = "metrics")]
@@ -76,5 +85,6 @@ pub use discovery::{Change, StreamDiscovery};
 pub use health::{tcp_health_check, HealthObserver};
 pub use lease::{lease, observed, select_lease, Lease, PoolRef, Tracker};
 pub use pickwise;
+pub use prober::{ProbeConfig, ProbeStats, Prober, IDLE_TICKS};
 pub use selection::{Selector, SelectorIter};
 pub use state::Shared;

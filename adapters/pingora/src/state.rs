@@ -35,7 +35,10 @@ use arc_swap::{ArcSwap, Guard};
 use pingora::lb::Backend;
 
 use pickwise::balancer::{Balancer, BalancerConfig, Connectivity, EndpointSpec, OwnerConnecting, Prepared};
+use pickwise::prequal::{ProbePool, ProbeReport};
 use pickwise::{EndpointState, LbPolicy, Pool, PoolConfig};
+
+use crate::prober::{ProbeCounts, ProbeEvent, ProbeStats};
 
 /// The longest time between two runs of the core's upkeep, in milliseconds (the outlier interval
 /// if shorter).
@@ -115,6 +118,8 @@ pub struct Shared {
     /// [`now`](Self::now)'s clock.
     next_timeout: AtomicU64,
     epoch: Instant,
+    /// Prequal's probe and piggyback counts.
+    probe_counts: ProbeCounts,
     /// Picks, in-flight gauges and ejections (feature `metrics`).
     #[cfg(feature = "metrics")]
     pub(crate) instruments: crate::telemetry::GroupInstruments,
@@ -165,6 +170,7 @@ impl Shared {
             by_addr: ArcSwap::from_pointee(HashMap::new()),
             next_timeout: AtomicU64::new(0),
             epoch,
+            probe_counts: ProbeCounts::default(),
             #[cfg(feature = "metrics")]
             instruments: crate::telemetry::GroupInstruments::new(target, &policy),
         })
@@ -205,6 +211,41 @@ impl Shared {
     /// update period while requests flow) adds one. Something to wait on.
     pub fn picker_version(&self) -> u64 {
         self.published.load(Ordering::Acquire)
+    }
+
+    /// Prequal's probe pool, shared by every picker the group publishes (`None` under other
+    /// policies): how many answers it holds, the hot threshold, the queries counted.
+    pub fn probe_pool(&self) -> Option<Arc<ProbePool>> {
+        self.picker.load().probes().cloned()
+    }
+
+    /// Prequal's probe counts: probes the [`Prober`](crate::Prober) sent, answered and failed,
+    /// and reports piggybacked on responses.
+    pub fn probe_stats(&self) -> ProbeStats {
+        self.probe_counts.stats()
+    }
+
+    pub(crate) fn count_probe(&self, event: ProbeEvent) {
+        self.probe_counts.count(event);
+        #[cfg(feature = "metrics")]
+        self.instruments.probe(event);
+    }
+
+    /// A Prequal report a response carried, for the backend `endpoint`: recorded like a probe's
+    /// answer. Whether the group runs Prequal (otherwise nothing is recorded or counted).
+    pub(crate) fn record_piggybacked(&self, endpoint: &EndpointState, report: ProbeReport, now: u64) -> bool {
+        let picker = self.picker.load();
+        if picker.probes().is_none() {
+            return false;
+        }
+        picker.record_probe(endpoint, report, now, &mut || fastrand::u64(..));
+        self.count_probe(ProbeEvent::Piggybacked);
+        true
+    }
+
+    /// Whether the group runs Prequal (reads piggybacked reports).
+    pub(crate) fn is_prequal(&self) -> bool {
+        matches!(self.policy, LbPolicy::Prequal(_))
     }
 
     /// The sum of the weights of the backends that are ready (not reported down by Pingora's

@@ -12,6 +12,10 @@
 //!   a backend: per-backend `pickwise.endpoint.in_flight`, and `pickwise.endpoint.ejections` with
 //!   the reason the core gives ([`Pool::ejection`](pickwise::Pool::ejection)); each ejection is
 //!   counted once.
+//! - **Prequal** (`pickwise_prequal` groups only): `pickwise.prequal.probes_sent`,
+//!   `pickwise.prequal.probes_answered` and `pickwise.prequal.probes_failed` as the
+//!   [`Prober`](crate::Prober) sends and hears back, and `pickwise.prequal.piggybacked` for
+//!   reports read from responses; one relaxed add each.
 //!
 //! `grpc.target` is the group's name ([`Shared::with_target`](crate::Shared::with_target);
 //! `pickwise` by default), `pickwise.endpoint` the backend's `ip:port`.
@@ -24,6 +28,8 @@ use std::sync::Arc;
 use arc_swap::ArcSwap;
 use metrics::{counter, gauge, Counter, Gauge, SharedString};
 use pickwise::{EndpointState, LbPolicy, Pool};
+
+use crate::prober::ProbeEvent;
 
 /// One backend's handles.
 #[derive(Debug)]
@@ -42,14 +48,26 @@ pub(crate) struct GroupInstruments {
     target: SharedString,
     picks: Counter,
     endpoints: ArcSwap<HashMap<SocketAddr, Arc<Endpoint>>>,
+    /// Prequal's probe counters (`None` under other policies).
+    prequal: Option<[Counter; 4]>,
 }
 
 impl GroupInstruments {
     pub(crate) fn new(target: &str, policy: &LbPolicy) -> Self {
         describe();
         let target = SharedString::from(target.to_owned());
+        let t = &target;
+        let prequal = matches!(policy, LbPolicy::Prequal(_)).then(|| {
+            [
+                counter!("pickwise.prequal.probes_sent", "grpc.target" => t.clone()),
+                counter!("pickwise.prequal.probes_answered", "grpc.target" => t.clone()),
+                counter!("pickwise.prequal.probes_failed", "grpc.target" => t.clone()),
+                counter!("pickwise.prequal.piggybacked", "grpc.target" => t.clone()),
+            ]
+        });
         Self {
             picks: counter!("pickwise.picks", "grpc.target" => target.clone(), "pickwise.policy" => policy.name()),
+            prequal,
             target,
             endpoints: ArcSwap::from_pointee(HashMap::new()),
         }
@@ -60,6 +78,19 @@ impl GroupInstruments {
         self.picks.increment(1);
         if let Some(e) = self.endpoints.load().get(addr) {
             e.picks.increment(1);
+        }
+    }
+
+    /// A Prequal probe event (one relaxed add).
+    pub(crate) fn probe(&self, event: ProbeEvent) {
+        if let Some(c) = &self.prequal {
+            let i = match event {
+                ProbeEvent::Sent => 0,
+                ProbeEvent::Answered => 1,
+                ProbeEvent::Failed => 2,
+                ProbeEvent::Piggybacked => 3,
+            };
+            c[i].increment(1);
         }
     }
 
@@ -123,6 +154,19 @@ fn describe() {
         describe_counter!(
             "pickwise.endpoint.ejections",
             "Outlier ejections of one backend, by reason."
+        );
+        describe_counter!("pickwise.prequal.probes_sent", "Prequal probes sent.");
+        describe_counter!(
+            "pickwise.prequal.probes_answered",
+            "Prequal probes answered with a report."
+        );
+        describe_counter!(
+            "pickwise.prequal.probes_failed",
+            "Prequal probes failed (no report, error or timeout)."
+        );
+        describe_counter!(
+            "pickwise.prequal.piggybacked",
+            "Prequal reports read from responses."
         );
     });
 }

@@ -2,10 +2,14 @@
 //! process: answers every request with 200 and an `x-backend` header naming it, after an
 //! optional delay; can fail (503) always or for a share of requests, be killed (every socket
 //! closes) and restarted on its port; can attach a fixed ORCA load report (Envoy's
-//! `endpoint-load-metrics` header) to every response.
+//! `endpoint-load-metrics` header) to every response. Prequal: it counts its requests in flight
+//! and their latency per RIF (`pickwise_orca::prequal::ProbeState`), answers HTTP probes
+//! (`GET /prequal/probe`, counted apart from requests; or 404 when told not to) and can piggyback
+//! its report on every response; it counts connections that carried both probes and requests.
 
 #![allow(dead_code, unreachable_pub)]
 
+use pickwise_orca::prequal::{http::is_probe, http::probe_response, ProbeState};
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -28,6 +32,16 @@ pub struct Knobs {
     pub fail_percent: Arc<AtomicU64>,
     /// The `endpoint-load-metrics` value sent with every response (`None`: no header).
     pub load_report: Arc<Mutex<Option<String>>>,
+    /// Prequal: requests in flight and latency per RIF.
+    pub prequal: ProbeState,
+    /// Prequal probes received (not counted in `hits`).
+    pub probes: Arc<AtomicU64>,
+    /// Answer probes 404 (a backend without the probe endpoint).
+    pub no_probes: Arc<AtomicBool>,
+    /// Piggyback the Prequal report on every response.
+    pub piggyback: Arc<AtomicBool>,
+    /// Connections that carried both a probe and a request.
+    pub mixed: Arc<AtomicU64>,
 }
 
 /// Envoy's ORCA response header.
@@ -60,10 +74,29 @@ impl HttpBackend {
             };
             while let Ok((stream, _)) = listener.accept().await {
                 let (k, name) = (k.clone(), name.clone());
+                // What this connection carried: probes, requests.
+                let carried = Arc::new((AtomicBool::new(false), AtomicBool::new(false)));
                 tokio::spawn(async move {
-                    let svc = service_fn(move |_req: Request<hyper::body::Incoming>| {
-                        let (k, name) = (k.clone(), name.clone());
+                    let svc = service_fn(move |req: Request<hyper::body::Incoming>| {
+                        let (k, name, carried) = (k.clone(), name.clone(), carried.clone());
                         async move {
+                            let probe = is_probe(&req);
+                            let other = if probe { &carried.1 } else { &carried.0 };
+                            let first =
+                                !(if probe { &carried.0 } else { &carried.1 }).swap(true, Ordering::Relaxed);
+                            if first && other.load(Ordering::Relaxed) {
+                                k.mixed.fetch_add(1, Ordering::Relaxed);
+                            }
+                            if probe {
+                                k.probes.fetch_add(1, Ordering::Relaxed);
+                                if k.no_probes.load(Ordering::Relaxed) {
+                                    let mut r = Response::new(Full::new(Bytes::new()));
+                                    *r.status_mut() = hyper::StatusCode::NOT_FOUND;
+                                    return Ok::<_, Infallible>(r);
+                                }
+                                return Ok(probe_response(&k.prequal));
+                            }
+                            let query = k.prequal.start();
                             k.hits.fetch_add(1, Ordering::Relaxed);
                             let pct = k.fail_percent.load(Ordering::Relaxed);
                             let fail =
@@ -78,11 +111,15 @@ impl HttpBackend {
                             if let Some(report) = k.load_report.lock().unwrap().as_deref() {
                                 response = response.header(LOAD_REPORT_HEADER, report);
                             }
-                            Ok::<_, Infallible>(
-                                response
-                                    .body(Full::new(Bytes::from_static(b"ok")))
-                                    .expect("response"),
-                            )
+                            let mut response = response
+                                .body(Full::new(Bytes::from_static(b"ok")))
+                                .expect("response");
+                            if k.piggyback.load(Ordering::Relaxed) {
+                                k.prequal
+                                    .report_excluding(&query)
+                                    .to_headers(response.headers_mut());
+                            }
+                            Ok::<_, Infallible>(response)
                         }
                     });
                     let _ = http1::Builder::new()
@@ -129,6 +166,26 @@ impl HttpBackend {
     /// `TEXT cpu_utilization:0.5,rps_fractional:10`); `None` stops reporting.
     pub fn set_load_report(&self, report: Option<&str>) {
         *self.knobs.load_report.lock().unwrap() = report.map(str::to_owned);
+    }
+
+    /// Prequal probes received.
+    pub fn probes(&self) -> u64 {
+        self.knobs.probes.load(Ordering::Relaxed)
+    }
+
+    /// Answer probes 404 (`true`) or with the report (`false`, the default).
+    pub fn set_no_probes(&self, on: bool) {
+        self.knobs.no_probes.store(on, Ordering::Relaxed);
+    }
+
+    /// Piggyback the Prequal report on every response.
+    pub fn set_piggyback(&self, on: bool) {
+        self.knobs.piggyback.store(on, Ordering::Relaxed);
+    }
+
+    /// Connections that carried both a probe and a request.
+    pub fn mixed(&self) -> u64 {
+        self.knobs.mixed.load(Ordering::Relaxed)
     }
 
     /// Answer `pct` percent of requests with a fast 503.

@@ -3,7 +3,7 @@
 //! the whole integration: `Tracker::select` (retries exclude backends already tried), `Tracker`
 //! in every hook, Pingora's TCP health checks reporting to the picker. Each response carries an
 //! `x-upstream` header naming the backend the proxy chose, so shares can be counted for any
-//! backend.
+//! backend. A `pickwise_prequal` group gets its HTTP prober as a second background service.
 
 #![allow(dead_code, unreachable_pub)]
 
@@ -12,7 +12,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use pickwise_pingora::{tcp_health_check, Selector, Shared, Tracker};
+use pickwise::LbPolicy;
+use pickwise_pingora::{tcp_health_check, ProbeConfig, Prober, Selector, Shared, Tracker};
 use pingora::lb::selection::{BackendIter, BackendSelection, Consistent, RoundRobin};
 use pingora::lb::{discovery, health_check, Backend, Backends, LoadBalancer};
 use pingora::prelude::*;
@@ -291,6 +292,9 @@ pub fn start_opts(selection: Selection, targets: &[String], options: Options) ->
                 Selection::Pickwise(s) => Some(s.clone()),
                 _ => None,
             };
+            let prequal = shared
+                .clone()
+                .filter(|s| matches!(s.policy(), LbPolicy::Prequal(_)));
             let (lb, bg): (Balancer, Box<dyn pingora::services::ServiceWithDependents>) = match selection {
                 Selection::Pickwise(shared) => {
                     // Pingora's health results reach the picker.
@@ -328,6 +332,10 @@ pub fn start_opts(selection: Selection, targets: &[String], options: Options) ->
                 }
             }
             service.add_tcp(&addr.to_string());
+            if let Some(shared) = prequal {
+                let prober = Prober::new(shared, ProbeConfig::default());
+                server.add_service(background_service("prequal prober", prober));
+            }
             server.add_boxed_service(bg);
             server.add_service(service);
             let _ = ready_tx.send(discovered);
