@@ -112,7 +112,7 @@ where
         PrequalFuture {
             inner: self.inner.call(req),
             guard,
-            piggyback: self.config.piggyback.then(|| self.config.state.clone()),
+            piggyback: self.config.piggyback,
         }
     }
 }
@@ -124,7 +124,7 @@ pin_project! {
         #[pin]
         inner: F,
         guard: Option<InFlight>,
-        piggyback: Option<ProbeState>,
+        piggyback: bool,
     }
 }
 
@@ -148,8 +148,11 @@ where
         let guard = this.guard.take();
         // An error ends the request here: `guard` drops on return.
         let mut response = result?;
-        if let (Some(state), Some(guard)) = (this.piggyback.take(), &guard) {
-            state.report_excluding(guard).to_headers(response.headers_mut());
+        if let (true, Some(guard)) = (*this.piggyback, &guard) {
+            guard
+                .state()
+                .report_excluding(guard)
+                .to_headers(response.headers_mut());
         }
         // An empty body is dropped (not polled) once the head is sent: the guard drops then.
         Poll::Ready(Ok(response.map(|inner| PrequalBody { inner, guard })))

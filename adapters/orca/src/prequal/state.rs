@@ -200,6 +200,11 @@ impl InFlight {
     pub fn rif_at_arrival(&self) -> u32 {
         self.rif_at_arrival
     }
+
+    /// The state this query counts in.
+    pub fn state(&self) -> &ProbeState {
+        &self.state
+    }
 }
 
 impl Drop for InFlight {
