@@ -54,6 +54,8 @@ struct Balancer {
     subset_dirty: bool,
     /// The priority the last picker served.
     active_priority: Option<u32>,
+    /// Prequal's prober, while the policy is Prequal.
+    prober: Option<JoinHandle<()>>,
 }
 
 /// Starts the balancer task; returns what requests share with it and the sender whose drop
@@ -64,9 +66,11 @@ pub(crate) fn spawn(
     peers: Option<BoxDiscover>,
 ) -> (Arc<Shared>, oneshot::Sender<()>) {
     let (version, _) = watch::channel(0u64);
+    let probing = crate::common::Probing::new(&config);
     let common = Arc::new(Common {
         pool: Arc::new(Pool::new(config.pool)),
         config: Arc::new(config),
+        probing,
         epoch: Instant::now(),
         per_call_reports: std::sync::atomic::AtomicBool::new(true),
         oob_period: watch::channel(0).0,
@@ -101,6 +105,7 @@ pub(crate) fn spawn(
         peers: BTreeSet::new(),
         subset_dirty: false,
         active_priority: None,
+        prober: None,
     };
     #[cfg(feature = "metrics")]
     {
@@ -127,6 +132,7 @@ impl Balancer {
         let mut discovery_open = true;
         let mut peers_open = peers.is_some();
         let mut peers = peers.unwrap_or_else(|| Box::pin(tokio_stream::empty()));
+        self.follow_policy();
         self.core.handle_timeout(self.now());
         loop {
             // The one timer: whatever the core says is due next (sweep, failover, retention).
@@ -167,6 +173,7 @@ impl Balancer {
                     tracing::info!(from = self.core.config().policy.name(), to = policy.name(), "policy change");
                     self.core.set_policy(policy);
                     self.shared.common.set_policy(&policy);
+                    self.follow_policy();
                 }
                 Some(_) = events.recv() => {
                     while events.try_recv().is_ok() {}
@@ -184,6 +191,10 @@ impl Balancer {
             self.drive();
             self.publish();
         }
+        if let Some(p) = self.prober.take() {
+            p.abort();
+        }
+        self.shared.common.probing.pool.store(None);
         for (_, e) in self.entries.drain() {
             if let Some(t) = e.task {
                 t.abort();
@@ -196,6 +207,17 @@ impl Balancer {
         }));
         // Wake requests waiting for a picker: they fail with `NoEndpoint::Shutdown`.
         self.shared.version.send_modify(|v| *v += 1);
+    }
+
+    /// Runs Prequal's prober while the policy is Prequal (a new one for a new configuration:
+    /// the core starts a new probe pool then).
+    fn follow_policy(&mut self) {
+        if let Some(p) = self.prober.take() {
+            p.abort();
+        }
+        if let pickwise::LbPolicy::Prequal(config) = self.core.config().policy {
+            self.prober = Some(tokio::spawn(crate::prober::run(self.shared.clone(), config)));
+        }
     }
 
     /// Handles one discovery item; returns whether the stream is still open.
@@ -456,6 +478,12 @@ impl Balancer {
             discovery_error: self.discovery_error.clone(),
             shutdown: false,
         };
+        // Piggybacked Prequal answers go into this picker's pool (shared by its successors).
+        let probes = snapshot.picker.as_ref().and_then(|p| p.probes().cloned());
+        let current = self.shared.common.probing.pool.load();
+        if current.as_ref().map(Arc::as_ptr) != probes.as_ref().map(Arc::as_ptr) {
+            self.shared.common.probing.pool.store(probes);
+        }
         tracing::trace!(state = %snapshot.describe(), "new picker");
         self.shared.snapshot.store(Arc::new(snapshot));
         self.shared.version.send_modify(|v| *v += 1);

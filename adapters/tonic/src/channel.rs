@@ -86,6 +86,11 @@ impl BalancedChannel {
         self.shared.stats()
     }
 
+    /// Prequal's probing counters and pool (see [`Builder::prequal`](crate::Builder::prequal)).
+    pub fn prequal_stats(&self) -> crate::PrequalStats {
+        self.shared.prequal_stats()
+    }
+
     /// Number of endpoints the current picker can send to.
     pub fn ready_endpoints(&self) -> usize {
         self.shared.snapshot.load().ready_count()
@@ -539,13 +544,17 @@ impl Future for ResponseFuture {
                         (Some(g), Some(Some(code))) => {
                             let sub = &g.endpoint().0;
                             sub.common.record_report(&sub.core, &parts.headers);
+                            sub.common.record_piggyback(&sub.core, &parts.headers);
                             finish(g, Some(code), *budget);
                             None
                         }
                         // Headers of a real response: the latency sample is taken now (tower's
                         // `CompleteOnResponse`); the slot is held until the stream ends.
                         (Some(mut g), _) => {
-                            let now = g.endpoint().0.common.now();
+                            let sub = &g.endpoint().0;
+                            let now = sub.common.now();
+                            // Prequal: a report in the response's initial metadata.
+                            sub.common.record_piggyback(&sub.core, &parts.headers);
                             g.responded(now);
                             Some(g)
                         }
@@ -595,6 +604,7 @@ impl Body for ResponseBody {
                 if let Some(g) = this.pending.as_ref() {
                     let sub = &g.endpoint().0;
                     sub.common.record_report(&sub.core, t);
+                    sub.common.record_piggyback(&sub.core, t);
                 }
                 grpc_status(t).unwrap_or(Code::Unknown)
             }),

@@ -274,10 +274,29 @@ impl Builder {
         Ok(self)
     }
 
+    /// Prequal (NSDI '24, `pickwise_prequal`): picks by the hot-cold rule over recent probe
+    /// answers (each server's requests in flight and latency at that RIF), P2C with
+    /// `config.fallback` while fewer than two answers are usable.
+    ///
+    /// The channel runs a prober while the policy is Prequal: after picks that owe probes (and
+    /// after `idle_probe_ns` without one) it sends `pickwise.prequal.v1.Prequal/Probe` to targets
+    /// the core draws, each on that endpoint's own connection, asynchronously (never on the pick
+    /// path), at most `2 × pool_size` at once, each bounded by `min(max_age, 1 s)`; probes owed
+    /// beyond that are dropped. Responses carrying `x-prequal-rif` and `x-prequal-latency-us`
+    /// (headers or trailers) are recorded as free answers. Servers run `pickwise_orca`'s
+    /// `PrequalLayer` and `PrequalServer`; one without the probe service (`UNIMPLEMENTED`) still
+    /// serves, is no longer probed on that connection, and is picked by the fallback unless its
+    /// responses piggyback reports. Counters: [`BalancedChannel::prequal_stats`](crate::BalancedChannel::prequal_stats).
+    pub fn prequal(self, config: pickwise::prequal::PrequalConfig) -> Self {
+        self.policy(LbPolicy::Prequal(config))
+    }
+
     /// Any policy by value (e.g. [`LbPolicy::from_name`] of a gRPC service-config name).
     pub fn policy(mut self, policy: LbPolicy) -> Self {
-        if let LbPolicy::P2c(cost) = policy {
-            self.config.pool.policy = cost;
+        match policy {
+            LbPolicy::P2c(cost) => self.config.pool.policy = cost,
+            LbPolicy::Prequal(c) => self.config.pool.policy = c.fallback,
+            _ => {}
         }
         self.config.pool.track_total = matches!(
             policy,

@@ -115,6 +115,7 @@ pub mod deadline;
 pub mod discover;
 mod error;
 mod picker;
+mod prober;
 mod retry;
 pub mod service_config;
 mod snapshot;
@@ -130,10 +131,11 @@ pub use config::{Backoff, Builder, HealthCheck, GO_ZERO_FAILURE_CODES, GRPC_NON_
 pub use error::error_chain;
 pub use error::NoEndpoint;
 pub use picker::RequestHash;
+pub use pickwise::prequal::PrequalConfig;
 pub use pickwise::subset::{Client as SubsetClient, Subsetting};
 pub use pickwise::{self, HashPolicy, LbPolicy, Mode, NoKey, OutlierConfig, Policy, PoolConfig, RingConfig};
 pub use retry::{MAX_RETRIES, RETRY_BUFFER};
-pub use snapshot::EndpointStats;
+pub use snapshot::{EndpointStats, PrequalStats};
 pub use subchannel::ConnectivityState;
 /// The rustls version [`Builder::tls`] takes (feature `tls`).
 #[cfg(feature = "tls")]

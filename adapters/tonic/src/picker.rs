@@ -72,6 +72,10 @@ pub(crate) fn try_pick(shared: &Shared, snap: &Snapshot, req: &Request) -> Resul
         .map_err(|e| snap.unpicked(e))?;
     // Ready in the core but the snapshot predates its channel: the next snapshot has it.
     let channel = member.channel.clone().ok_or(Unpicked::Wait)?;
+    // Prequal: a pick may leave probes owed; the prober sends them (off this path).
+    if let Some(probes) = picker.probes() {
+        common.probing.after_pick(probes);
+    }
     // Handles registered when the picker was published and the endpoint inserted: relaxed
     // atomic adds, no allocation, no lock.
     #[cfg(feature = "metrics")]

@@ -2,7 +2,8 @@
 //! settings, with gRPC's policy names: `round_robin`, `weighted_round_robin` (gRFC A58),
 //! `least_request_experimental`, `ring_hash_experimental` (gRFC A42/A61/A76),
 //! `outlier_detection_experimental` (gRFC A50) and `random_subsetting` (gRFC A68), plus
-//! pickwise's own `pickwise_peak_ewma`, `pickwise_go_zero` and `maglev`. As in gRPC, the first
+//! pickwise's own `pickwise_peak_ewma`, `pickwise_go_zero`, `pickwise_prequal` (Prequal, NSDI '24:
+//! probing-based selection; see [`Builder::prequal`](crate::Builder::prequal)) and `maglev`. As in gRPC, the first
 //! policy of the list that is supported wins; unknown ones (`pick_first`...) are skipped.
 //!
 //! From `methodConfig`, pickwise applies `waitForReady` per method (looked up as grpc-go does:
@@ -22,6 +23,7 @@ use std::fmt;
 use std::time::Duration;
 
 use http::HeaderName;
+use pickwise::prequal::{PrequalConfig, MAX_POOL_SIZE, MAX_REUSE};
 use pickwise::subset::Subsetting;
 use pickwise::wrr::WrrConfig;
 use pickwise::{HashPolicy, LbPolicy, NoKey, OutlierConfig, Policy, RingConfig, MAX_RING_SIZE};
@@ -263,6 +265,7 @@ fn apply(name: &str, cfg: &Map<String, Value>, out: &mut ServiceConfig) -> Resul
         "pickwise_peak_ewma" | "pickwise_go_zero" => {
             out.policy = LbPolicy::from_name(name).unwrap_or_default();
         }
+        "pickwise_prequal" => out.policy = LbPolicy::Prequal(prequal_config(cfg, name)?),
         "least_request_experimental" => {
             let choices = uint(cfg, "choiceCount", name)?.unwrap_or(2);
             if choices < 2 {
@@ -410,6 +413,91 @@ pub(crate) fn wrr_config(cfg: &Map<String, Value>, name: &str) -> Result<WrrConf
     Ok(c)
 }
 
+/// `pickwise_prequal`'s config (Prequal, NSDI '24; the core's [`PrequalConfig`], its defaults
+/// for absent fields): `probesPerQuery`, `poolSize`, `maxAge`, `removesPerQuery`, `reuseDelta`,
+/// `maxReuse`, `qRif`, `idleProbeInterval` (`"0s"` disables idle probing) and `fallback` (the
+/// P2C cost while fewer than two answers are usable: `pickwise_peak_ewma`,
+/// `least_request_experimental` or `pickwise_go_zero`).
+pub(crate) fn prequal_config(
+    cfg: &Map<String, Value>,
+    name: &str,
+) -> Result<PrequalConfig, ServiceConfigError> {
+    let mut c = PrequalConfig::default();
+    let ns = |d: Duration| d.as_nanos().min(u128::from(u64::MAX)) as u64;
+    for (key, slot, max) in [
+        ("probesPerQuery", &mut c.probes_per_query, 64.0),
+        ("removesPerQuery", &mut c.removes_per_query, 64.0),
+        ("reuseDelta", &mut c.reuse_delta, 1e6),
+        ("qRif", &mut c.q_rif, 1.0),
+    ] {
+        if let Some(v) = number(cfg, key, name)? {
+            if !(0.0..=max).contains(&v) {
+                return Err(invalid(
+                    name,
+                    format!("{key} must be between 0 and {max}, got {v}"),
+                ));
+            }
+            *slot = v as f32;
+        }
+    }
+    if let Some(n) = uint(cfg, "poolSize", name)? {
+        if n == 0 || n > MAX_POOL_SIZE as u64 {
+            return Err(invalid(
+                name,
+                format!("poolSize must be between 1 and {MAX_POOL_SIZE}, got {n}"),
+            ));
+        }
+        c.pool_size = n as u8;
+    }
+    if let Some(n) = uint(cfg, "maxReuse", name)? {
+        if n == 0 || n > u64::from(MAX_REUSE) {
+            return Err(invalid(
+                name,
+                format!("maxReuse must be between 1 and {MAX_REUSE}, got {n}"),
+            ));
+        }
+        c.max_reuse = n as u8;
+    }
+    if let Some(d) = duration(cfg, "maxAge", name)? {
+        if d < Duration::from_millis(1) {
+            return Err(invalid(name, "maxAge must be at least 1 ms"));
+        }
+        c.max_age_ns = ns(d);
+    }
+    if let Some(d) = duration(cfg, "idleProbeInterval", name)? {
+        c.idle_probe_ns = ns(d);
+    }
+    match cfg.get("fallback") {
+        None | Some(Value::Null) => {}
+        Some(Value::String(f)) => match LbPolicy::from_name(f) {
+            Some(LbPolicy::P2c(cost)) => c.fallback = cost,
+            _ => {
+                return Err(invalid(
+                    name,
+                    format!("fallback {f:?} is not pickwise_peak_ewma, least_request_experimental or pickwise_go_zero"),
+                ))
+            }
+        },
+        Some(_) => return Err(invalid(name, "fallback is not a policy name")),
+    }
+    Ok(c)
+}
+
+/// A JSON number (or a protobuf JSON string holding one).
+fn number(cfg: &Map<String, Value>, key: &str, policy: &str) -> Result<Option<f64>, ServiceConfigError> {
+    let bad = || invalid(policy, format!("{key} is not a number"));
+    match cfg.get(key) {
+        None | Some(Value::Null) => Ok(None),
+        Some(Value::String(s)) => s
+            .parse::<f64>()
+            .ok()
+            .filter(|v| v.is_finite())
+            .map(Some)
+            .ok_or_else(bad),
+        Some(v) => v.as_f64().map(Some).ok_or_else(bad),
+    }
+}
+
 fn uint(cfg: &Map<String, Value>, key: &str, policy: &str) -> Result<Option<u64>, ServiceConfigError> {
     match cfg.get(key) {
         None | Some(Value::Null) => Ok(None),
@@ -490,6 +578,58 @@ mod tests {
             r#"[{"weighted_round_robin":{"enableOobLoadReport":"yes"}}]"#,
         ] {
             assert!(parse(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn prequal_config_camel_case() {
+        let c = parse(
+            r#"{"loadBalancingConfig":[{"pickwise_prequal":{"probesPerQuery":3,"poolSize":16,"maxAge":"1s",
+                "removesPerQuery":1,"reuseDelta":1,"maxReuse":16,"qRif":0.84,"idleProbeInterval":"0.5s",
+                "fallback":"pickwise_peak_ewma"}}]}"#,
+        )
+        .unwrap();
+        let LbPolicy::Prequal(p) = c.policy else {
+            panic!("{:?}", c.policy)
+        };
+        assert_eq!(
+            (p.probes_per_query, p.pool_size, p.max_age_ns, p.removes_per_query),
+            (3.0, 16, 1_000_000_000, 1.0)
+        );
+        assert_eq!((p.reuse_delta, p.max_reuse, p.q_rif), (1.0, 16, 0.84));
+        assert_eq!((p.idle_probe_ns, p.fallback), (500_000_000, Policy::PeakEwma));
+        let c = parse(
+            r#"[{"pickwise_prequal":{"probesPerQuery":0.5,"idleProbeInterval":"0s","fallback":"least_request_experimental","poolSize":"8"}}]"#,
+        )
+        .unwrap();
+        let LbPolicy::Prequal(p) = c.policy else {
+            panic!("{:?}", c.policy)
+        };
+        assert_eq!(
+            (p.probes_per_query, p.idle_probe_ns, p.fallback, p.pool_size),
+            (0.5, 0, Policy::LeastRequest, 8)
+        );
+        assert_eq!(
+            parse(r#"[{"pickwise_prequal":{}}]"#).unwrap().policy,
+            LbPolicy::Prequal(PrequalConfig::default())
+        );
+        for bad in [
+            r#"[{"pickwise_prequal":{"probesPerQuery":-1}}]"#,
+            r#"[{"pickwise_prequal":{"probesPerQuery":"many"}}]"#,
+            r#"[{"pickwise_prequal":{"poolSize":0}}]"#,
+            r#"[{"pickwise_prequal":{"poolSize":33}}]"#,
+            r#"[{"pickwise_prequal":{"maxReuse":64}}]"#,
+            r#"[{"pickwise_prequal":{"qRif":1.5}}]"#,
+            r#"[{"pickwise_prequal":{"maxAge":"0s"}}]"#,
+            r#"[{"pickwise_prequal":{"maxAge":1}}]"#,
+            r#"[{"pickwise_prequal":{"idleProbeInterval":"soon"}}]"#,
+            r#"[{"pickwise_prequal":{"fallback":"round_robin"}}]"#,
+            r#"[{"pickwise_prequal":{"fallback":3}}]"#,
+        ] {
+            assert!(
+                matches!(parse(bad), Err(ServiceConfigError::Invalid { .. })),
+                "{bad}"
+            );
         }
     }
 

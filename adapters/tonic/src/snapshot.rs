@@ -153,7 +153,56 @@ pub struct EndpointStats {
     pub ejected_for: Option<Duration>,
 }
 
+/// Prequal's probing, from [`BalancedChannel::prequal_stats`](crate::BalancedChannel::prequal_stats):
+/// counters over the channel's life (all policies), the answers pooled now.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct PrequalStats {
+    /// Probes sent (each on its endpoint's own connection).
+    pub probes_sent: u64,
+    /// Probes answered (and recorded).
+    pub probes_answered: u64,
+    /// Probes that failed or timed out (the endpoint is not marked failed for it).
+    pub probes_failed: u64,
+    /// Probes answered `UNIMPLEMENTED`: the server has no probe service.
+    pub probes_unimplemented: u64,
+    /// Probes owed but not sent: over the concurrency bound, or to an endpoint without a
+    /// probe service.
+    pub probes_dropped: u64,
+    /// Answers read from responses (`x-prequal-rif` / `x-prequal-latency-us`): free probes.
+    pub piggybacked: u64,
+    /// Answers in the pool now (0 under other policies).
+    pub pooled: usize,
+    /// Endpoints whose current connection's server has no probe service (not probed).
+    pub without_probe_service: Vec<String>,
+}
+
 impl Shared {
+    pub(crate) fn prequal_stats(&self) -> PrequalStats {
+        use std::sync::atomic::Ordering::Relaxed;
+        let p = &self.common.probing;
+        let snap = self.snapshot.load();
+        let members: &[Member] = snap.picker.as_ref().map_or(&[], |p| p.all());
+        PrequalStats {
+            probes_sent: p.sent.load(Relaxed),
+            probes_answered: p.answered.load(Relaxed),
+            probes_failed: p.failed.load(Relaxed),
+            probes_unimplemented: p.unimplemented.load(Relaxed),
+            probes_dropped: p.dropped.load(Relaxed),
+            piggybacked: p.piggybacked.load(Relaxed),
+            pooled: snap
+                .picker
+                .as_ref()
+                .and_then(|p| p.probes())
+                .map_or(0, |pool| pool.len()),
+            without_probe_service: members
+                .iter()
+                .filter(|m| m.sub.lacks_probe_service(m.sub.generation()))
+                .map(|m| m.sub.addr.clone())
+                .collect(),
+        }
+    }
+
     pub(crate) fn stats(&self) -> Vec<EndpointStats> {
         let now = self.common.now();
         let snap = self.snapshot.load();

@@ -80,6 +80,10 @@ pub(crate) struct Subchannel {
     /// The generation `drain` was asked for (a permit may outlive its connection).
     drain_generation: AtomicU64,
     pub(crate) common: Arc<Common>,
+    /// Prequal: 1 + the connection generation whose server answered a probe `UNIMPLEMENTED`
+    /// (0: none): that connection is not probed again; a new connection is (a redeployed
+    /// server may have the probe service).
+    no_probe_service: AtomicU64,
     /// Its instruments, registered once here (the pick path only increments them).
     #[cfg(feature = "metrics")]
     pub(crate) instruments: crate::telemetry::EndpointInstruments,
@@ -106,6 +110,7 @@ impl Subchannel {
             broken: Notify::new(),
             drain: Notify::new(),
             drain_generation: AtomicU64::new(u64::MAX),
+            no_probe_service: AtomicU64::new(0),
             #[cfg(feature = "metrics")]
             instruments,
             common,
@@ -139,6 +144,19 @@ impl Subchannel {
 
     pub(crate) fn last_error(&self) -> Option<String> {
         self.last_error.lock().map(|e| e.clone()).unwrap_or(None)
+    }
+
+    /// Prequal: whether connection `generation`'s server has no probe service.
+    pub(crate) fn lacks_probe_service(&self, generation: u64) -> bool {
+        self.no_probe_service.load(Ordering::Relaxed) == generation.wrapping_add(1)
+    }
+
+    /// Prequal: connection `generation`'s server answered a probe `UNIMPLEMENTED`; returns
+    /// whether this is news.
+    pub(crate) fn set_no_probe_service(&self, generation: u64) -> bool {
+        self.no_probe_service
+            .swap(generation.wrapping_add(1), Ordering::Relaxed)
+            != generation.wrapping_add(1)
     }
 
     /// Hands the state to connection task `id` (the balancer, before spawning it).

@@ -17,6 +17,10 @@
 //! - **By the connection task**: A94's attempts, disconnections (with `grpc.disconnect_error`)
 //!   and open connections.
 //! - **By the balancer task** on each published picker: A78's WRR counters and weights.
+//! - **By the Prequal prober** (`pickwise.prequal.*`): probes sent, their results, probes owed
+//!   but dropped at the concurrency bound; on the response path, answers piggybacked on
+//!   responses. The core does not say whether a pick was Prequal's or the fallback's, so picks
+//!   are not split that way.
 //! - **By a sampler** every [`SAMPLE_PERIOD`]: per-endpoint in-flight and cost gauges, and
 //!   ejections (with their reason; each ejection is seen by the sampler, as ejections last at
 //!   least the base ejection time).
@@ -141,6 +145,32 @@ impl PickerInstruments {
     }
 }
 
+/// Prequal's probing counters of one channel, registered once.
+#[derive(Debug)]
+pub(crate) struct ProbeInstruments {
+    pub(crate) sent: Counter,
+    pub(crate) answered: Counter,
+    pub(crate) failed: Counter,
+    pub(crate) unimplemented: Counter,
+    pub(crate) dropped: Counter,
+    pub(crate) piggybacked: Counter,
+}
+
+impl ProbeInstruments {
+    pub(crate) fn new(labels: &ChannelLabels) -> Self {
+        let t = labels.target.clone();
+        let result = |r: &'static str| counter!("pickwise.prequal.probe_results", "grpc.target" => t.clone(), "result" => r);
+        Self {
+            sent: counter!("pickwise.prequal.probes_sent", "grpc.target" => t.clone()),
+            answered: result("answered"),
+            failed: result("failed"),
+            unimplemented: result("unimplemented"),
+            dropped: counter!("pickwise.prequal.probes_dropped", "grpc.target" => t.clone()),
+            piggybacked: counter!("pickwise.prequal.piggybacked", "grpc.target" => t.clone()),
+        }
+    }
+}
+
 /// gRFC A78's WRR instruments for one scheduler build.
 pub(crate) fn record_wrr(labels: &ChannelLabels, stats: &pickwise::wrr::WrrStats) {
     let t = &labels.target;
@@ -201,6 +231,22 @@ pub(crate) fn describe() {
             "Endpoint weights at each scheduler update (gRFC A78)."
         );
         describe_counter!("pickwise.picks", "Picks by the channel's policy.");
+        describe_counter!(
+            "pickwise.prequal.probes_sent",
+            "Prequal probes sent, each on its endpoint's own connection."
+        );
+        describe_counter!(
+            "pickwise.prequal.probe_results",
+            "Prequal probes ended, by result (answered, failed or timed out, unimplemented: no probe service)."
+        );
+        describe_counter!(
+            "pickwise.prequal.probes_dropped",
+            "Prequal probes owed but not sent (the concurrency bound was reached, or the target has no probe service)."
+        );
+        describe_counter!(
+            "pickwise.prequal.piggybacked",
+            "Prequal answers read from responses (x-prequal-rif / x-prequal-latency-us)."
+        );
         describe_counter!(
             "pickwise.picks.panic",
             "Picks of an ejected endpoint (panic routing: every ready endpoint ejected)."

@@ -1,14 +1,19 @@
 //! A real tonic server for tests and the `loadtest` example: `grpc.health.v1.Health/Check` on
 //! loopback, in its own thread and runtime (like a separate process), with a configurable extra
 //! delay, a failure switch, a failing share of calls, a hit counter, an `x-backend` response
-//! header naming it, and ORCA load reports (per call and out of band) from `knobs.orca`.
+//! header naming it, ORCA load reports (per call and out of band) from `knobs.orca`, and
+//! Prequal's server side (`PrequalLayer` counting requests in flight in `knobs.prequal` and
+//! piggybacking reports on responses, the `Prequal/Probe` service, switched off with
+//! `knobs.no_probe_service`; probes and their connections counted).
 //! `kill()` drops its runtime: every socket closes at once, as when a process dies.
 
 #![allow(dead_code, unreachable_pub)]
 
+use std::collections::HashSet;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use tonic::{Request, Response, Status};
@@ -47,6 +52,76 @@ pub struct Knobs {
     pub workers: Arc<AtomicU64>,
     pub work_ms: Arc<AtomicU64>,
     pub busy: Arc<AtomicU64>,
+    /// Prequal (NSDI '24): requests in flight and the latency estimate per RIF, counted by
+    /// `PrequalLayer` and answered by the probe service.
+    pub prequal: pickwise_orca::prequal::ProbeState,
+    /// The probe service answers UNIMPLEMENTED (as a server without it would).
+    pub no_probe_service: Arc<AtomicBool>,
+    /// Probe requests received (`pickwise.prequal.v1.Prequal/Probe`), and the client ends of
+    /// the connections probes and Check calls came on.
+    pub probes: Arc<AtomicU64>,
+    pub probe_peers: Arc<Mutex<HashSet<SocketAddr>>>,
+    pub call_peers: Arc<Mutex<HashSet<SocketAddr>>>,
+}
+
+/// Counts probes and notes which connection each probe and Check came on; answers probes
+/// UNIMPLEMENTED while `no_probe_service` is set.
+#[derive(Clone)]
+struct Tap {
+    knobs: Knobs,
+}
+
+impl<S> tower::Layer<S> for Tap {
+    type Service = TapService<S>;
+
+    fn layer(&self, inner: S) -> TapService<S> {
+        TapService {
+            inner,
+            knobs: self.knobs.clone(),
+        }
+    }
+}
+
+#[derive(Clone)]
+struct TapService<S> {
+    inner: S,
+    knobs: Knobs,
+}
+
+impl<S, B> tower::Service<http::Request<B>> for TapService<S>
+where
+    S: tower::Service<http::Request<B>, Response = http::Response<tonic::body::Body>>,
+    S::Future: Send + 'static,
+    S::Error: Send + 'static,
+{
+    type Response = S::Response;
+    type Error = S::Error;
+    type Future =
+        std::pin::Pin<Box<dyn std::future::Future<Output = Result<Self::Response, S::Error>> + Send>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, req: http::Request<B>) -> Self::Future {
+        let peer = req
+            .extensions()
+            .get::<tonic::transport::server::TcpConnectInfo>()
+            .and_then(|i| i.remote_addr());
+        if req.uri().path() == pickwise_orca::prequal::proto::PROBE_GRPC_PATH {
+            self.knobs.probes.fetch_add(1, Ordering::Relaxed);
+            if let Some(p) = peer {
+                self.knobs.probe_peers.lock().unwrap().insert(p);
+            }
+            if self.knobs.no_probe_service.load(Ordering::Relaxed) {
+                let resp = Status::unimplemented("no probe service").into_http();
+                return Box::pin(async move { Ok(resp) });
+            }
+        } else if let Some(p) = peer {
+            self.knobs.call_peers.lock().unwrap().insert(p);
+        }
+        Box::pin(self.inner.call(req))
+    }
 }
 
 struct Service {
@@ -213,6 +288,8 @@ impl Backend {
         let knobs_conn = knobs.connections.clone();
         runtime.spawn(report_load(knobs.clone()));
         let orca = knobs.orca.clone();
+        let prequal = knobs.prequal.clone();
+        let tap = Tap { knobs: knobs.clone() };
         runtime.spawn(async move {
             let Ok(listener) = tokio::net::TcpListener::from_std(listener) else {
                 return;
@@ -236,7 +313,10 @@ impl Backend {
                 .layer(pickwise_orca::server::CallMetricsLayer::with_server_metrics(
                     orca.clone(),
                 ))
+                .layer(pickwise_orca::prequal::PrequalLayer::new(prequal.clone()))
+                .layer(tap)
                 .add_service(HealthServer::new(service))
+                .add_service(pickwise_orca::prequal::PrequalServer::new(prequal))
                 .add_service(
                     pickwise_orca::server::OpenRcaServer::new(orca)
                         .with_min_report_interval(Duration::from_millis(50)),
@@ -301,6 +381,16 @@ impl Backend {
     /// 0 turns it off.
     pub fn set_fail_percent(&self, pct: u64) {
         self.knobs.fail_percent.store(pct.min(100), Ordering::Relaxed);
+    }
+
+    /// Prequal probes received.
+    pub fn probes(&self) -> u64 {
+        self.knobs.probes.load(Ordering::Relaxed)
+    }
+
+    /// Requests in flight as the server's Prequal state counts them.
+    pub fn rif(&self) -> u32 {
+        self.knobs.prequal.rif()
     }
 
     /// Check calls answered UNAVAILABLE by [`set_fail_percent`](Self::set_fail_percent).
