@@ -93,6 +93,76 @@ fn weighted_round_robin(c: &mut Criterion) {
     }
 }
 
+/// Prequal (`pickwise_prequal`) against P2C peak-EWMA through the same prepared picker: a pick
+/// plus its completion, and for Prequal the client's whole per-query work at the default 3
+/// probes per query (the pick, the completion, 3 answers recorded: what keeps the pool full),
+/// and one recorded answer alone (the prober's cost, off the pick path).
+fn prequal(c: &mut Criterion) {
+    use pickwise::prequal::{PrequalConfig, ProbeReport};
+    for n in [20usize, 1000] {
+        let mut group = c.benchmark_group(format!("prequal_pick/{n}"));
+        for (name, lb) in [
+            ("p2c-peak-ewma", LbPolicy::P2c(Policy::PeakEwma)),
+            ("prequal+3-answers", LbPolicy::Prequal(PrequalConfig::default())),
+        ] {
+            let pool = Arc::new(Pool::new(PoolConfig::default()));
+            let mut bal: Balancer<String, Arc<EndpointState>> =
+                Balancer::new(BalancerConfig::new(lb), pool.clone());
+            for i in 0..n {
+                let key = format!("10.0.{}.{}:80", i / 256, i % 256);
+                bal.insert(
+                    0,
+                    key.clone(),
+                    EndpointSpec::default(),
+                    Arc::new(EndpointState::new(1)),
+                );
+                bal.handle_connectivity(0, &key, Connectivity::Ready);
+            }
+            let picker = bal.picker(0, 1);
+            let mut rng = SplitMix64::new(7);
+            let mut now = 1u64 << 30;
+            let mut k = 0u32;
+            group.bench_function(BenchmarkId::from_parameter(name), |b| {
+                b.iter(|| {
+                    now += 1_000;
+                    if picker.probes().is_some() {
+                        for _ in 0..3 {
+                            k = k.wrapping_add(1);
+                            let e = &picker.ready()[(k as usize * 7919) % n];
+                            let r = ProbeReport {
+                                rif: k % 13,
+                                latency_us: 1000 + k % 997,
+                            };
+                            picker.record_probe(e, r, now, &mut rng);
+                        }
+                    }
+                    let e = picker.pick(now, None, &mut rng).unwrap();
+                    let g = InFlight::start(&**e, &*pool, now);
+                    black_box(g.complete(now + 500_000, Outcome::Success))
+                })
+            });
+            if let Some(probes) = picker.probes() {
+                let e = picker.ready()[0].clone();
+                group.bench_function(BenchmarkId::from_parameter("prequal-record-1"), |b| {
+                    b.iter(|| {
+                        k = k.wrapping_add(1);
+                        probes.record(
+                            &e,
+                            ProbeReport {
+                                rif: k % 13,
+                                latency_us: 1000,
+                            },
+                            now,
+                            &mut rng,
+                        )
+                    })
+                });
+            }
+        }
+        group.finish();
+    }
+}
+
 fn gcd(mut a: u64, mut b: u64) -> u64 {
     while b != 0 {
         (a, b) = (b, a % b);
@@ -100,5 +170,5 @@ fn gcd(mut a: u64, mut b: u64) -> u64 {
     a
 }
 
-criterion_group!(benches, p2c, weighted_round_robin);
+criterion_group!(benches, p2c, weighted_round_robin, prequal);
 criterion_main!(benches);

@@ -15,7 +15,7 @@
 //!   (1 s) are dropped; each answer routes at most `b_reuse` queries, where
 //!   `b_reuse = max(1, (1 + δ) / ((1 - m/n)·r_probe - r_remove))` randomly rounded (Eq. 1).
 //! - **HCL:** an answer is hot when its RIF exceeds the `q_rif` quantile (2^-0.25 ≈ 0.84) of the
-//!   RIFs of the last 64 answers received; if every usable answer is hot the lowest RIF wins,
+//!   RIFs of the last 64 answers received (recomputed every 8th answer once 64 are in); if every usable answer is hot the lowest RIF wins,
 //!   otherwise the cold answer with the lowest latency. The chosen answer's RIF is incremented
 //!   (the query just sent).
 //! - **Removal:** `removes_per_query` answers per query (deterministic rounding), alternating the
@@ -116,6 +116,7 @@ impl Default for PrequalConfig {
 }
 
 impl PrequalConfig {
+    #[inline]
     fn pool_size(&self) -> usize {
         (self.pool_size as usize).clamp(1, MAX_POOL_SIZE)
     }
@@ -149,16 +150,20 @@ const USES_SHIFT: u32 = ID_BITS;
 const USES_MASK: u32 = 0x3f;
 const VERSION_SHIFT: u32 = 26;
 
+#[inline]
 fn id_of(tag: u32) -> u32 {
     tag & ID_MASK
 }
+#[inline]
 fn uses_of(tag: u32) -> u32 {
     (tag >> USES_SHIFT) & USES_MASK
 }
+#[inline]
 fn bump(tag: u32) -> u32 {
     // Next version, nothing else: the "empty" form of a slot after `tag`.
     ((tag >> VERSION_SHIFT).wrapping_add(1) << VERSION_SHIFT) & !((1 << VERSION_SHIFT) - 1)
 }
+#[inline]
 fn with(version_of: u32, id: u32, uses: u32) -> u32 {
     (version_of & !((1 << VERSION_SHIFT) - 1)) | (uses.min(USES_MASK) << USES_SHIFT) | (id & ID_MASK)
 }
@@ -182,6 +187,7 @@ impl Slot {
     }
 
     /// A consistent read: `(tag, rif, latency, received)`, `None` if empty or changing.
+    #[inline]
     fn read(&self) -> Option<(u32, u32, u32, u32)> {
         let tag = self.tag.load(Acquire);
         if id_of(tag) == 0 {
@@ -200,6 +206,7 @@ impl Slot {
     }
 
     /// Empties the slot if it still holds `tag`.
+    #[inline]
     fn clear(&self, tag: u32) -> bool {
         self.tag.compare_exchange(tag, bump(tag), AcqRel, Relaxed).is_ok()
     }
@@ -423,26 +430,31 @@ impl ProbePool {
     fn push_history(&self, rif: u32) {
         let at = self.history_at.fetch_add(1, Relaxed);
         self.history[at as usize % RIF_HISTORY].store(rif, Relaxed);
+        // The quantile moves slowly: recomputed on every answer while the history fills, then
+        // on every 8th (a recomputation copies and partitions 64 values).
+        if at as usize >= RIF_HISTORY && at % 8 != 0 {
+            return;
+        }
         let len = (at as usize + 1).min(RIF_HISTORY);
         let mut v = [0u32; RIF_HISTORY];
         for (d, h) in v.iter_mut().zip(&self.history[..len]) {
             *d = h.load(Relaxed);
         }
-        let v = &mut v[..len];
-        v.sort_unstable();
         let q = self.config.q_rif;
         let q = if q.is_nan() { 1.0 } else { q.clamp(0.0, 1.0) };
-        let k = (((len - 1) as f32) * q) as usize;
-        self.threshold.store(v[k.min(len - 1)], Relaxed);
+        let k = ((((len - 1) as f32) * q) as usize).min(len - 1);
+        // The k-th smallest (expected linear time; a full sort cost 4x as much per answer).
+        let (_, kth, _) = v[..len].select_nth_unstable(k);
+        self.threshold.store(*kth, Relaxed);
     }
 
     /// One Prequal pick among `ready[range]`: the position in `ready` of the HCL choice, or
     /// `None` while fewer than two answers are usable (the caller falls back to P2C). Counts the
-    /// query (probes owed, removals). `ids` maps endpoint ids to positions in `ready`, sorted.
+    /// query (probes owed, removals). `ids` maps endpoint ids to positions in `ready`.
     pub(crate) fn pick<E: Borrow<EndpointState>>(
         &self,
         ready: &[E],
-        ids: &[(u32, u32)],
+        ids: &IdIndex,
         range: Range<usize>,
         pool: &Pool,
         now: u64,
@@ -452,8 +464,16 @@ impl ProbePool {
         let max_age = (self.config.max_age_ns / 1_000_000).min(u32::MAX as u64) as u32;
         let threshold = self.threshold.load(Relaxed);
         let hot = |rif: u32| rif > threshold;
-        let (mut cold_best, mut any_best): (Option<Best>, Option<Best>) = (None, None);
-        let mut usable = 0u32;
+        // The answers of endpoints in `range`; their availability is checked lazily, best
+        // first (reading 16 endpoint states that other cores keep writing would be 16 misses).
+        let mut found = [Best {
+            slot: 0,
+            tag: 0,
+            pos: 0,
+            rif: 0,
+            latency: 0,
+        }; MAX_POOL_SIZE];
+        let mut n = 0;
         // Removal candidates over the whole pool: the oldest, and the worst.
         let mut oldest: Option<(usize, u32, u32)> = None;
         let mut worst: Option<(usize, u32, bool, u32)> = None; // (slot, tag, hot, rif or latency)
@@ -473,33 +493,26 @@ impl ProbePool {
             if worst.is_none_or(|(_, _, wh, wk)| (h, key) > (wh, wk)) {
                 worst = Some((i, tag, h, key));
             }
-            let Ok(k) = ids.binary_search_by_key(&id_of(tag), |&(id, _)| id) else {
+            let Some(pos) = ids.get(id_of(tag)) else {
                 continue;
             };
-            let pos = ids[k].1 as usize;
             if !range.contains(&pos) {
                 continue;
             }
-            let e = ready[pos].borrow();
-            if !pool.available(e, now) || e.consecutive_failures() > 0 {
-                continue;
-            }
-            usable += 1;
-            let b = Best {
+            found[n] = Best {
                 slot: i,
                 tag,
                 pos,
                 rif,
                 latency,
             };
-            if !hot(rif) && cold_best.is_none_or(|c| (latency, rif) < (c.latency, c.rif)) {
-                cold_best = Some(b);
-            }
-            if any_best.is_none_or(|c| (rif, latency) < (c.rif, c.latency)) {
-                any_best = Some(b);
-            }
+            n += 1;
         }
-        let chosen = if usable >= 2 { cold_best.or(any_best) } else { None };
+        let usable = |b: &Best| {
+            let e = ready[b.pos].borrow();
+            pool.available(e, now) && e.consecutive_failures() == 0
+        };
+        let chosen = hcl(&mut found[..n], threshold, usable);
         // The chosen answer's tag after its use, for a removal that picks the same slot.
         let used = chosen.map(|c| (c.slot, self.consume(c)));
         // Removals for this query: floor((q+1)·r) - floor(q·r), alternating by their running count.
@@ -541,6 +554,78 @@ impl ProbePool {
             }
             // Another pick used or replaced it meanwhile: the query still goes where decided.
             Err(now) => now,
+        }
+    }
+}
+
+/// The HCL choice among `found` (whose order it may change): the cold answer with the lowest
+/// latency, or if all are hot the lowest RIF, among answers that are `usable`; `None` unless at
+/// least two are usable. Checks `usable` best first, so usually twice.
+fn hcl(found: &mut [Best], threshold: u32, usable: impl Fn(&Best) -> bool) -> Option<Best> {
+    let rank = |b: &Best| {
+        if b.rif > threshold {
+            (1, b.rif, b.latency)
+        } else {
+            (0, b.latency, b.rif)
+        }
+    };
+    let mut n = found.len();
+    let chosen = loop {
+        let (i, best) = found[..n].iter().enumerate().min_by_key(|(_, b)| rank(b))?;
+        let best = *best;
+        if usable(&best) {
+            found.swap(i, n - 1);
+            n -= 1;
+            break best;
+        }
+        // Unusable: out of this query's draw.
+        found.swap(i, n - 1);
+        n -= 1;
+    };
+    found[..n].iter().any(&usable).then_some(chosen)
+}
+
+/// Endpoint ids to positions (an open-addressing table built with each picker: ids are handed
+/// out in sequence, so `id & mask` spreads them, and a lookup is one or two probes — a binary
+/// search over 20 ids was the largest cost of a pick).
+#[cfg(feature = "alloc")]
+#[derive(Debug, Default)]
+pub(crate) struct IdIndex {
+    table: alloc::vec::Vec<(u32, u32)>,
+}
+
+#[cfg(feature = "alloc")]
+impl IdIndex {
+    /// The index of `ids[pos]` → `pos`.
+    pub(crate) fn new(ids: impl ExactSizeIterator<Item = u32>) -> Self {
+        let size = (ids.len() * 2).next_power_of_two().max(2);
+        let mut table = alloc::vec![(0u32, 0u32); size];
+        let mask = size - 1;
+        for (pos, id) in ids.enumerate() {
+            let mut i = id as usize & mask;
+            while table[i].0 != 0 && table[i].0 != id {
+                i = (i + 1) & mask;
+            }
+            table[i] = (id, pos as u32);
+        }
+        Self { table }
+    }
+
+    /// The position of endpoint `id`.
+    #[inline]
+    pub(crate) fn get(&self, id: u32) -> Option<usize> {
+        let mask = self.table.len().checked_sub(1)?;
+        let mut i = id as usize & mask;
+        // At most half full: an empty entry ends every probe sequence.
+        loop {
+            let (k, pos) = self.table[i];
+            if k == id {
+                return Some(pos as usize);
+            }
+            if k == 0 {
+                return None;
+            }
+            i = (i + 1) & mask;
         }
     }
 }

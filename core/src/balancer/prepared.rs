@@ -69,8 +69,8 @@ pub struct Prepared<T> {
     wrr_stats: Option<WrrStats>,
     /// Prequal's probe answers (shared with the balancer's other pickers).
     probes: Option<Arc<ProbePool>>,
-    /// Probe-pool ids of the `ready` endpoints with their positions, sorted by id.
-    probe_ids: Vec<(u32, u32)>,
+    /// Probe-pool ids of the `ready` endpoints to their positions.
+    probe_ids: prequal::IdIndex,
 }
 
 /// What [`build`] needs from the balancer.
@@ -158,15 +158,10 @@ pub(super) fn build<T: Clone + Borrow<EndpointState>>(i: Inputs<'_, T>) -> Prepa
         loc_w.push(weight);
     }
     let locality_weights = schedule::scaled(&loc_w);
-    let mut probe_ids = Vec::new();
+    let mut probe_ids = prequal::IdIndex::default();
     if let Some(probes) = &i.probes {
         probes.set_endpoints(ready.len());
-        probe_ids = ready
-            .iter()
-            .enumerate()
-            .map(|(pos, e)| (probes.id(e.borrow()), pos as u32))
-            .collect();
-        probe_ids.sort_unstable();
+        probe_ids = prequal::IdIndex::new(ready.iter().map(|e| probes.id(e.borrow())));
     }
     let seed = i.seed as u32;
     let cursors = (0..=localities.len())
