@@ -35,7 +35,8 @@
 //!
 //! `certificate_providers` (gRFC A29) maps instance names to `{"plugin_name", "config"}`;
 //! `file_watcher` configs are validated as above (and must name at least one file), other
-//! plugins are ignored as grpc-go ignores them. `server_listener_resource_name_template` must
+//! plugins are ignored as grpc-go ignores them. Clusters' `UpstreamTlsContext`s name these
+//! instances for TLS to the endpoints (feature `tls`); a name missing here NACKs the cluster. `server_listener_resource_name_template` must
 //! be a string; [`Bootstrap::server_listener_resource_name`] fills it in as grpc-go's xDS server
 //! does.
 

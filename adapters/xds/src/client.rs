@@ -720,3 +720,82 @@ fn security_allowed(value: &resource::Resource, bootstrap: &Bootstrap) -> Result
     }
     resource::check_providers(sc, &bootstrap.certificate_providers)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use envoy_types::pb::envoy::config::cluster::v3::{cluster, Cluster};
+    use envoy_types::pb::envoy::config::core::v3::{
+        config_source::ConfigSourceSpecifier, transport_socket::ConfigType, AggregatedConfigSource,
+        ConfigSource, TransportSocket,
+    };
+    use envoy_types::pb::envoy::extensions::transport_sockets::tls::v3::{
+        common_tls_context::ValidationContextType, CertificateProviderPluginInstance,
+        CertificateValidationContext, CommonTlsContext, UpstreamTlsContext,
+    };
+    use prost::{Message, Name};
+
+    /// A cluster taking its roots from instance `roots`.
+    fn secure_cluster(roots: &str) -> resource::Resource {
+        let ctx = UpstreamTlsContext {
+            common_tls_context: Some(CommonTlsContext {
+                validation_context_type: Some(ValidationContextType::ValidationContext(
+                    CertificateValidationContext {
+                        ca_certificate_provider_instance: Some(CertificateProviderPluginInstance {
+                            instance_name: roots.into(),
+                            certificate_name: String::new(),
+                        }),
+                        ..CertificateValidationContext::default()
+                    },
+                )),
+                ..CommonTlsContext::default()
+            }),
+            ..UpstreamTlsContext::default()
+        };
+        let c = Cluster {
+            name: "c".into(),
+            cluster_discovery_type: Some(cluster::ClusterDiscoveryType::Type(
+                cluster::DiscoveryType::Eds as i32,
+            )),
+            eds_cluster_config: Some(cluster::EdsClusterConfig {
+                eds_config: Some(ConfigSource {
+                    config_source_specifier: Some(ConfigSourceSpecifier::Ads(AggregatedConfigSource {})),
+                    ..ConfigSource::default()
+                }),
+                service_name: String::new(),
+            }),
+            transport_socket: Some(TransportSocket {
+                name: "envoy.transport_sockets.tls".into(),
+                config_type: Some(ConfigType::TypedConfig(envoy_types::pb::google::protobuf::Any {
+                    type_url: UpstreamTlsContext::type_url(),
+                    value: ctx.encode_to_vec(),
+                })),
+            }),
+            ..Cluster::default()
+        };
+        resource::decode_bytes(ResourceType::Cluster, &c.encode_to_vec())
+            .unwrap()
+            .1
+    }
+
+    #[test]
+    fn security_needs_the_feature_and_the_bootstrap_instances() {
+        let bootstrap = Bootstrap::from_json(
+            r#"{"xds_servers":[{"server_uri":"a:1","channel_creds":[{"type":"insecure"}]}],
+                "certificate_providers":{"roots":{"plugin_name":"file_watcher","config":{"ca_certificate_file":"/ca.pem"}},
+                                         "mesh":{"plugin_name":"meshca","config":{}}}}"#,
+        )
+        .unwrap();
+        let ok = security_allowed(&secure_cluster("roots"), &bootstrap);
+        if cfg!(feature = "tls") {
+            assert_eq!(ok, Ok(()));
+            // Unknown, or of a plugin pickwise does not have: missing, as in grpc-go.
+            for name in ["other", "mesh"] {
+                let e = security_allowed(&secure_cluster(name), &bootstrap).unwrap_err();
+                assert!(e.contains("missing in bootstrap configuration"), "{e}");
+            }
+        } else {
+            assert!(ok.unwrap_err().contains("`tls` feature"));
+        }
+    }
+}

@@ -39,14 +39,17 @@
 //! - **Control plane transport**: TCP, or a Unix socket (`unix:///path`, as istio-agent
 //!   serves xDS); plaintext, or TLS and mTLS with the `tls` feature (gRFC A65 `tls` channel
 //!   creds, files re-read every `refresh_interval`; see [`bootstrap`] and `credentials`).
+//! - **TLS to the endpoints** (feature `tls`, gRFC A29): a cluster's `UpstreamTlsContext`
+//!   names the bootstrap's `file_watcher` certificate providers for the roots and, for mTLS, the
+//!   identity; the server's SANs are matched against `match_subject_alt_names` instead of its
+//!   address; rotated files reach the next connection. Validated (and NACKed) as grpc-go does.
 //! - **Metrics** (feature `metrics`): gRFC A78's xDS client instruments
 //!   (`grpc.xds_client.connected`, `server_failure`, `resource_updates_valid` / `_invalid`,
 //!   `resources` by cache state) through the `metrics` facade, and each cluster balancer's
 //!   `pickwise-tonic` instruments labelled with the channel's target and the cluster's name
 //!   (the README's table; `xds_client --metrics ADDR` serves them in Prometheus text).
 //!
-//! Not supported yet (NACKed or documented): aggregate and logical-DNS clusters, TLS to
-//! endpoints from xDS (gRFC A29 security; `certificate_providers` is parsed only), federation
+//! Not supported yet (NACKed or documented): aggregate and logical-DNS clusters, federation
 //! (`xdstp://`), HTTP filters beyond validation (gRFC A39: fault injection is accepted, not
 //! applied), retries from routes (gRFC A44: validated, not applied), load reporting (LRS),
 //! `pick_first` and weighted round robin (skipped in a policy list). Route and listener

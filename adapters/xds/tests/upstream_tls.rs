@@ -122,6 +122,8 @@ fn builder_from_json(bootstrap: &str) -> XdsBuilder {
 
 /// The SAN the good backends carry and the cluster accepts.
 const GOOD_SAN: &str = "spiffe://td.example/ns/prod/sa/greeter";
+/// Another workload's SAN, under the same CA.
+const EVIL_SAN: &str = "spiffe://td.example/ns/evil/sa/greeter";
 
 /// A CA and what it signs.
 struct Ca {
@@ -395,16 +397,12 @@ async fn mtls_to_backends_from_cds_security() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn backend_failing_the_san_match_is_never_ready() {
+async fn backend_failing_the_san_match_is_never_ready_until_cds_accepts_it() {
     let _s = serial().await;
     let pki = Pki::new("san");
     pki.identity(&pki.clients.client("client-1"));
     // Signed by the right CA, but another workload's identity.
-    let evil = TlsBackend::start(
-        &pki.backends.server("spiffe://td.example/ns/evil/sa/greeter"),
-        &[&pki.clients],
-    )
-    .await;
+    let evil = TlsBackend::start(&pki.backends.server(EVIL_SAN), &[&pki.clients]).await;
     let cp = control_plane(secure_cluster("roots", "identity", GOOD_SAN), &[&evil.addr]).await;
     let ch = channel(&pki, &cp);
     until("the mismatching backend to fail its handshake", || {
@@ -433,6 +431,19 @@ async fn backend_failing_the_san_match_is_never_ready() {
         evil.accepted.load(Ordering::Relaxed) >= 1,
         "it was dialled (and refused by the client)"
     );
+
+    // CDS now accepts only the other SAN: the next handshakes use it (the other backend becomes
+    // READY), and the good backend's established connection is kept, though its certificate
+    // would fail the new matcher.
+    cp.set(secure_cluster("roots", "identity", EVIL_SAN));
+    until("the other backend to be READY under the new matcher", || {
+        state_of(&ch, &evil.addr) == Some(ConnectivityState::Ready)
+    })
+    .await;
+    let (seen, errors) = spread(&ch, 20).await;
+    assert!(errors.is_empty(), "{errors:?}");
+    assert_eq!((seen[&good.addr], seen[&evil.addr]), (10, 10));
+    assert_eq!(good.accepted.load(Ordering::Relaxed), 1, "not reconnected");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -505,6 +516,10 @@ async fn nacks_security_it_cannot_apply() {
     let version = cp.version(ResourceType::Cluster);
     cp.set(secure_cluster("roots", "identity", GOOD_SAN));
     acked(&cp, ResourceType::Cluster, version + 1).await;
+    until("the fixed cluster to serve", || {
+        state_of(&ch, &good.addr) == Some(ConnectivityState::Ready)
+    })
+    .await;
     assert_eq!(call(&ch).await.unwrap(), good.addr);
 
     // Then a field grpc-go does not support: NACKed; the last good cluster keeps serving.
