@@ -29,7 +29,11 @@
 //! own `RoundRobin` and `Consistent`, the latter keyed like ring hash), and
 //! `weighted-round-robin` (gRFC A58 on the backends' ORCA reports, Envoy's
 //! `client_side_weighted_round_robin`; blackout 0 and a 100 ms update period by default so a short
-//! run shows the weights).
+//! run shows the weights), and `prequal` (`pickwise_prequal`, NSDI '24, the paper's settings: the
+//! group's `Prober` probes `GET /prequal/probe` in the background, and the embedded HTTP backends
+//! also piggyback `x-prequal-rif` / `x-prequal-latency-us` on every response; its row names the
+//! probes sent per request. Backends that do not answer probes, such as `--h2c`'s tonic
+//! backends or most `--targets`, leave it on its P2C peak-EWMA fallback).
 //!
 //! `--load-report` makes the embedded backends send Envoy's `endpoint-load-metrics` header: the
 //! first value goes to backend 0, the second to backend 1, and so on. The 1:10 scenario:
@@ -53,13 +57,15 @@ use std::time::Duration;
 
 use backend::HttpBackend;
 use clap::Parser;
+use pickwise::prequal::PrequalConfig;
 use pickwise::wrr::WrrConfig;
 use pickwise::{HashPolicy, LbPolicy, NoKey, Policy, PoolConfig, RingConfig};
 use pickwise_pingora::Shared;
 use proxy::Selection;
 
-const ALL: [&str; 7] = [
+const ALL: [&str; 8] = [
     "p2c-peak-ewma",
+    "prequal",
     "p2c-least-request",
     "ring-hash",
     "maglev",
@@ -157,6 +163,7 @@ fn selection(name: &str, args: &Args) -> (Selection, bool) {
     match name {
         "p2c-peak-ewma" => (pickwise(LbPolicy::P2c(Policy::PeakEwma)), false),
         "p2c-least-request" => (pickwise(LbPolicy::P2c(Policy::LeastRequest)), false),
+        "prequal" => (pickwise(LbPolicy::Prequal(PrequalConfig::default())), false),
         "ring-hash" => (
             pickwise(LbPolicy::RingHash {
                 ring: RingConfig::envoy(),
@@ -282,6 +289,12 @@ fn main() {
             if let (Some(pct), Some(Local::Http(last))) = (args.fail_percent, b.last()) {
                 last.set_fail_percent(pct);
             }
+            // Prequal's reports ride on every response (other selections ignore them).
+            for local in b.iter() {
+                if let Local::Http(backend) = local {
+                    backend.set_piggyback(true);
+                }
+            }
             for (local, report) in b.iter().zip(&args.load_reports) {
                 if let Local::Http(backend) = local {
                     backend.set_load_report(Some(report));
@@ -330,6 +343,10 @@ fn main() {
     }
     for name in &policies {
         let (sel, keyed) = selection(name, &args);
+        let group = match &sel {
+            Selection::Pickwise(shared) => Some(shared.clone()),
+            _ => None,
+        };
         let proxy = proxy::start_with(sel, &targets, keyed.then_some("x-key"), args.h2c);
         let mut hooks: Vec<(Duration, Box<dyn FnOnce() + Send>)> = Vec::new();
         if args.targets.is_none() && !args.healthy {
@@ -360,6 +377,9 @@ fn main() {
         };
         drop(proxy);
         let rps = report.requests as f64 / report.secs;
+        // Prequal's probes per request through the proxy (0 for the other selections).
+        let probes = group.map_or(0, |g| g.probe_stats().sent);
+        let per_request = probes as f64 / (report.requests + report.errors).max(1) as f64;
         if args.json {
             let per: Vec<String> = targets
                 .iter()
@@ -373,13 +393,14 @@ fn main() {
                 })
                 .collect();
             println!(
-                "{{\"policy\":{},\"requests\":{},\"errors\":{},\"rps\":{:.1},\"p50_ms\":{:.3},\"p99_ms\":{:.3},\"per_backend\":{{{}}}}}",
+                "{{\"policy\":{},\"requests\":{},\"errors\":{},\"rps\":{:.1},\"p50_ms\":{:.3},\"p99_ms\":{:.3},\"probes\":{},\"per_backend\":{{{}}}}}",
                 json_string(name),
                 report.requests,
                 report.errors,
                 rps,
                 report.pct_ms(0.5),
                 report.pct_ms(0.99),
+                probes,
                 per.join(",")
             );
         } else {
@@ -388,6 +409,11 @@ fn main() {
                 .map(|k| format!("{:.1}%", 100.0 * report.share(k)))
                 .collect();
             let error_pct = 100.0 * report.errors as f64 / (report.requests + report.errors).max(1) as f64;
+            let name = if probes > 0 {
+                format!("{name} ({per_request:.2} probes/req)")
+            } else {
+                name.clone()
+            };
             println!(
                 "| {name} | {rps:.0} | {:.2} | {:.2} | {} ({error_pct:.2}%) | {} |",
                 report.pct_ms(0.5),

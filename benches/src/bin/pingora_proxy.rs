@@ -7,8 +7,12 @@
 //! (`--threads`), so `taskset -c 0` gives it one core, like Envoy's `--concurrency 1`.
 //!
 //! Policies: `p2c-peak-ewma`, `p2c-least-request` (Envoy's `least_request`, choice count 2),
-//! `round-robin`, and `ring-hash` / `maglev` on the `--hash-header` request header (Envoy's
-//! `ring_hash` / `maglev` with a header `hash_policy`; same ring and table).
+//! `round-robin`, `ring-hash` / `maglev` on the `--hash-header` request header (Envoy's
+//! `ring_hash` / `maglev` with a header `hash_policy`; same ring and table), and `prequal`
+//! (`pickwise_prequal`, NSDI '24 with the paper's settings: a `Prober` background service sends
+//! `GET /prequal/probe` to the upstreams, and `x-prequal-rif` / `x-prequal-latency-us` on their
+//! responses are recorded too; upstreams that answer neither leave it on its P2C peak-EWMA
+//! fallback).
 //!
 //! ```text
 //! cargo run --release -p pickwise-benches --bin pingora_proxy -- --listen 127.0.0.1:28080 \
@@ -20,19 +24,21 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use clap::Parser;
+use pickwise::prequal::PrequalConfig;
 use pickwise::{HashPolicy, LbPolicy, NoKey, Policy, PoolConfig, RingConfig};
-use pickwise_pingora::{tcp_health_check, Selector, Shared, Tracker};
+use pickwise_pingora::{tcp_health_check, ProbeConfig, Prober, Selector, Shared, Tracker};
 use pingora::lb::{discovery, Backends, LoadBalancer};
 use pingora::prelude::*;
 use pingora::server::configuration::ServerConf;
 use pingora::services::background::background_service;
 
-const POLICIES: [&str; 5] = [
+const POLICIES: [&str; 6] = [
     "p2c-peak-ewma",
     "p2c-least-request",
     "round-robin",
     "ring-hash",
     "maglev",
+    "prequal",
 ];
 
 /// pickwise's Pingora adapter as a standalone HTTP/1.1 proxy.
@@ -63,6 +69,7 @@ fn policy(name: &str) -> LbPolicy {
     match name {
         "p2c-least-request" => LbPolicy::P2c(Policy::LeastRequest),
         "round-robin" => LbPolicy::RoundRobin,
+        "prequal" => LbPolicy::Prequal(PrequalConfig::default()),
         "ring-hash" => LbPolicy::RingHash {
             ring: RingConfig::envoy(),
             load: HashPolicy::Plain,
@@ -170,6 +177,10 @@ fn main() {
     lb.set_health_check(tcp_health_check(&shared));
     lb.health_check_frequency = Some(Duration::from_millis(args.health_ms));
     let bg = background_service("lb", lb);
+    if matches!(lb_policy, LbPolicy::Prequal(_)) {
+        let prober = Prober::new(shared.clone(), ProbeConfig::default());
+        server.add_service(background_service("prequal prober", prober));
+    }
     let proxy = Proxy {
         lb: bg.task(),
         shared,
