@@ -1,5 +1,6 @@
 //! TLS to the control plane (gRFC A65): the `file_watcher` certificate provider and the
-//! connector the ADS channel dials through.
+//! connector the ADS channel dials through. The same provider backs the bootstrap's
+//! `certificate_providers` instances that clusters name for TLS to their endpoints (gRFC A29).
 //!
 //! [`FileWatcher`] is grpc-go's `pemfile` watcher: it reads the files once when started and
 //! again every `refresh_interval`; identity (certificate chain and key) and roots update

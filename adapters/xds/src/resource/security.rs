@@ -139,6 +139,15 @@ pub(super) fn from_cluster(c: &Cluster) -> Result<Option<SecurityConfig>, Invali
     from_common(&common).map(Some)
 }
 
+/// An instance as grpc-go holds it: two strings, both empty meaning unset (so an instance
+/// message with neither set counts as absent, as in grpc-go's `SecurityConfig.Equal`).
+fn instance(name: &str, cert: &str) -> Option<CertProviderInstance> {
+    (!name.is_empty() || !cert.is_empty()).then(|| CertProviderInstance {
+        instance_name: name.to_owned(),
+        certificate_name: cert.to_owned(),
+    })
+}
+
 /// The parts of a security config both ways of writing it fill in.
 #[derive(Default, PartialEq)]
 struct Partial {
@@ -194,10 +203,7 @@ fn new_fields(common: &CommonTlsContext) -> Result<Partial, Invalid> {
         return Err("expected field tls_certificate_provider_instance is not set, while unsupported field tls_certificate_sds_secret_configs is set in CommonTlsContext message".into());
     }
     let mut sc = Partial {
-        identity: identity.map(|i| CertProviderInstance {
-            instance_name: i.instance_name.clone(),
-            certificate_name: i.certificate_name.clone(),
-        }),
+        identity: identity.and_then(|i| instance(&i.instance_name, &i.certificate_name)),
         ..Partial::default()
     };
     let v = match &common.validation_context_type {
@@ -232,10 +238,7 @@ fn new_fields(common: &CommonTlsContext) -> Result<Partial, Invalid> {
             "expected field ca_certificate_provider_instance is missing in CommonTlsContext message".into(),
         );
     };
-    sc.root = Some(CertProviderInstance {
-        instance_name: root.instance_name.clone(),
-        certificate_name: root.certificate_name.clone(),
-    });
+    sc.root = instance(&root.instance_name, &root.certificate_name);
     sc.san_matchers = matchers(v)?;
     Ok(sc)
 }
@@ -246,10 +249,7 @@ fn deprecated_fields(common: &CommonTlsContext) -> Result<Partial, Invalid> {
         identity: common
             .tls_certificate_certificate_provider_instance
             .as_ref()
-            .map(|i| CertProviderInstance {
-                instance_name: i.instance_name.clone(),
-                certificate_name: i.certificate_name.clone(),
-            }),
+            .and_then(|i| instance(&i.instance_name, &i.certificate_name)),
         ..Partial::default()
     };
     match &common.validation_context_type {
@@ -260,16 +260,10 @@ fn deprecated_fields(common: &CommonTlsContext) -> Result<Partial, Invalid> {
             sc.root = c
                 .validation_context_certificate_provider_instance
                 .as_ref()
-                .map(|p| CertProviderInstance {
-                    instance_name: p.instance_name.clone(),
-                    certificate_name: p.certificate_name.clone(),
-                });
+                .and_then(|p| instance(&p.instance_name, &p.certificate_name));
         }
         Some(ValidationContextType::ValidationContextCertificateProviderInstance(p)) => {
-            sc.root = Some(CertProviderInstance {
-                instance_name: p.instance_name.clone(),
-                certificate_name: p.certificate_name.clone(),
-            });
+            sc.root = instance(&p.instance_name, &p.certificate_name);
         }
         None => {}
         Some(_) => return Err("validation context contains unexpected type".into()),
@@ -631,6 +625,18 @@ mod tests {
             ..CommonTlsContext::default()
         }));
         assert_eq!(from_cluster(&c).unwrap(), Some(want(id, 5)));
+        // An empty new-field instance counts as unset, so the deprecated fields are read.
+        let c = tls(Some(CommonTlsContext {
+            tls_certificate_provider_instance: Some(plugin("", "")),
+            validation_context_type: Some(
+                ValidationContextType::ValidationContextCertificateProviderInstance(old(
+                    "rootPluginInstance",
+                    "rootCertName",
+                )),
+            ),
+            ..CommonTlsContext::default()
+        }));
+        assert_eq!(from_cluster(&c).unwrap(), Some(want(None, 0)));
         // No transport socket: plaintext.
         assert_eq!(from_cluster(&cluster_with(None)).unwrap(), None);
     }
