@@ -6,8 +6,8 @@
 //! - mTLS: calls succeed, and each backend saw the client's certificate from the files;
 //! - a backend whose certificate fails the SAN match is never READY (alone: calls fail
 //!   UNAVAILABLE; with a good one: the good one serves everything);
-//! - rotation: new identity files reach the next connection, while the established one keeps
-//!   serving with the certificate it was made with;
+//! - rotation: new identity files (and new roots) reach the next connection, while the
+//!   established one keeps serving with the certificate it was made with;
 //! - NACKs: an instance name missing from the bootstrap, a field grpc-go does not support.
 //!
 //! Self-contained (no `support` module): its backends are TLS servers of their own.
@@ -447,7 +447,7 @@ async fn backend_failing_the_san_match_is_never_ready_until_cds_accepts_it() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn rotated_identity_reaches_new_connections_and_keeps_old_ones() {
+async fn rotated_files_reach_new_connections_and_keep_old_ones() {
     let _s = serial().await;
     let pki = Pki::new("rotate");
     let second_ca = Ca::new("clients CA 2");
@@ -490,6 +490,37 @@ async fn rotated_identity_reaches_new_connections_and_keeps_old_ones() {
         "the established connection kept serving, with the certificate it was made with"
     );
     assert_eq!(a.accepted.load(Ordering::Relaxed), 1, "and was not replaced");
+
+    // The roots rotate the same way: a backend signed by a new CA fails until the roots file
+    // holds that CA too, then is READY; the established connections stay.
+    let new_ca = Ca::new("backends CA 2");
+    let c = TlsBackend::start(&new_ca.server(GOOD_SAN), &[&second_ca]).await;
+    cp.set(resources::endpoints(
+        "backends",
+        &[Locality::new(1, 0, &[&a.addr, &b.addr, &c.addr])],
+    ));
+    until("the backend of the unknown CA to fail", || {
+        state_of(&ch, &c.addr) == Some(ConnectivityState::TransientFailure)
+    })
+    .await;
+    write(
+        &pki.dir.join("roots.pem"),
+        &(pki.backends.cert.pem() + &new_ca.cert.pem()),
+    );
+    until("the backend of the new CA to be READY", || {
+        state_of(&ch, &c.addr) == Some(ConnectivityState::Ready)
+    })
+    .await;
+    let (seen, errors) = spread(&ch, 30).await;
+    assert!(errors.is_empty(), "{errors:?}");
+    assert_eq!((seen[&a.addr], seen[&b.addr], seen[&c.addr]), (10, 10, 10));
+    assert_eq!(
+        (
+            a.accepted.load(Ordering::Relaxed),
+            b.accepted.load(Ordering::Relaxed) > 0
+        ),
+        (1, true)
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
