@@ -30,12 +30,20 @@
 //! `--unequal --policy round-robin --policy p2c-peak-ewma --policy weighted-round-robin
 //! --policy p2c-peak-ewma-orca` compares the report-driven policies with the blind ones.
 //!
+//! The `probes/req` column (`probes_per_request` in `--json`) is Prequal's probing cost: probes
+//! sent per successful call (answers piggybacked on responses are free and not counted).
+//! `--prequal-removes-per-query R` sets Prequal's removal rate (the paper's 1 by default; with 4
+//! backends the pool holds at most 4 answers, one per backend, so a lower rate keeps more of
+//! them usable).
+//!
 //! With `--targets`, `per_backend` counts come from pickwise's own statistics (requests started);
 //! tonic's `balance_list` does not report where requests went, so its map is empty.
 //!
 //! Policies: `p2c-peak-ewma`, `p2c-least-request`, `ring-hash`, `round-robin`,
 //! `weighted-round-robin` (gRFC A58 on ORCA reports), `p2c-peak-ewma-orca` (peak-EWMA with the
-//! reported utilization in the cost) (pickwise's),
+//! reported utilization in the cost), `prequal` (Prequal, NSDI '24: probes of each server's
+//! requests in flight and latency, the hot-cold rule; the embedded backends run its server
+//! side, `PrequalLayer` and the probe service) (pickwise's),
 //! `tonic-balance-list` (tonic's own `Channel::balance_list`), and for the overhead comparison
 //! `direct` (one tonic `Channel` to the first target) and `pickwise-single` (pickwise over that
 //! same target).
@@ -58,13 +66,14 @@ use pickwise_tonic::{Backoff, Builder, HashPolicy, OutlierConfig, Policy, PoolCo
 use tonic::transport::{Channel, Endpoint};
 use tonic_health::pb::{health_client::HealthClient, HealthCheckRequest};
 
-const ALL: [&str; 9] = [
+const ALL: [&str; 10] = [
     "p2c-peak-ewma",
     "p2c-least-request",
     "ring-hash",
     "round-robin",
     "weighted-round-robin",
     "p2c-peak-ewma-orca",
+    "prequal",
     "tonic-balance-list",
     "direct",
     "pickwise-single",
@@ -116,6 +125,9 @@ struct Args {
     /// Draw per-backend share and p50/p99 over time for each policy into this SVG file.
     #[arg(long, value_name = "FILE.svg")]
     plot: Option<std::path::PathBuf>,
+    /// Prequal's answers removed per query (`PrequalConfig::removes_per_query`).
+    #[arg(long, value_name = "R", default_value_t = 1.0)]
+    prequal_removes_per_query: f32,
 }
 
 fn seconds(v: &str) -> Result<Duration, String> {
@@ -162,12 +174,19 @@ struct Run {
     /// Seconds since the start when backend 3 was killed and restarted.
     killed_at: Option<f64>,
     restarted_at: Option<f64>,
+    /// Prequal probes sent during the run (pickwise channels; 0 under other policies).
+    probes: Option<u64>,
 }
 
 /// How often `--plot`'s per-backend counts are sampled.
 const SAMPLE: Duration = Duration::from_millis(250);
 
 impl Run {
+    /// Prequal probes sent per successful call (`None` for tonic's own channels).
+    fn probes_per_request(&self) -> Option<f64> {
+        self.probes.map(|p| p as f64 / self.requests.max(1) as f64)
+    }
+
     /// Errors per call, in percent.
     fn error_percent(&self) -> f64 {
         100.0 * self.errors as f64 / (self.requests + self.errors).max(1) as f64
@@ -209,7 +228,12 @@ fn endpoint(addr: &str) -> Endpoint {
         .tcp_nodelay(true)
 }
 
-async fn make_channel(policy: &str, targets: &[String], failure_penalty: f32) -> Result<AnyChannel, String> {
+async fn make_channel(
+    policy: &str,
+    targets: &[String],
+    failure_penalty: f32,
+    prequal_removes: f32,
+) -> Result<AnyChannel, String> {
     let pw = || {
         Builder::new()
             .pool(PoolConfig {
@@ -257,6 +281,13 @@ async fn make_channel(policy: &str, targets: &[String], failure_penalty: f32) ->
             .p2c(Policy::PeakEwma)
             .build_static(targets.to_vec()),
         ),
+        "prequal" => AnyChannel::Pickwise(
+            pw().prequal(pickwise_tonic::PrequalConfig {
+                removes_per_query: prequal_removes,
+                ..Default::default()
+            })
+            .build_static(targets.to_vec()),
+        ),
         "pickwise-single" => {
             AnyChannel::Pickwise(pw().p2c(Policy::PeakEwma).build_static([targets[0].clone()]))
         }
@@ -286,6 +317,7 @@ struct Settings {
     /// Run the fault script (backend 3 killed halfway, restarted at three quarters).
     faults: bool,
     failure_penalty: f32,
+    prequal_removes: f32,
 }
 
 async fn run_policy(
@@ -300,8 +332,14 @@ async fn run_policy(
         progress,
         faults,
         failure_penalty,
+        prequal_removes,
     } = *settings;
-    let channel = make_channel(policy, targets, failure_penalty).await?;
+    let channel = make_channel(policy, targets, failure_penalty, prequal_removes).await?;
+    let probes_sent = || match &channel {
+        AnyChannel::Pickwise(c) => Some(c.prequal_stats().probes_sent),
+        AnyChannel::Tonic(_) => None,
+    };
+    let probes_before = probes_sent();
     let hits_before: Vec<u64> = backends.iter().map(Backend::hits).collect();
     let picks_before = pickwise_picks(&channel);
     let requests = Arc::new(AtomicU64::new(0));
@@ -402,6 +440,7 @@ async fn run_policy(
         timeline.extend(tl);
     }
     let secs = start.elapsed().as_secs_f64();
+    let probes = probes_sent().zip(probes_before).map(|(a, b)| a - b);
     shares.push((secs, counts(backends)));
     if killed && !restarted {
         backends[3].restart();
@@ -441,6 +480,7 @@ async fn run_policy(
         shares,
         killed_at,
         restarted_at,
+        probes,
     })
 }
 
@@ -539,6 +579,7 @@ fn main() -> ExitCode {
         progress,
         faults: !args.healthy && !args.unequal && args.fail_percent.is_none(),
         failure_penalty: args.failure_penalty,
+        prequal_removes: args.prequal_removes_per_query,
     };
     let mut rows = Vec::new();
     for policy in &args.policies {
@@ -558,7 +599,7 @@ fn main() -> ExitCode {
                 .map(|(k, v)| format!("{}:{v}", json_string(k)))
                 .collect();
             println!(
-                "{{\"policy\":{},\"requests\":{},\"errors\":{},\"error_percent\":{:.3},\"rps\":{:.1},\"p50_ms\":{:.3},\"p99_ms\":{:.3},\"per_backend\":{{{}}}}}",
+                "{{\"policy\":{},\"requests\":{},\"errors\":{},\"error_percent\":{:.3},\"rps\":{:.1},\"p50_ms\":{:.3},\"p99_ms\":{:.3},\"probes_per_request\":{},\"per_backend\":{{{}}}}}",
                 json_string(&r.policy),
                 r.requests,
                 r.errors,
@@ -566,19 +607,22 @@ fn main() -> ExitCode {
                 r.requests as f64 / r.secs,
                 r.pct_ms(0.5),
                 r.pct_ms(0.99),
+                r.probes_per_request()
+                    .map_or("null".to_string(), |p| format!("{p:.3}")),
                 per.join(",")
             );
         }
     } else {
         let names: Vec<String> = (0..targets.len()).map(|i| format!("b{i}")).collect();
         println!(
-            "{:<20} {:>10} {:>8} {:>8} {:>7} {:>7}  share per backend ({})",
+            "{:<20} {:>10} {:>8} {:>8} {:>7} {:>7} {:>10}  share per backend ({})",
             "policy",
             "req/s",
             "p50 ms",
             "p99 ms",
             "errors",
             "err %",
+            "probes/req",
             names
                 .iter()
                 .zip(&targets)
@@ -599,14 +643,19 @@ fn main() -> ExitCode {
                     }
                 })
                 .collect();
+            let probes = match r.probes_per_request() {
+                Some(p) if p > 0.0 => format!("{p:.2}"),
+                _ => "-".to_string(),
+            };
             println!(
-                "{:<20} {:>10.0} {:>8.2} {:>8.2} {:>7} {:>7.3}  {}",
+                "{:<20} {:>10.0} {:>8.2} {:>8.2} {:>7} {:>7.3} {:>10}  {}",
                 r.policy,
                 r.requests as f64 / r.secs,
                 r.pct_ms(0.5),
                 r.pct_ms(0.99),
                 r.errors,
                 r.error_percent(),
+                probes,
                 shares.join("  ")
             );
         }

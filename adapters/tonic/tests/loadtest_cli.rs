@@ -129,3 +129,27 @@ fn unequal_scenario_runs_the_report_driven_policies() {
         assert_eq!(per.len(), 4, "{line}");
     }
 }
+
+/// Prequal runs against the embedded backends' server side (probe service, piggybacked
+/// reports) and reports its probing cost.
+#[test]
+fn prequal_reports_probes_per_request() {
+    let out = loadtest()
+        .args(["--policy", "prequal", "--policy", "round-robin", "--healthy"])
+        .args(["--duration", "1", "--concurrency", "4", "--json"])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let stdout = String::from_utf8(out.stdout).unwrap();
+    let run = |policy: &str| -> serde_json::Value {
+        let line = stdout
+            .lines()
+            .find(|l| l.contains(&format!("\"{policy}\"")))
+            .expect(&stdout);
+        serde_json::from_str(line).unwrap()
+    };
+    let prequal = run("prequal");
+    assert_eq!(prequal["errors"], 0, "{prequal}");
+    assert!(prequal["probes_per_request"].as_f64().unwrap() > 0.0, "{prequal}");
+    assert_eq!(run("round-robin")["probes_per_request"].as_f64(), Some(0.0));
+}
