@@ -22,6 +22,8 @@ enum Op {
     Advance { ms: u16 },
     Call { key: Option<u64>, failed: bool },
     Policy { which: u8 },
+    /// A Prequal probe answer (or one piggybacked on a response), then owed probes taken.
+    Answer { key: u8, rif: u32, latency_us: u32, take: u8 },
 }
 
 #[derive(Arbitrary, Debug)]
@@ -32,8 +34,13 @@ struct Params {
 }
 
 fn policy(which: u8) -> LbPolicy {
-    match which % 4 {
+    match which % 5 {
         0 => LbPolicy::RoundRobin,
+        4 => LbPolicy::Prequal(pickwise::prequal::PrequalConfig {
+            pool_size: which / 5 % 40,
+            removes_per_query: f32::from(which / 5 % 3),
+            ..Default::default()
+        }),
         1 => LbPolicy::P2c(pickwise::Policy::PeakEwma),
         2 => LbPolicy::from_name("ring_hash_experimental").unwrap(),
         _ => LbPolicy::Maglev {
@@ -104,6 +111,19 @@ fuzz_target!(|input: (Params, Vec<Op>)| {
                 }
             }
             Op::Policy { which } => b.set_policy(policy(which)),
+            Op::Answer { key, rif, latency_us, take } => {
+                let picker = b.picker(now, 3);
+                if let Some(e) = b.get(&addr(key)) {
+                    let report = pickwise::prequal::ProbeReport { rif, latency_us };
+                    picker.record_probe(e, report, now, &mut rng);
+                }
+                let mut out = [usize::MAX; 8];
+                let n = picker.probe_targets(now, &mut rng, &mut out[..usize::from(take % 9)]);
+                assert!(out[..n].iter().all(|&i| i < picker.ready().len()));
+                if let Some(probes) = picker.probes() {
+                    assert!(probes.len() <= pickwise::prequal::MAX_POOL_SIZE);
+                }
+            }
         }
         while let Some(ev) = b.poll_event() {
             if let Event::Connect(k) = ev {

@@ -1,55 +1,23 @@
 //! `proxy --metrics ADDR` as an operator scrapes it (feature `metrics`): after a run through the
 //! Pingora proxy, the picks per backend add up to what the run counted (`--json`), backend by
 //! backend, and the policy's pick counter to the total; a backend that answers only 503s is
-//! ejected, and the ejection counted with its reason.
+//! ejected, and the ejection counted with its reason; Prequal's probe counters add up to the
+//! probes the run counted.
 
-use std::io::{BufRead as _, BufReader, Read as _, Write as _};
-use std::net::{SocketAddr, TcpListener, TcpStream};
-use std::path::PathBuf;
-use std::process::{Command, Stdio};
+#[path = "../../../tests/support/prometheus.rs"]
+mod prometheus;
+use prometheus::{example, samples, scrape};
+use std::io::{BufRead as _, BufReader};
+use std::net::{SocketAddr, TcpListener};
+use std::process::Stdio;
 use std::time::{Duration, Instant};
-
-fn proxy() -> Command {
-    let exe = std::env::current_exe().unwrap();
-    let dir: PathBuf = exe.parent().unwrap().parent().unwrap().join("examples");
-    Command::new(dir.join(format!("proxy{}", std::env::consts::EXE_SUFFIX)))
-}
-
-/// The Prometheus text at http://addr/metrics, if the exporter answers.
-fn scrape(addr: SocketAddr) -> Option<String> {
-    let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(1)).ok()?;
-    s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
-    write!(
-        s,
-        "GET /metrics HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
-    )
-    .ok()?;
-    let mut body = String::new();
-    s.read_to_string(&mut body).ok()?;
-    body.starts_with("HTTP/1.1 200").then_some(body)
-}
-
-/// Every sample of `name` as (labels, value).
-fn samples(text: &str, name: &str) -> Vec<(String, f64)> {
-    text.lines()
-        .filter(|l| !l.starts_with('#'))
-        .filter_map(|l| {
-            let (series, value) = l.rsplit_once(' ')?;
-            let (n, labels) = match series.split_once('{') {
-                Some((n, rest)) => (n, rest.trim_end_matches('}')),
-                None => (series, ""),
-            };
-            (n == name).then(|| Some((labels.to_string(), value.parse().ok()?)))?
-        })
-        .collect()
-}
 
 /// Starts the proxy example with `args`, `--json --hold --metrics ADDR`; returns it, the
 /// exporter's address and the run's JSON line (printed once the run is over).
 fn run(args: &[&str]) -> (std::process::Child, SocketAddr, String) {
     // A free port: bound, read, released for the proxy's exporter.
     let addr = TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap();
-    let mut child = proxy()
+    let mut child = example("proxy")
         .args(args)
         .args(["--json", "--hold", "--metrics", &addr.to_string()])
         .stdin(Stdio::piped())
@@ -103,7 +71,7 @@ fn an_ejection_is_counted_with_its_reason() {
 fn scraped_picks_match_the_run() {
     // A free port: bound, read, released for the proxy's exporter.
     let addr = TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap();
-    let mut child = proxy()
+    let mut child = example("proxy")
         .args(["--policy", "p2c-least-request", "--healthy", "--backends", "2"])
         .args(["--duration", "1", "--concurrency", "4", "--json", "--hold"])
         .args(["--metrics", &addr.to_string()])
@@ -154,6 +122,44 @@ fn scraped_picks_match_the_run() {
     assert_eq!(in_flight.len(), 2, "{text}");
     assert!(in_flight.iter().all(|s| s.1 <= 4.0), "{text}");
     assert!(samples(&text, "pickwise_endpoint_ejections").is_empty(), "{text}");
+    drop(child.stdin.take());
+    assert!(child.wait().unwrap().success());
+}
+
+#[test]
+fn prequal_probes_are_counted() {
+    let (mut child, addr, line) = run(&[
+        "--policy",
+        "prequal",
+        "--healthy",
+        "--backends",
+        "2",
+        "--duration",
+        "1",
+        "--concurrency",
+        "4",
+    ]);
+    let run: serde_json::Value = serde_json::from_str(&line).expect(&line);
+    assert_eq!(run["errors"].as_u64(), Some(0), "{line}");
+    let probes = run["probes"].as_u64().unwrap();
+    assert!(probes > 0, "{line}");
+    let text = scrape(addr).expect("the exporter serves until stdin closes");
+    let one = |name: &str| {
+        let s = samples(&text, name);
+        assert_eq!(s.len(), 1, "{name}: {text}");
+        assert!(s[0].0.contains("grpc_target=\"prequal\""), "{text}");
+        s[0].1
+    };
+    let (sent, answered, failed) = (
+        one("pickwise_prequal_probes_sent"),
+        one("pickwise_prequal_probes_answered"),
+        one("pickwise_prequal_probes_failed"),
+    );
+    assert_eq!(sent, probes as f64, "{line}\n{text}");
+    // Probes still on their way when the proxy stopped are neither.
+    assert!(answered > 0.0 && answered + failed <= sent, "{text}");
+    // The example's backends piggyback their report on every response.
+    assert!(one("pickwise_prequal_piggybacked") > 0.0, "{text}");
     drop(child.stdin.take());
     assert!(child.wait().unwrap().success());
 }

@@ -2,71 +2,19 @@
 //! `grpc.subchannel.open_connections` counts one connection per backend; after it, the picks per
 //! endpoint add up to the calls the run printed (`--json`), backend by backend.
 
-use std::io::{BufRead as _, BufReader, Read as _, Write as _};
-use std::net::{SocketAddr, TcpListener, TcpStream};
-use std::path::PathBuf;
-use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
-
-fn loadtest() -> Command {
-    let exe = std::env::current_exe().unwrap();
-    let dir: PathBuf = exe.parent().unwrap().parent().unwrap().join("examples");
-    Command::new(dir.join(format!("loadtest{}", std::env::consts::EXE_SUFFIX)))
-}
-
-/// The Prometheus text at http://addr/metrics, if the exporter answers.
-fn scrape(addr: SocketAddr) -> Option<String> {
-    let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(1)).ok()?;
-    s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
-    write!(
-        s,
-        "GET /metrics HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
-    )
-    .ok()?;
-    let mut body = String::new();
-    s.read_to_string(&mut body).ok()?;
-    body.starts_with("HTTP/1.1 200").then_some(body)
-}
-
-/// Every sample of `name` as (labels, value).
-fn samples(text: &str, name: &str) -> Vec<(String, f64)> {
-    text.lines()
-        .filter(|l| !l.starts_with('#'))
-        .filter_map(|l| {
-            let (series, value) = l.rsplit_once(' ')?;
-            let (n, labels) = match series.split_once('{') {
-                Some((n, rest)) => (n, rest.trim_end_matches('}')),
-                None => (series, ""),
-            };
-            if n != name {
-                return None;
-            }
-            Some((labels.to_string(), value.parse().ok()?))
-        })
-        .collect()
-}
-
-/// Scrapes until `ok` holds, for at most `within`; returns the last scrape.
-fn scrape_until(addr: SocketAddr, within: Duration, ok: impl Fn(&str) -> bool) -> String {
-    let until = Instant::now() + within;
-    let mut last = String::new();
-    while Instant::now() < until {
-        if let Some(text) = scrape(addr) {
-            if ok(&text) {
-                return text;
-            }
-            last = text;
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    panic!("metrics never satisfied the condition within {within:?}; last scrape:\n{last}");
-}
+#[path = "../../../tests/support/prometheus.rs"]
+mod prometheus;
+use prometheus::{example, samples, scrape, scrape_until};
+use std::io::{BufRead as _, BufReader};
+use std::net::TcpListener;
+use std::process::Stdio;
+use std::time::Duration;
 
 #[test]
 fn scraped_metrics_match_the_run() {
     // A free port: bound, read, released for the loadtest's exporter.
     let addr = TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap();
-    let mut child = loadtest()
+    let mut child = example("loadtest")
         .args([
             "--policy",
             "round-robin",

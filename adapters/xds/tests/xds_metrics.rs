@@ -6,10 +6,11 @@
 
 mod support;
 
-use std::io::{Read as _, Write as _};
-use std::net::{SocketAddr, TcpListener, TcpStream};
-use std::path::PathBuf;
-use std::process::{Command, Stdio};
+#[path = "../../../tests/support/prometheus.rs"]
+mod prometheus;
+use prometheus::{example, scrape, value};
+use std::net::TcpListener;
+use std::process::Stdio;
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
@@ -22,30 +23,6 @@ use support::*;
 fn recorder() -> &'static PrometheusHandle {
     static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
     HANDLE.get_or_init(|| PrometheusBuilder::new().install_recorder().expect("recorder"))
-}
-
-/// Every sample of `name` as (labels, value).
-fn samples(text: &str, name: &str) -> Vec<(String, f64)> {
-    text.lines()
-        .filter(|l| !l.starts_with('#'))
-        .filter_map(|l| {
-            let (series, value) = l.rsplit_once(' ')?;
-            let (n, labels) = match series.split_once('{') {
-                Some((n, rest)) => (n, rest.trim_end_matches('}')),
-                None => (series, ""),
-            };
-            (n == name).then(|| Some((labels.to_string(), value.parse().ok()?)))?
-        })
-        .collect()
-}
-
-/// The value of `name` whose labels contain every one of `labels` (0 if there is none).
-fn value(text: &str, name: &str, labels: &[&str]) -> f64 {
-    samples(text, name)
-        .into_iter()
-        .filter(|(l, _)| labels.iter().all(|want| l.contains(want)))
-        .map(|(_, v)| v)
-        .sum()
 }
 
 fn type_label(t: ResourceType) -> String {
@@ -185,31 +162,11 @@ async fn xds_client_instruments_match_the_control_plane() {
     .await;
 }
 
-fn xds_client() -> Command {
-    let exe = std::env::current_exe().unwrap();
-    let dir: PathBuf = exe.parent().unwrap().parent().unwrap().join("examples");
-    Command::new(dir.join(format!("xds_client{}", std::env::consts::EXE_SUFFIX)))
-}
-
-/// The Prometheus text at http://addr/metrics, if the exporter answers.
-fn scrape(addr: SocketAddr) -> Option<String> {
-    let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(1)).ok()?;
-    s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
-    write!(
-        s,
-        "GET /metrics HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
-    )
-    .ok()?;
-    let mut body = String::new();
-    s.read_to_string(&mut body).ok()?;
-    body.starts_with("HTTP/1.1 200").then_some(body)
-}
-
 #[test]
 fn xds_client_demo_serves_metrics() {
     // A free port: bound, read, released for the example's exporter.
     let addr = TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap();
-    let mut child = xds_client()
+    let mut child = example("xds_client")
         .args(["xds:///greeter", "--demo", "--duration", "2", "--json", "--hold"])
         .args(["--metrics", &addr.to_string()])
         .stdin(Stdio::piped())
