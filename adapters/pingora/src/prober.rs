@@ -24,7 +24,9 @@
 //! about to arrive anyway). The probes owed beyond what one round sends are forgiven: with `n`
 //! backends a round sends at most `min(n, max_per_tick)` probes, so the probe rate is bounded by
 //! the backends and the tick, not by the query rate (3 probes per query at 20,000 queries per
-//! second would otherwise be 60,000 probes per second to a handful of backends).
+//! second would otherwise be 60,000 probes per second to a handful of backends). Forgiving also
+//! keeps the debt far from the core's limit: the pool hands out no probe while more than 2^16
+//! are owed, which a prober stalled for 22,000 queries would otherwise reach for good.
 //!
 //! Probes travel on the prober's own connections, never through the proxy's data path; a backend
 //! counts them apart from queries (the server side, [`pickwise_orca::prequal`], does).
@@ -337,4 +339,64 @@ async fn exchange(
         return Err(Failed::Status(status));
     }
     report.ok_or(Failed::NoReport)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeSet;
+
+    use pickwise::prequal::PrequalConfig;
+    use pickwise::{LbPolicy, PoolConfig};
+    use pingora::lb::Backend;
+
+    use super::*;
+
+    /// A port nothing listens on (bound, then released).
+    fn closed_port() -> String {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap().to_string()
+    }
+
+    #[tokio::test]
+    async fn a_round_sends_at_most_one_probe_per_backend_and_forgives_the_rest() {
+        let shared = Shared::new(LbPolicy::Prequal(PrequalConfig::default()), PoolConfig::default());
+        let backends: BTreeSet<Backend> = (0..4).map(|_| Backend::new(&closed_port()).unwrap()).collect();
+        shared.rebuild(&backends);
+        let prober = Prober::new(shared.clone(), ProbeConfig::default());
+        let pool = shared.probe_pool().expect("a Prequal group has a pool");
+        let mut rng = || fastrand::u64(..);
+        // 30,000 probes owed (the core's pool stops handing out probes past 2^16 owed).
+        for _ in 0..10_000 {
+            let picker = shared.picker();
+            assert!(picker.pick(shared.now(), None, &mut rng).is_ok());
+        }
+        assert!(pool.probes_owed() > 1_000, "owed {}", pool.probes_owed());
+        let (mut conns, mut targets, mut version) = (HashMap::new(), vec![0; 16], u64::MAX);
+        assert!(prober.round(&mut conns, &mut targets, &mut version));
+        // Four targets (one per backend), the rest of the debt forgiven: the next picks owe
+        // probes again.
+        assert_eq!(conns.len(), 4);
+        assert_eq!(pool.probes_owed(), 0);
+        for _ in 0..10 {
+            let _ = shared.picker().pick(shared.now(), None, &mut rng);
+        }
+        assert_eq!(pool.probes_owed(), 30);
+        // Nothing listens: the probes fail and record nothing.
+        for conn in conns.values() {
+            let _idle = conn.lock().await;
+        }
+        let stats = shared.probe_stats();
+        assert_eq!((stats.sent, stats.answered, stats.failed), (4, 0, 4), "{stats:?}");
+    }
+
+    #[tokio::test]
+    async fn other_policies_owe_nothing() {
+        let shared = Shared::new(LbPolicy::default(), PoolConfig::default());
+        let backends: BTreeSet<Backend> = (0..2).map(|_| Backend::new(&closed_port()).unwrap()).collect();
+        shared.rebuild(&backends);
+        let prober = Prober::new(shared.clone(), ProbeConfig::default());
+        let (mut conns, mut targets, mut version) = (HashMap::new(), vec![0; 16], u64::MAX);
+        assert!(!prober.round(&mut conns, &mut targets, &mut version));
+        assert!(conns.is_empty() && shared.probe_pool().is_none());
+    }
 }
