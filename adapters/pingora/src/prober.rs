@@ -19,7 +19,9 @@
 //!
 //! **Connections.** One HTTP/1.1 connection per backend (hyper), opened on the first probe and
 //! kept while it works; a transport error or a timeout ([`ProbeConfig::timeout`], 100 ms: a late
-//! answer is worth little) closes it and the next probe opens a new one. At most one probe is in
+//! answer is worth little) closes it and the next probe opens a new one. A backend whose probes
+//! fail is skipped for 10 ms, doubling per failure in a row up to 1 s (the backoff ends with its
+//! next answer), so one without the probe endpoint or down costs a few probes a second. At most one probe is in
 //! flight per backend: a target whose previous probe has not returned is skipped (its answer is
 //! about to arrive anyway). The probes owed beyond what one round sends are forgiven: with `n`
 //! backends a round sends at most `min(n, max_per_tick)` probes, so the probe rate is bounded by
@@ -147,8 +149,21 @@ impl ProbeCounts {
     }
 }
 
-/// One backend's probe connection; its lock is held while a probe is in flight.
-type Conn = Arc<Mutex<Option<SendRequest<Empty<Bytes>>>>>;
+/// The longest a backend whose probes fail waits for its next one.
+const MAX_BACKOFF: Duration = Duration::from_secs(1);
+
+/// One backend's probe connection and backoff.
+#[derive(Debug, Default)]
+struct Link {
+    sender: Option<SendRequest<Empty<Bytes>>>,
+    /// Probes failed in a row.
+    failures: u32,
+    /// No probe before this (after failures).
+    retry_at: Option<tokio::time::Instant>,
+}
+
+/// A backend's [`Link`]; its lock is held while a probe is in flight.
+type Conn = Arc<Mutex<Link>>;
 
 /// Prequal's HTTP prober for one group (see the [module docs](self)). Run it as a Pingora
 /// background service (`background_service(name, prober)`), or on any tokio runtime with
@@ -236,6 +251,9 @@ impl Prober {
             let Ok(guard) = conn.try_lock_owned() else {
                 continue; // a probe is in flight there
             };
+            if guard.retry_at.is_some_and(|at| tokio::time::Instant::now() < at) {
+                continue; // backing off
+            }
             let (shared, config, state) = (self.shared.clone(), self.config.clone(), member.state.clone());
             tokio::spawn(async move { probe(guard, addr, &config, &shared, &state).await });
         }
@@ -274,20 +292,23 @@ impl std::fmt::Display for Failed {
 
 /// One probe to `addr` on the connection in `conn`; records the answer.
 async fn probe(
-    mut conn: OwnedMutexGuard<Option<SendRequest<Empty<Bytes>>>>,
+    mut link: OwnedMutexGuard<Link>,
     addr: SocketAddr,
     config: &ProbeConfig,
     shared: &Shared,
     state: &EndpointState,
 ) {
     shared.count_probe(ProbeEvent::Sent);
-    let result = match tokio::time::timeout(config.timeout, exchange(&mut conn, addr, &config.path)).await {
-        Ok(r) => r,
-        Err(_) => Err(Failed::Timeout),
-    };
+    let result =
+        match tokio::time::timeout(config.timeout, exchange(&mut link.sender, addr, &config.path)).await {
+            Ok(r) => r,
+            Err(_) => Err(Failed::Timeout),
+        };
     match result {
         Ok(report) => {
             shared.count_probe(ProbeEvent::Answered);
+            link.failures = 0;
+            link.retry_at = None;
             let report = ProbeReport {
                 rif: report.rif,
                 latency_us: report.latency_us,
@@ -299,8 +320,15 @@ async fn probe(
         Err(error) => {
             shared.count_probe(ProbeEvent::Failed);
             if !matches!(error, Failed::Status(_) | Failed::NoReport) {
-                *conn = None; // the next probe opens a new connection
+                link.sender = None; // the next probe opens a new connection
             }
+            // 10 ms, doubling per failure in a row, at most a second: a backend without the
+            // probe endpoint (or down) is not asked a thousand times a second.
+            link.failures = link.failures.saturating_add(1);
+            let backoff = Duration::from_millis(10)
+                .saturating_mul(1 << (link.failures - 1).min(10))
+                .min(MAX_BACKOFF);
+            link.retry_at = Some(tokio::time::Instant::now() + backoff);
             tracing::debug!(backend = %addr, %error, "pickwise: Prequal probe failed");
         }
     }
@@ -387,6 +415,12 @@ mod tests {
         }
         let stats = shared.probe_stats();
         assert_eq!((stats.sent, stats.answered, stats.failed), (4, 0, 4), "{stats:?}");
+        // Each backs off now: the next round finds targets and sends nothing.
+        assert!(prober.round(&mut conns, &mut targets, &mut version));
+        assert_eq!(shared.probe_stats().sent, 4);
+        assert!(conns
+            .values()
+            .all(|c| c.try_lock().is_ok_and(|l| l.retry_at.is_some())));
     }
 
     #[tokio::test]
