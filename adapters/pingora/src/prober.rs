@@ -1,51 +1,6 @@
-//! Prequal's HTTP prober ([`Prober`]): a Pingora `BackgroundService` that sends the probes the
-//! group's picker owes and feeds the answers back, never on the select path.
-//!
-//! Under [`LbPolicy::Prequal`](pickwise::LbPolicy) (by name `pickwise_prequal`) every pick counts
-//! a query in the core's probe pool, which then owes `probes_per_query` probes per query (and one
-//! after `idle_probe_ns` without any). The select path does nothing else: the pool's query counter
-//! is the wake-up flag. The prober reads it on a short tick ([`ProbeConfig::tick`], 1 ms; after
-//! [`IDLE_TICKS`] ticks with nothing owed it checks every [`ProbeConfig::idle_tick`] instead,
-//! 10 ms, until something is owed again), takes the owed probes' targets from the current picker
-//! ([`Prepared::probe_targets`](pickwise::balancer::Prepared::probe_targets): distinct ready
-//! backends drawn uniformly, available ones first) and sends each a `GET` on
-//! [`ProbeConfig::path`] (`/prequal/probe`, [`pickwise_orca::prequal::http`]: the convention of
-//! prequal-rs's `HttpProber` and envoy-prequal). A `2xx` answer carrying `x-prequal-rif` and
-//! `x-prequal-latency-us` is recorded with
-//! [`Prepared::record_probe`](pickwise::balancer::Prepared::record_probe); anything else (a
-//! `404` from a backend that does not answer probes, a missing or malformed header, a timeout, a
-//! refused connection) counts as failed and records nothing, so such a backend is picked only by
-//! the core's P2C fallback.
-//!
-//! **Connections.** One HTTP/1.1 connection per backend (hyper), opened on the first probe and
-//! kept while it works; a transport error or a timeout ([`ProbeConfig::timeout`], 100 ms: a late
-//! answer is worth little) closes it and the next probe opens a new one. A backend whose probes
-//! fail is skipped for 10 ms, doubling per failure in a row up to 1 s (the backoff ends with its
-//! next answer), so one without the probe endpoint or down costs a few probes a second. At most one probe is in
-//! flight per backend: a target whose previous probe has not returned is skipped (its answer is
-//! about to arrive anyway). The probes owed beyond what one round sends are forgiven: with `n`
-//! backends a round sends at most `min(n, max_per_tick)` probes, so the probe rate is bounded by
-//! the backends and the tick, not by the query rate (3 probes per query at 20,000 queries per
-//! second would otherwise be 60,000 probes per second to a handful of backends). Forgiving also
-//! keeps the debt far from the core's limit: the pool hands out no probe while more than 2^16
-//! are owed, which a prober stalled for 22,000 queries would otherwise reach for good.
-//!
-//! Probes travel on the prober's own connections, never through the proxy's data path; a backend
-//! counts them apart from queries (the server side, [`pickwise_orca::prequal`], does).
-//!
-//! Answers a backend piggybacks on its responses (the same two headers) are recorded by
-//! [`Tracker::response`](crate::Tracker::response) without any probe.
-//!
-//! ```no_run
-//! use pickwise::prequal::PrequalConfig;
-//! use pickwise::{LbPolicy, PoolConfig};
-//! use pickwise_pingora::{ProbeConfig, Prober, Shared};
-//! use pingora::services::background::background_service;
-//!
-//! let shared = Shared::new(LbPolicy::Prequal(PrequalConfig::default()), PoolConfig::default());
-//! let prober = background_service("prequal prober", Prober::new(shared.clone(), ProbeConfig::default()));
-//! // server.add_service(prober); next to the LoadBalancer's background service.
-//! ```
+//! Prequal's HTTP prober ([`Prober`], whose docs give the design): a Pingora `BackgroundService`
+//! that sends the probes the group's picker owes and feeds the answers back, never on the select
+//! path.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -165,9 +120,56 @@ struct Link {
 /// A backend's [`Link`]; its lock is held while a probe is in flight.
 type Conn = Arc<Mutex<Link>>;
 
-/// Prequal's HTTP prober for one group (see the [module docs](self)). Run it as a Pingora
-/// background service (`background_service(name, prober)`), or on any tokio runtime with
-/// [`run`](Self::run). Does nothing under other policies but check the picker once per idle tick.
+/// Prequal's HTTP prober for one group: sends the probes the group's picker owes and feeds the
+/// answers back, never on the select path. Run it as a Pingora background service
+/// (`background_service(name, prober)`), or on any tokio runtime with [`run`](Self::run). Does
+/// nothing under other policies but check the picker once per idle tick.
+///
+/// Under [`LbPolicy::Prequal`](pickwise::LbPolicy) (by name `pickwise_prequal`) every pick counts
+/// a query in the core's probe pool, which then owes `probes_per_query` probes per query (and one
+/// after `idle_probe_ns` without any). The select path does nothing else: the pool's query counter
+/// is the wake-up flag. The prober reads it on a short tick ([`ProbeConfig::tick`], 1 ms; after
+/// [`IDLE_TICKS`] ticks with nothing owed it checks every [`ProbeConfig::idle_tick`] instead,
+/// 10 ms, until something is owed again), takes the owed probes' targets from the current picker
+/// ([`Prepared::probe_targets`](pickwise::balancer::Prepared::probe_targets): distinct ready
+/// backends drawn uniformly, available ones first) and sends each a `GET` on
+/// [`ProbeConfig::path`] (`/prequal/probe`, [`pickwise_orca::prequal::http`]: the convention of
+/// prequal-rs's `HttpProber` and envoy-prequal). A `2xx` answer carrying `x-prequal-rif` and
+/// `x-prequal-latency-us` is recorded with
+/// [`Prepared::record_probe`](pickwise::balancer::Prepared::record_probe); anything else (a
+/// `404` from a backend that does not answer probes, a missing or malformed header, a timeout, a
+/// refused connection) counts as failed and records nothing, so such a backend is picked only by
+/// the core's P2C fallback.
+///
+/// **Connections.** One HTTP/1.1 connection per backend (hyper), opened on the first probe and
+/// kept while it works; a transport error or a timeout ([`ProbeConfig::timeout`], 100 ms: a late
+/// answer is worth little) closes it and the next probe opens a new one. A backend whose probes
+/// fail is skipped for 10 ms, doubling per failure in a row up to 1 s (the backoff ends with its
+/// next answer), so one without the probe endpoint or down costs a few probes a second. At most one probe is in
+/// flight per backend: a target whose previous probe has not returned is skipped (its answer is
+/// about to arrive anyway). The probes owed beyond what one round sends are forgiven: with `n`
+/// backends a round sends at most `min(n, max_per_tick)` probes, so the probe rate is bounded by
+/// the backends and the tick, not by the query rate (3 probes per query at 20,000 queries per
+/// second would otherwise be 60,000 probes per second to a handful of backends). Forgiving also
+/// keeps the debt far from the core's limit: the pool hands out no probe while more than 2^16
+/// are owed, which a prober stalled for 22,000 queries would otherwise reach for good.
+///
+/// Probes travel on the prober's own connections, never through the proxy's data path; a backend
+/// counts them apart from queries (the server side, [`pickwise_orca::prequal`], does).
+///
+/// Answers a backend piggybacks on its responses (the same two headers) are recorded by
+/// [`Tracker::response`](crate::Tracker::response) without any probe.
+///
+/// ```no_run
+/// use pickwise::prequal::PrequalConfig;
+/// use pickwise::{LbPolicy, PoolConfig};
+/// use pickwise_pingora::{ProbeConfig, Prober, Shared};
+/// use pingora::services::background::background_service;
+///
+/// let shared = Shared::new(LbPolicy::Prequal(PrequalConfig::default()), PoolConfig::default());
+/// let prober = background_service("prequal prober", Prober::new(shared.clone(), ProbeConfig::default()));
+/// // server.add_service(prober); next to the LoadBalancer's background service.
+/// ```
 #[derive(Clone, Debug)]
 pub struct Prober {
     shared: Arc<Shared>,
