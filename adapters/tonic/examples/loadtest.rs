@@ -32,7 +32,8 @@
 //!
 //! The `probes/req` column (`probes_per_request` in `--json`) is Prequal's probing cost: probes
 //! sent per successful call (answers piggybacked on responses are free and not counted).
-//! `--prequal-removes-per-query R` sets Prequal's removal rate (the paper's 1 by default; with 4
+//! `--prequal-probes-per-query P` sets Prequal's probing rate (the paper's 3 by default; 0
+//! leaves piggybacked answers and idle probes). `--prequal-removes-per-query R` sets Prequal's removal rate (the paper's 1 by default; with 4
 //! backends the pool holds at most 4 answers, one per backend, so a lower rate keeps more of
 //! them usable).
 //!
@@ -128,6 +129,10 @@ struct Args {
     /// Prequal's answers removed per query (`PrequalConfig::removes_per_query`).
     #[arg(long, value_name = "R", default_value_t = 1.0)]
     prequal_removes_per_query: f32,
+    /// Prequal's probes per query (`PrequalConfig::probes_per_query`; 0: piggybacked answers
+    /// and idle probes only).
+    #[arg(long, value_name = "P", default_value_t = 3.0)]
+    prequal_probes_per_query: f32,
 }
 
 fn seconds(v: &str) -> Result<Duration, String> {
@@ -233,6 +238,7 @@ async fn make_channel(
     targets: &[String],
     failure_penalty: f32,
     prequal_removes: f32,
+    prequal_probes: f32,
 ) -> Result<AnyChannel, String> {
     let pw = || {
         Builder::new()
@@ -284,6 +290,7 @@ async fn make_channel(
         "prequal" => AnyChannel::Pickwise(
             pw().prequal(pickwise_tonic::PrequalConfig {
                 removes_per_query: prequal_removes,
+                probes_per_query: prequal_probes,
                 ..Default::default()
             })
             .build_static(targets.to_vec()),
@@ -318,6 +325,7 @@ struct Settings {
     faults: bool,
     failure_penalty: f32,
     prequal_removes: f32,
+    prequal_probes: f32,
 }
 
 async fn run_policy(
@@ -333,8 +341,9 @@ async fn run_policy(
         faults,
         failure_penalty,
         prequal_removes,
+        prequal_probes,
     } = *settings;
-    let channel = make_channel(policy, targets, failure_penalty, prequal_removes).await?;
+    let channel = make_channel(policy, targets, failure_penalty, prequal_removes, prequal_probes).await?;
     let probes_sent = || match &channel {
         AnyChannel::Pickwise(c) => Some(c.prequal_stats().probes_sent),
         AnyChannel::Tonic(_) => None,
@@ -580,6 +589,7 @@ fn main() -> ExitCode {
         faults: !args.healthy && !args.unequal && args.fail_percent.is_none(),
         failure_penalty: args.failure_penalty,
         prequal_removes: args.prequal_removes_per_query,
+        prequal_probes: args.prequal_probes_per_query,
     };
     let mut rows = Vec::new();
     for policy in &args.policies {
