@@ -129,11 +129,7 @@ impl Common {
         let Some(r) = pickwise_orca::prequal::ProbeReport::from_headers(headers) else {
             return;
         };
-        let report = pickwise::prequal::ProbeReport {
-            rif: r.rif,
-            latency_us: r.latency_us,
-        };
-        pool.record(endpoint, report, self.now(), &mut || fastrand::u64(..));
+        pool.record(endpoint, r.into(), self.now(), &mut || fastrand::u64(..));
         self.probing.piggybacked.fetch_add(1, Ordering::Relaxed);
         #[cfg(feature = "metrics")]
         self.probing.instruments.piggybacked.increment(1);

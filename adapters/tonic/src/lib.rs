@@ -8,7 +8,9 @@
 //! backoff and optional `grpc.health.v1` checks) and a **picker** (an immutable snapshot swapped
 //! atomically whenever membership or readiness changes). Picks use the `pickwise` core: power of
 //! two choices (peak-EWMA, least-request, go-zero costs) or a consistent-hash ring (Envoy/grpc-go
-//! compatible or native, with bounded load or affinity), and passive outlier detection.
+//! compatible or native, with bounded load or affinity), Prequal (NSDI '24: probes of each
+//! server's requests in flight and latency on its own connection, see [`Builder::prequal`]),
+//! and passive outlier detection.
 //!
 //! # Examples
 //!

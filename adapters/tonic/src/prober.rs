@@ -101,10 +101,7 @@ fn launch(shared: &Shared, in_flight: &mut JoinSet<Answer>, limit: usize, timeou
             in_flight.spawn(async move {
                 let answer = match tokio::time::timeout(timeout, pickwise_orca::prequal::probe(channel)).await
                 {
-                    Ok(Ok(r)) => Ok(ProbeReport {
-                        rif: r.rif,
-                        latency_us: r.latency_us,
-                    }),
+                    Ok(Ok(r)) => Ok(r.into()),
                     Ok(Err(status)) => Err(status),
                     Err(_) => Err(Status::deadline_exceeded("pickwise: probe timed out")),
                 };
