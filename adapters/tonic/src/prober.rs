@@ -7,8 +7,10 @@
 //! take. Each answer is recorded ([`Prepared::record_probe`]) on the snapshot its target came
 //! from, stamped with the time it arrived.
 //!
-//! Bounds: at most `2 × pool_size` probes in flight, each given `min(max_age, 1 s)`; probes owed
-//! beyond the bound are dropped (counted), never queued. A failed or late probe only counts: it
+//! Bounds: at most `2 × pool_size` probes in flight and one per endpoint (the pool keeps one
+//! answer per endpoint, so a second probe in flight to the same server would only replace the
+//! first one's answer), each given `min(max_age, 1 s)`; probes owed beyond that are dropped
+//! (counted), never queued. A failed or late probe only counts: it
 //! never marks the endpoint failed (the request path decides that). A server answering
 //! `UNIMPLEMENTED` has no probe service: its connection is not probed again (Prequal picks among
 //! the others and falls back to P2C while fewer than two answers are usable).
@@ -16,6 +18,7 @@
 //! [`Prepared::probe_targets`]: pickwise::balancer::Prepared::probe_targets
 //! [`Prepared::record_probe`]: pickwise::balancer::Prepared::record_probe
 
+use std::collections::HashSet;
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
 use std::time::Duration;
@@ -42,15 +45,21 @@ pub(crate) async fn run(shared: Arc<Shared>, config: PrequalConfig) {
     let idle = (config.idle_probe_ns > 0)
         .then(|| Duration::from_nanos(config.idle_probe_ns / 2).max(Duration::from_millis(1)));
     let mut in_flight: JoinSet<Answer> = JoinSet::new();
+    // The endpoints with a probe in flight (their subchannels' addresses).
+    let mut busy: HashSet<usize> = HashSet::new();
     let probing = &shared.common.probing;
     loop {
         // Answers first (they free room and the pool wants them fresh), then the probes owed.
         while let Some(done) = in_flight.try_join_next() {
             if let Ok(answer) = done {
-                record(&shared, answer);
+                record(&shared, &mut busy, answer);
             }
         }
-        launch(&shared, &mut in_flight, limit, timeout);
+        if in_flight.is_empty() {
+            // A probe task that ended without an answer (it cannot panic, but) frees its endpoint.
+            busy.clear();
+        }
+        launch(&shared, &mut in_flight, &mut busy, limit, timeout);
         let tick = async {
             match idle {
                 Some(d) => tokio::time::sleep(d).await,
@@ -61,7 +70,7 @@ pub(crate) async fn run(shared: Arc<Shared>, config: PrequalConfig) {
             _ = probing.woken() => {}
             Some(done) = in_flight.join_next(), if !in_flight.is_empty() => {
                 if let Ok(answer) = done {
-                    record(&shared, answer);
+                    record(&shared, &mut busy, answer);
                 }
             }
             _ = tick => {}
@@ -70,7 +79,13 @@ pub(crate) async fn run(shared: Arc<Shared>, config: PrequalConfig) {
 }
 
 /// Sends the probes owed now, up to the bound; drops the rest.
-fn launch(shared: &Shared, in_flight: &mut JoinSet<Answer>, limit: usize, timeout: Duration) {
+fn launch(
+    shared: &Shared,
+    in_flight: &mut JoinSet<Answer>,
+    busy: &mut HashSet<usize>,
+    limit: usize,
+    timeout: Duration,
+) {
     let snap = shared.snapshot.load_full();
     let Some(picker) = &snap.picker else { return };
     let Some(pool) = picker.probes() else { return };
@@ -87,7 +102,12 @@ fn launch(shared: &Shared, in_flight: &mut JoinSet<Answer>, limit: usize, timeou
         for &pos in &targets[..k] {
             let m = &picker.ready()[pos];
             let channel = match &m.channel {
-                Some(c) if !m.sub.lacks_probe_service(m.generation) => c.clone(),
+                Some(c)
+                    if !m.sub.lacks_probe_service(m.generation)
+                        && busy.insert(Arc::as_ptr(&m.sub) as usize) =>
+                {
+                    c.clone()
+                }
                 _ => {
                     dropped(shared, 1);
                     continue;
@@ -124,10 +144,11 @@ fn dropped(shared: &Shared, n: u32) {
 }
 
 /// Records one probe's answer on the snapshot its target came from.
-fn record(shared: &Shared, (snap, pos, answer): Answer) {
+fn record(shared: &Shared, busy: &mut HashSet<usize>, (snap, pos, answer): Answer) {
     let probing = &shared.common.probing;
     let Some(picker) = &snap.picker else { return };
     let m = &picker.ready()[pos];
+    busy.remove(&(Arc::as_ptr(&m.sub) as usize));
     match answer {
         Ok(report) => {
             let now = shared.common.now();
