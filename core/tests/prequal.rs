@@ -14,7 +14,8 @@ use proptest::prelude::*;
 const MS: u64 = 1_000_000;
 type B = Balancer<String, Arc<EndpointState>>;
 
-/// No removal, no idle probe, no reuse limit unless a test asks: one rule at a time.
+/// No removal, no idle probe, no reuse limit unless a test asks: one rule at a time. (Reuse
+/// needs a positive Eq. 1 denominator, so tests of reuse use more endpoints than the pool holds.)
 fn quiet() -> PrequalConfig {
     PrequalConfig {
         removes_per_query: 0.0,
@@ -116,7 +117,7 @@ fn use_increments_the_rif_so_picks_spread() {
             q_rif: 0.0,
             ..quiet()
         },
-        2,
+        40,
     );
     let p = picker(&mut b, 0);
     record(&b, &p, 0, 0, 1, 0);
@@ -137,7 +138,7 @@ fn an_answer_routes_at_most_its_reuse_budget() {
         q_rif: 1.0,
         ..quiet()
     };
-    let mut b = balancer(cfg, 3);
+    let mut b = balancer(cfg, 40);
     let p = picker(&mut b, 0);
     // Latency only (q = 1 and a high RIF in the history: nothing is hot), so the RIF increments
     // on use do not move the choice.
@@ -172,7 +173,7 @@ fn eq_1_budget_of_one_uses_each_answer_once() {
 
 #[test]
 fn answers_expire_after_max_age() {
-    let mut b = balancer(quiet(), 3);
+    let mut b = balancer(quiet(), 40);
     let p = picker(&mut b, 0);
     record(&b, &p, 0, 0, 10, 0);
     record(&b, &p, 1, 0, 20, 500 * MS);
@@ -191,7 +192,7 @@ fn removal_alternates_oldest_and_worst() {
         q_rif: 1.0,
         ..quiet()
     };
-    let mut b = balancer(cfg, 6);
+    let mut b = balancer(cfg, 40);
     let p = picker(&mut b, 0);
     record(&b, &p, 5, 100, 50, 0);
     record(&b, &p, 5, 1, 50, 0); // oldest
@@ -218,9 +219,10 @@ fn removal_alternates_oldest_and_worst() {
 fn the_worst_is_the_hottest_when_any_is_hot() {
     let cfg = PrequalConfig {
         removes_per_query: 2.0,
+        probes_per_query: 6.0, // keeps Eq. 1's denominator positive: answers are reused
         ..quiet()
     };
-    let mut b = balancer(cfg, 4);
+    let mut b = balancer(cfg, 40);
     let p = picker(&mut b, 0);
     // Threshold: the 0.84 quantile of [1, 1, 1, 30] is 1; 3 (RIF 30) is hot.
     record(&b, &p, 0, 1, 10, MS);
@@ -274,6 +276,26 @@ fn probes_per_query_and_idle_probing() {
         total += n;
     }
     assert_eq!(total, 15);
+}
+
+#[test]
+fn a_stalled_prober_comes_back_to_at_most_twice_the_pool_in_debt() {
+    let mut b = balancer(quiet(), 10);
+    let p = picker(&mut b, 0);
+    let mut rng = SplitMix64::new(3);
+    // 100,000 queries (300,000 probes owed) while no prober ran.
+    for t in 0..100_000 {
+        let _ = p.pick(t, None, &mut rng);
+    }
+    let pool = p.probes().unwrap();
+    assert!(pool.probes_owed() > 1000);
+    let mut out = [0usize; 4];
+    assert_eq!(p.probe_targets(1, &mut rng, &mut out), 4);
+    // The rest beyond twice the pool size (32) is forgiven; probing goes on.
+    assert_eq!(pool.probes_owed(), 32);
+    assert_eq!(pool.take_probes(1, u32::MAX), 32);
+    let _ = p.pick(2, None, &mut rng);
+    assert_eq!(pool.probes_owed(), 3);
 }
 
 #[test]
