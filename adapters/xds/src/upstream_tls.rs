@@ -11,6 +11,10 @@
 //! - the identity provider's certificate, when the cluster names one, is presented (mTLS); a
 //!   handshake fails while a provider has no material yet (grpc-go blocks until it has some, up
 //!   to the handshake's deadline);
+//! - an instance without the files for its role gives what grpc-go's `pemfile` gives: a root
+//!   instance without `ca_certificate_file` verifies with the platform's roots (Go: `Roots`
+//!   nil, the system pool), an identity instance without `certificate_file` presents no
+//!   certificate;
 //! - each handshake reads the providers' current material, so certificate files rotated on disk
 //!   (re-read every `refresh_interval`) apply to the next connection, and established
 //!   connections are left alone; a CDS update of the security config applies the same way.
@@ -32,12 +36,10 @@ use tokio_rustls::rustls::crypto::{verify_tls12_signature, verify_tls13_signatur
 use tokio_rustls::rustls::pki_types::{CertificateDer, ServerName, UnixTime};
 use tokio_rustls::rustls::server::ParsedCertificate;
 use tokio_rustls::rustls::sign::CertifiedKey;
-use tokio_rustls::rustls::{
-    ClientConfig, DigitallySignedStruct, Error as TlsError, RootCertStore, SignatureScheme,
-};
+use tokio_rustls::rustls::{ClientConfig, DigitallySignedStruct, Error as TlsError, SignatureScheme};
 
 use crate::bootstrap::FileWatcherConfig;
-use crate::credentials::FileWatcher;
+use crate::credentials::{platform_roots, FileWatcher};
 use crate::resource::{SanMatcher, SecurityConfig};
 
 /// The bootstrap's certificate provider instances, started when a cluster first names them
@@ -162,23 +164,25 @@ impl ServerCertVerifier for Verifier {
     ) -> Result<ServerCertVerified, TlsError> {
         let hs = self.current.load();
         let km = hs.roots.key_material();
-        let Some(certs) = &km.roots else {
-            return Err(tls_error(
-                "xds: no root certificates from the root certificate provider yet",
-            ));
+        let roots = match &km.root_store {
+            Some(store) => store.clone(),
+            None if hs.roots.config().ca_certificate_file.is_some() => {
+                return Err(tls_error(
+                    "xds: no root certificates from the root certificate provider yet",
+                ))
+            }
+            // No roots file: the platform's roots, as Go's `x509.Verify` with `Roots` nil.
+            None => platform_roots().map_err(tls_error)?,
         };
         // A handshake that cannot present the identity the cluster asks for fails here,
-        // before the client's Certificate message, rather than going on without one.
+        // before the client's Certificate message, rather than going on without one. An
+        // instance without identity files has none to present, and goes on without.
         if let Some(id) = &hs.identity {
-            if id.key_material().identity.is_none() {
+            if id.config().certificate_file.is_some() && id.key_material().identity.is_none() {
                 return Err(tls_error(
                     "xds: no identity certificate from the identity certificate provider yet",
                 ));
             }
-        }
-        let mut roots = RootCertStore::empty();
-        for c in certs {
-            roots.add(c.clone())?;
         }
         let cert = ParsedCertificate::try_from(end_entity)?;
         verify_server_cert_signed_by_trust_anchor(
@@ -241,7 +245,8 @@ impl ServerCertVerifier for Verifier {
     }
 }
 
-/// Presents the identity provider's current certificate, if the cluster names one.
+/// Presents the identity provider's current certificate, if the cluster names one (none, an
+/// empty Certificate message, when the instance has no identity files).
 #[derive(Debug)]
 struct Identity {
     current: Arc<ArcSwap<Handshake>>,
@@ -353,6 +358,7 @@ fn subject_alt_names(cert: &[u8]) -> Option<Vec<(String, bool)>> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::time::Duration;
 
     #[test]
     fn reads_every_kind_of_san() {
@@ -385,5 +391,144 @@ mod tests {
         // Garbage is refused, not a panic.
         assert_eq!(subject_alt_names(&[0x30, 0x82, 0xff]), None);
         assert_eq!(subject_alt_names(&[]), None);
+    }
+
+    // === Handshakes against a rustls server on loopback ===
+
+    use crate::resource::CertProviderInstance;
+    use tokio_rustls::rustls::pki_types::PrivateKeyDer;
+    use tokio_rustls::rustls::server::WebPkiClientVerifier;
+    use tokio_rustls::rustls::{RootCertStore, ServerConfig};
+
+    struct Ca(rcgen::Certificate, rcgen::KeyPair);
+
+    impl Ca {
+        fn new(cn: &str) -> Self {
+            let key = rcgen::KeyPair::generate().unwrap();
+            let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+            params.distinguished_name.push(rcgen::DnType::CommonName, cn);
+            params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+            Self(params.self_signed(&key).unwrap(), key)
+        }
+
+        fn leaf(&self, purpose: rcgen::ExtendedKeyUsagePurpose) -> (rcgen::Certificate, rcgen::KeyPair) {
+            let key = rcgen::KeyPair::generate().unwrap();
+            let mut params = rcgen::CertificateParams::new(vec!["localhost".to_owned()]).unwrap();
+            params.extended_key_usages = vec![purpose];
+            (params.signed_by(&key, &self.0, &self.1).unwrap(), key)
+        }
+    }
+
+    /// One handshake of `tls` with a server presenting `server`, which asks for (and does not
+    /// require) a client certificate from `client_ca`: how many certificates the client sent.
+    async fn handshake(
+        tls: &UpstreamTls,
+        server: &(rcgen::Certificate, rcgen::KeyPair),
+        client_ca: &Ca,
+    ) -> Result<usize, String> {
+        let provider = Arc::new(tokio_rustls::rustls::crypto::ring::default_provider());
+        let mut roots = RootCertStore::empty();
+        roots.add(client_ca.0.der().clone()).unwrap();
+        let verifier = WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider.clone())
+            .allow_unauthenticated()
+            .build()
+            .unwrap();
+        let key = PrivateKeyDer::try_from(server.1.serialize_der()).unwrap();
+        let config = ServerConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_client_cert_verifier(verifier)
+            .with_single_cert(vec![server.0.der().clone()], key)
+            .unwrap();
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
+        let served = tokio::spawn(async move {
+            let (tcp, _) = listener.accept().await.unwrap();
+            let tls = acceptor.accept(tcp).await.map_err(|e| e.to_string())?;
+            Ok::<_, String>(tls.get_ref().1.peer_certificates().map_or(0, <[_]>::len))
+        });
+        let bounded = Duration::from_secs(10);
+        let connector = tokio_rustls::TlsConnector::from(Arc::new(tls.client_config()));
+        let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+        let name = ServerName::try_from("localhost").unwrap();
+        let client = tokio::time::timeout(bounded, connector.connect(name, tcp))
+            .await
+            .expect("the handshake ends");
+        if let Err(e) = client {
+            served.abort();
+            return Err(e.to_string());
+        }
+        tokio::time::timeout(bounded, served)
+            .await
+            .expect("the server's handshake ends")
+            .unwrap()
+    }
+
+    fn security(root: &str, identity: Option<&str>) -> SecurityConfig {
+        let instance = |name: &str| CertProviderInstance {
+            instance_name: name.to_owned(),
+            certificate_name: String::new(),
+        };
+        SecurityConfig {
+            root: instance(root),
+            identity: identity.map(instance),
+            san_matchers: Vec::new(),
+        }
+    }
+
+    /// grpc-go's `pemfile` gives an instance only the material it has files for: an identity
+    /// instance with only `ca_certificate_file` presents no certificate (Go: `Certificates`
+    /// nil), a root instance with only the identity files verifies with the platform's roots
+    /// (Go: `Roots` nil); and a roots file with a certificate that does not parse still
+    /// verifies with the others.
+    #[tokio::test]
+    async fn an_instance_without_files_for_its_role_is_what_pemfile_gives() {
+        use rcgen::ExtendedKeyUsagePurpose::{ClientAuth, ServerAuth};
+        let d = std::env::temp_dir().join(format!("pickwise-a29-unit-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&d);
+        std::fs::create_dir_all(&d).unwrap();
+        let (backends, clients) = (Ca::new("backends"), Ca::new("clients"));
+        let server = backends.leaf(ServerAuth);
+        let (client, client_key) = clients.leaf(ClientAuth);
+        std::fs::write(d.join("cert.pem"), client.pem()).unwrap();
+        std::fs::write(d.join("key.pem"), client_key.serialize_pem()).unwrap();
+        // A certificate that does not parse before the good one.
+        let bad = "-----BEGIN CERTIFICATE-----\nMAMCAQA=\n-----END CERTIFICATE-----\n";
+        std::fs::write(d.join("roots.pem"), format!("{bad}{}", backends.0.pem())).unwrap();
+        let providers = Providers::new(BTreeMap::from([
+            (
+                "roots".to_owned(),
+                FileWatcherConfig {
+                    ca_certificate_file: Some(d.join("roots.pem")),
+                    ..FileWatcherConfig::default()
+                },
+            ),
+            (
+                "identity".to_owned(),
+                FileWatcherConfig {
+                    certificate_file: Some(d.join("cert.pem")),
+                    private_key_file: Some(d.join("key.pem")),
+                    ..FileWatcherConfig::default()
+                },
+            ),
+        ]));
+
+        // mTLS as configured: the roots file verifies despite its bad certificate.
+        let mtls = UpstreamTls::new(&providers, &security("roots", Some("identity"))).unwrap();
+        assert_eq!(handshake(&mtls, &server, &clients).await, Ok(1));
+
+        // The identity instance is the roots-only one: TLS without a client certificate.
+        let no_identity = UpstreamTls::new(&providers, &security("roots", Some("roots"))).unwrap();
+        assert_eq!(handshake(&no_identity, &server, &clients).await, Ok(0));
+
+        // The root instance has no roots file: the platform's roots, which do not know this
+        // private CA (or there are none); not "no roots yet".
+        let platform = UpstreamTls::new(&providers, &security("identity", None)).unwrap();
+        let err = handshake(&platform, &server, &clients).await.unwrap_err();
+        assert!(
+            err.contains("UnknownIssuer") || err.contains("no platform root certificates"),
+            "{err}"
+        );
     }
 }
