@@ -112,6 +112,8 @@ pub struct EndpointState {
     load: LoadWeight,
     /// Its id in a Prequal probe pool (0: none yet; [`crate::prequal`]).
     probe_id: AtomicU32,
+    /// Millisecond stamp of its last failure (Prequal ignores answers received before it).
+    failed_at: AtomicU32,
 }
 
 impl Default for EndpointState {
@@ -141,6 +143,7 @@ impl EndpointState {
             failures: Counter::new(0),
             load: LoadWeight::new(),
             probe_id: AtomicU32::new(0),
+            failed_at: AtomicU32::new(0),
         }
     }
 
@@ -378,9 +381,12 @@ impl EndpointState {
             .fetch_update(Relaxed, Relaxed, |v| v.checked_sub(1));
     }
 
-    /// Records a failure; returns the consecutive count.
-    pub(crate) fn record_failure(&self) -> u32 {
+    /// Records a failure at `now_ms`; returns the consecutive count.
+    pub(crate) fn record_failure(&self, now_ms: u32) -> u32 {
         self.failures.fetch_add(1, Relaxed);
+        if self.failed_at.load(Relaxed) != now_ms {
+            self.failed_at.store(now_ms, Relaxed);
+        }
         self.consecutive_failures.fetch_add(1, Relaxed).saturating_add(1)
     }
 
@@ -401,6 +407,16 @@ impl EndpointState {
             Ok(_) => id,
             Err(cur) => cur,
         }
+    }
+
+    /// Replaces the probe-pool id (a collision found when a picker was built).
+    pub(crate) fn replace_probe_id(&self, id: u32) {
+        self.probe_id.store(id, Relaxed);
+    }
+
+    /// Stamp of the last failure (0 before any).
+    pub(crate) fn failed_at_ms(&self) -> u32 {
+        self.failed_at.load(Relaxed)
     }
 
     pub(crate) fn count_success(&self) {

@@ -482,7 +482,7 @@ impl Pool {
             }
             Outcome::Neutral => false,
             Outcome::Failure => {
-                let streak = e.record_failure();
+                let streak = e.record_failure(millis(now));
                 let threshold = self.config.outlier.consecutive_failures;
                 threshold != 0 && streak >= threshold && self.try_eject(e, millis(now))
             }

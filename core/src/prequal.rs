@@ -6,7 +6,8 @@
 //! What the paper specifies (§4), as implemented here:
 //! - **Probing:** `probes_per_query` probes per query (fractional rates rounded deterministically
 //!   so the long-run rate is exact), to targets drawn uniformly without replacement from the
-//!   available endpoints, plus one probe after `idle_probe_ns` without one. The core only counts
+//!   available endpoints (rates exact to 1/1024 per query), plus one probe after `idle_probe_ns`
+//!   without one. The core only counts
 //!   what is owed ([`ProbePool::take_probes`], [`Prepared::probe_targets`]); the adapter sends
 //!   the probes asynchronously, never on the pick path, and feeds the answers back
 //!   ([`Prepared::record_probe`]). Answers piggybacked on responses are recorded the same way.
@@ -20,7 +21,9 @@
 //!   (the query just sent).
 //! - **Removal:** `removes_per_query` answers per query (deterministic rounding), alternating the
 //!   oldest and the worst (the hot answer with the highest RIF if any is hot, else the cold one with
-//!   the highest latency).
+//!   the highest latency). pickwise scales the rate by `n/m` when there are fewer servers than
+//!   pool entries and removes nothing from a pool of two answers or fewer: the paper's rate
+//!   assumes `n ≫ m`, and with 4 servers it kept the pool empty (every pick a fallback).
 //! - **Fallback:** while fewer than two usable answers are pooled the pick is P2C under
 //!   [`PrequalConfig::fallback`] (the paper falls back to a uniformly random replica; P2C with a
 //!   load cost is never worse than random and uses the load pickwise tracks anyway).
@@ -120,7 +123,8 @@ impl Default for PrequalConfig {
 impl PrequalConfig {
     #[inline]
     fn pool_size(&self) -> usize {
-        (self.pool_size as usize).clamp(1, MAX_POOL_SIZE)
+        // Two at least: the rule needs two usable answers.
+        (self.pool_size as usize).clamp(2, MAX_POOL_SIZE)
     }
 
     /// The reuse budget for `n` endpoints before rounding: Eq. (1), `max(1, (1 + δ) / ((1 −
@@ -142,14 +146,19 @@ impl PrequalConfig {
     }
 }
 
-/// A rate per query in 1/1024ths (`as` saturates; NaN and negatives are 0).
+/// A rate per query in 1/1024ths, at most 1024 per query (`as` saturates; NaN and negatives
+/// are 0). Rates are exact to 1/1024 (0.1 runs at 0.0996).
 fn fixed(rate: f32) -> u64 {
-    (rate * 1024.0) as u64
+    (rate.min(1024.0) * 1024.0) as u64
 }
 
-// Slot tag word: endpoint id (20 bits; 0 = empty), uses left (6 bits), version (6 bits).
+// Slot tag word: endpoint id (20 bits; 0 = empty, WRITING = being written), uses left (6 bits),
+// version (6 bits).
 const ID_BITS: u32 = 20;
 const ID_MASK: u32 = (1 << ID_BITS) - 1;
+/// The id of a slot a writer has claimed: neither empty (another writer must not take it) nor
+/// readable.
+const WRITING: u32 = ID_MASK;
 const USES_SHIFT: u32 = ID_BITS;
 const USES_MASK: u32 = 0x3f;
 const VERSION_SHIFT: u32 = 26;
@@ -194,7 +203,7 @@ impl Slot {
     #[inline]
     fn read(&self) -> Option<(u32, u32, u32, u32)> {
         let tag = self.tag.load(Acquire);
-        if id_of(tag) == 0 {
+        if id_of(tag) == 0 || id_of(tag) == WRITING {
             return None;
         }
         // A seqlock read: the fields are written with release after the writer's claim (a
@@ -237,6 +246,8 @@ pub struct ProbePool {
     endpoints: AtomicU32,
     /// The next endpoint id (ids start at 1; 0 marks an empty slot).
     next_id: AtomicU32,
+    /// Picks that fell back to P2C (fewer than two usable answers).
+    fallbacks: AtomicU32,
 }
 
 /// What one scan of the pool found.
@@ -247,6 +258,7 @@ struct Best {
     pos: usize,
     rif: u32,
     latency: u32,
+    received: u32,
 }
 
 impl ProbePool {
@@ -263,6 +275,7 @@ impl ProbePool {
             threshold: AtomicU32::new(u32::MAX),
             endpoints: AtomicU32::new(0),
             next_id: AtomicU32::new(1),
+            fallbacks: AtomicU32::new(0),
         }
     }
 
@@ -275,7 +288,7 @@ impl ProbePool {
     pub fn len(&self) -> usize {
         self.slots[..self.config.pool_size()]
             .iter()
-            .filter(|s| id_of(s.tag.load(Relaxed)) != 0)
+            .filter(|s| !matches!(id_of(s.tag.load(Relaxed)), 0 | WRITING))
             .count()
     }
 
@@ -305,24 +318,43 @@ impl ProbePool {
         self.queries.load(Relaxed)
     }
 
+    /// Of those, picks that fell back to P2C because fewer than two answers were usable
+    /// (wrapping); the others were decided by the hot-cold rule.
+    pub fn fallbacks(&self) -> u32 {
+        self.fallbacks.load(Relaxed)
+    }
+
     /// Sets `n` of Eq. (1): the endpoints probes are drawn from (the balancer does it per picker).
     pub fn set_endpoints(&self, n: usize) {
         self.endpoints.store(n.min(u32::MAX as usize) as u32, Relaxed);
     }
 
-    /// `e`'s id in this pool, assigned on first use (ids are per pool; 20 bits, wrapping after a
-    /// million endpoint states, after which a stale answer could at worst name another endpoint
-    /// for up to `max_age_ns`).
+    /// `e`'s id, assigned on first use (20 bits, wrapping after a million endpoint states). Each
+    /// picker build checks its endpoints' ids are distinct and reassigns a duplicate, so a stale
+    /// answer can at worst name another endpoint until it expires (`max_age_ns`).
     pub(crate) fn id(&self, e: &EndpointState) -> u32 {
         let cur = e.probe_id();
         if cur != 0 {
             return cur;
         }
-        let mut id = self.next_id.fetch_add(1, Relaxed) & ID_MASK;
-        if id == 0 {
-            id = self.next_id.fetch_add(1, Relaxed) & ID_MASK;
+        e.set_probe_id(self.fresh_id())
+    }
+
+    /// A new id for `e`, replacing its current one (two endpoints met with one id: after a
+    /// configuration change started a new pool, or after the ids wrapped).
+    pub(crate) fn reassign(&self, e: &EndpointState) -> u32 {
+        let id = self.fresh_id();
+        e.replace_probe_id(id);
+        id
+    }
+
+    fn fresh_id(&self) -> u32 {
+        loop {
+            let id = self.next_id.fetch_add(1, Relaxed) & ID_MASK;
+            if id != 0 && id != WRITING {
+                return id;
+            }
         }
-        e.set_probe_id(id)
     }
 
     /// Probes owed now (`probes_per_query` per query picked, minus those taken), without taking
@@ -397,7 +429,7 @@ impl ProbePool {
         let frac = budget - whole as f32;
         let uses = whole + u32::from(((rng.next_u64() >> 40) as f32) < frac * (1u64 << 24) as f32);
         let uses = uses.clamp(1, MAX_REUSE);
-        self.push_history(report.rif);
+        self.push_history(report.rif.min(1 << 30));
 
         let slots = &self.slots[..self.config.pool_size()];
         // The endpoint's own slot, else an empty one, else the oldest.
@@ -407,6 +439,9 @@ impl ProbePool {
             let mut oldest: Option<(usize, u32, u32)> = None;
             for (i, s) in slots.iter().enumerate() {
                 let tag = s.tag.load(Acquire);
+                if id_of(tag) == WRITING {
+                    continue;
+                }
                 if id_of(tag) == id {
                     target = Some((i, tag));
                     break;
@@ -424,12 +459,14 @@ impl ProbePool {
                 return;
             };
             let s = &slots[i];
-            // Claim: empty under a new version (readers skip it), write, publish.
-            let claimed = bump(tag);
+            // Claim (a new version marked WRITING: readers skip it, other writers leave it),
+            // write, publish.
+            let claimed = with(bump(tag), WRITING, 0);
             if s.tag.compare_exchange(tag, claimed, AcqRel, Relaxed).is_err() {
                 continue;
             }
-            s.rif.store(report.rif, Release);
+            // Capped far below u32::MAX so the increments on use cannot wrap it to cold.
+            s.rif.store(report.rif.min(1 << 30), Release);
             s.latency_us.store(report.latency_us, Release);
             s.received_ms.store(now_ms, Release);
             s.tag.store(with(claimed, id, uses), Release);
@@ -482,8 +519,10 @@ impl ProbePool {
             pos: 0,
             rif: 0,
             latency: 0,
+            received: 0,
         }; MAX_POOL_SIZE];
         let mut n = 0;
+        let mut pooled = 0;
         // Removal candidates over the whole pool: the oldest, and the worst.
         let mut oldest: Option<(usize, u32, u32)> = None;
         let mut worst: Option<(usize, u32, bool, u32)> = None; // (slot, tag, hot, rif or latency)
@@ -496,6 +535,7 @@ impl ProbePool {
                 s.clear(tag);
                 continue;
             }
+            pooled += 1;
             if oldest.is_none_or(|(_, _, a)| age > a) {
                 oldest = Some((i, tag, age));
             }
@@ -515,18 +555,60 @@ impl ProbePool {
                 pos,
                 rif,
                 latency,
+                received: at,
             };
             n += 1;
         }
+        // An answer received before the endpoint's last failure is not used (a server failing
+        // fast looks idle); one received after it is, so a single failure does not starve the
+        // endpoint until an ejection that, without traffic, never comes.
         let usable = |b: &Best| {
             let e = ready[b.pos].borrow();
-            pool.available(e, now) && e.consecutive_failures() == 0
+            pool.available(e, now)
+                && (e.consecutive_failures() == 0 || elapsed_ms(b.received, e.failed_at_ms()) > 0)
         };
-        let chosen = hcl(&mut found[..n], threshold, usable);
-        // The chosen answer's tag after its use, for a removal that picks the same slot.
-        let used = chosen.map(|c| (c.slot, self.consume(c)));
-        // Removals for this query: floor((q+1)·r) - floor(q·r), alternating by their running count.
-        let r = fixed(self.config.removes_per_query);
+        let mut chosen = hcl(&mut found[..n], threshold, usable);
+        // The chosen answer's tag after its use, for a removal that picks the same slot. A pick
+        // that loses the race to use an answer (another pick used or replaced it meanwhile)
+        // chooses once more without it, so racing picks do not all herd onto one server.
+        let mut used = None;
+        for attempt in 0..2 {
+            let Some(c) = chosen else { break };
+            match self.consume(c) {
+                Ok(after) => {
+                    used = Some((c.slot, after));
+                    break;
+                }
+                Err(_) if attempt == 0 => {
+                    let mut k = 0;
+                    for j in 0..n {
+                        if found[j].slot != c.slot {
+                            found[k] = found[j];
+                            k += 1;
+                        }
+                    }
+                    n = k;
+                    chosen = hcl(&mut found[..n], threshold, usable).or(Some(c));
+                }
+                // Lost twice: the query still goes where decided.
+                Err(_) => break,
+            }
+        }
+        if chosen.is_none() {
+            self.fallbacks.fetch_add(1, Relaxed);
+        }
+        // Removals for this query: floor((q+1)·r) - floor(q·r), alternating by their running
+        // count. The paper's rate assumes many more servers than pool entries; with n < m the
+        // pool holds at most n answers (one per server), so the rate is scaled by n/m, and
+        // nothing is removed from a pool with two answers or fewer (removal would only force
+        // the fallback).
+        let m = self.config.pool_size() as u64;
+        let servers = u64::from(self.endpoints.load(Relaxed)).clamp(1, m);
+        let r = if pooled <= 2 {
+            0
+        } else {
+            fixed(self.config.removes_per_query) * servers / m
+        };
         let (before, after) = ((u64::from(q) * r) >> 10, ((u64::from(q) + 1) * r) >> 10);
         for k in before..after {
             let victim = if k % 2 == 0 {
@@ -539,6 +621,8 @@ impl ProbePool {
                     Some((slot, after)) if slot == i => after,
                     _ => t,
                 };
+                // A stale victim (its slot rewritten since the scan) is left alone: `clear`
+                // compares the whole tag.
                 self.slots[i].clear(t);
             }
         }
@@ -546,8 +630,9 @@ impl ProbePool {
     }
 
     /// Uses answer `c` once: its RIF counts the query just sent; the answer leaves the pool when
-    /// its reuse budget is spent. Returns the slot's tag after the use.
-    fn consume(&self, c: Best) -> u32 {
+    /// its reuse budget is spent. Returns the slot's tag after the use, or the tag found if the
+    /// answer changed since it was read.
+    fn consume(&self, c: Best) -> Result<u32, u32> {
         let s = &self.slots[c.slot];
         let uses = uses_of(c.tag);
         let next = if uses <= 1 {
@@ -555,16 +640,12 @@ impl ProbePool {
         } else {
             with(c.tag, id_of(c.tag), uses - 1)
         };
-        match s.tag.compare_exchange(c.tag, next, AcqRel, Relaxed) {
-            Ok(_) => {
-                if uses > 1 {
-                    s.rif.fetch_add(1, Relaxed);
-                }
-                next
-            }
-            // Another pick used or replaced it meanwhile: the query still goes where decided.
-            Err(now) => now,
+        s.tag.compare_exchange(c.tag, next, AcqRel, Relaxed)?;
+        if uses > 1 {
+            // Answers are capped at 2^30 when recorded: the increments cannot wrap.
+            s.rif.fetch_add(1, Relaxed);
         }
+        Ok(next)
     }
 }
 
@@ -640,13 +721,14 @@ impl IdIndex {
     }
 }
 
-/// Up to `out.len()` distinct positions in `0..n` drawn uniformly where `accept` holds (the
-/// probe targets: available endpoints first; if fewer than wanted are available, the others).
+/// Up to `out.len()` distinct positions in `0..n` drawn uniformly among those `allow` accepts,
+/// those `prefer` also accepts first (the probe targets: available endpoints first).
 pub(crate) fn sample_distinct(
     n: usize,
     out: &mut [usize],
     rng: &mut impl Rng,
-    accept: impl Fn(usize) -> bool,
+    prefer: impl Fn(usize) -> bool,
+    allow: impl Fn(usize) -> bool,
 ) -> usize {
     let want = out.len().min(n);
     let mut k = 0;
@@ -655,13 +737,13 @@ pub(crate) fn sample_distinct(
     while k < want && tries < 8 * want + 8 {
         tries += 1;
         let i = (((rng.next_u64() >> 32) * n as u64) >> 32) as usize;
-        if accept(i) && !out[..k].contains(&i) {
+        if !out[..k].contains(&i) && allow(i) && prefer(i) {
             out[k] = i;
             k += 1;
         }
     }
     if k < want {
-        // Few acceptable ones: a scan from a random start (acceptable first, then any).
+        // Few acceptable ones: a scan from a random start (preferred first, then allowed).
         let start = (((rng.next_u64() >> 32) * n as u64) >> 32) as usize;
         for pass in 0..2 {
             for j in 0..n {
@@ -669,7 +751,7 @@ pub(crate) fn sample_distinct(
                     break;
                 }
                 let i = (start + j) % n;
-                if (pass == 1 || accept(i)) && !out[..k].contains(&i) {
+                if !out[..k].contains(&i) && allow(i) && (pass == 1 || prefer(i)) {
                     out[k] = i;
                     k += 1;
                 }

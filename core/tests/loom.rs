@@ -200,3 +200,34 @@ fn a_probe_answer_is_read_whole() {
         assert_eq!(seen, 1);
     });
 }
+
+/// Two answers recorded at once never share a slot: a slot being written is neither empty nor
+/// readable, so the second writer takes another (here: both old answers are replaced, each new
+/// answer whole).
+#[test]
+fn two_answers_recorded_at_once_take_two_slots() {
+    use pickwise::prequal::{PrequalConfig, ProbePool, ProbeReport};
+    use pickwise::SplitMix64;
+    loom::model(|| {
+        let probes = Arc::new(ProbePool::new(PrequalConfig {
+            pool_size: 2,
+            ..PrequalConfig::default()
+        }));
+        let report = |rif: u32| ProbeReport {
+            rif,
+            latency_us: rif * 100,
+        };
+        let (g, h) = (EndpointState::new(1), EndpointState::new(1));
+        probes.record(&g, report(1), 0, &mut SplitMix64::new(1));
+        probes.record(&h, report(2), MS, &mut SplitMix64::new(1));
+        let (e, f) = (Arc::new(EndpointState::new(1)), Arc::new(EndpointState::new(1)));
+        let (p2, e2) = (probes.clone(), e.clone());
+        let writer = thread::spawn(move || p2.record(&e2, report(5), 2 * MS, &mut SplitMix64::new(2)));
+        probes.record(&f, report(7), 2 * MS, &mut SplitMix64::new(3));
+        writer.join().unwrap();
+        let mut seen = Vec::new();
+        probes.for_each_answer(2 * MS, |r, _| seen.push(r.rif));
+        seen.sort_unstable();
+        assert_eq!(seen, [5, 7]);
+    });
+}

@@ -204,7 +204,8 @@ fn removal_alternates_oldest_and_worst() {
     let pool = p.probes().unwrap();
     assert_eq!(pool.len(), 6);
     // Query 1 removes the oldest (5), query 2 the worst (4), query 3 the oldest of the equally
-    // old (0, first in the pool, after its use), query 4 the worst left (3), query 5 the oldest (1).
+    // old (0, first in the pool, after its use), query 4 the worst left (3); query 5 finds two
+    // answers and removes none (removal never forces the fallback).
     let mut seq = Vec::new();
     let mut lens = Vec::new();
     for t in 2..7 {
@@ -212,7 +213,7 @@ fn removal_alternates_oldest_and_worst() {
         lens.push(pool.len());
     }
     assert_eq!(seq, [0, 0, 0, 1, 1]);
-    assert_eq!(lens, [5, 4, 3, 2, 1]);
+    assert_eq!(lens, [5, 4, 3, 2, 2]);
 }
 
 #[test]
@@ -276,6 +277,34 @@ fn probes_per_query_and_idle_probing() {
         total += n;
     }
     assert_eq!(total, 15);
+}
+
+#[test]
+fn removal_scales_with_a_small_fleet_and_fallbacks_are_counted() {
+    // 4 servers, a pool of 16: the rate is 1 × 4/16 = 0.25 per query, so with one answer per
+    // server, one use each (Eq. 1 gives 1 here) and two answers per query the pool stays usable.
+    // The paper's full rate (1 per query) left most picks to the fallback.
+    let cfg = PrequalConfig {
+        removes_per_query: 1.0,
+        ..quiet()
+    };
+    let mut b = balancer(cfg, 4);
+    let p = picker(&mut b, 0);
+    let pool = p.probes().unwrap().clone();
+    let mut rng = SplitMix64::new(5);
+    for t in 1..=400u64 {
+        // Two answers per query: a probe's and the one the response piggybacks.
+        let i = (t % 4) as usize;
+        record(&b, &p, i, 1, 100 + i as u32, t * MS);
+        record(&b, &p, (i + 1) % 4, 1, 101 + i as u32, t * MS);
+        let _ = p.pick(t * MS, None, &mut rng);
+    }
+    assert_eq!(pool.queries(), 400);
+    assert!(
+        pool.fallbacks() < 40,
+        "{} of 400 picks fell back",
+        pool.fallbacks()
+    );
 }
 
 #[test]
@@ -347,6 +376,53 @@ fn ejected_and_failing_endpoints_are_not_chosen_by_their_answers() {
     }
     assert!(e1.is_ejected(20));
     assert_eq!(pick(&b, &p, 20), 2);
+}
+
+#[test]
+fn an_answer_after_a_failure_counts_again() {
+    let mut b = balancer(quiet(), 3);
+    let p = picker(&mut b, 0);
+    let pool = b.pool().clone();
+    let e0 = b.get(&addr(0)).unwrap().clone();
+    record(&b, &p, 0, 0, 10, 0);
+    record(&b, &p, 1, 0, 50, 0);
+    record(&b, &p, 2, 0, 60, 0);
+    pickwise::InFlight::start(&*e0, &*pool, MS).complete(2 * MS, Outcome::Failure);
+    assert_eq!(
+        pick(&b, &p, 3 * MS),
+        1,
+        "the answer from before the failure is not used"
+    );
+    // A fresh answer after the failure: 0 is usable again (one failure must not starve it).
+    record(&b, &p, 0, 0, 10, 4 * MS);
+    assert_eq!(pick(&b, &p, 5 * MS), 0);
+}
+
+#[test]
+fn a_new_pool_never_gives_two_endpoints_one_id() {
+    let mut b = balancer(quiet(), 3);
+    let _ = picker(&mut b, 0);
+    // A new configuration starts a new pool (ids from 1 again); the endpoints keep theirs.
+    b.set_policy(LbPolicy::Prequal(PrequalConfig {
+        q_rif: 0.5,
+        ..quiet()
+    }));
+    b.insert(
+        1,
+        addr(9),
+        EndpointSpec::default(),
+        Arc::new(EndpointState::new(1)),
+    );
+    b.handle_connectivity(1, &addr(9), Connectivity::Ready);
+    let p = picker(&mut b, 1);
+    record(&b, &p, 0, 0, 500, 2);
+    record(&b, &p, 1, 0, 600, 2);
+    record(&b, &p, 9, 0, 5, 2);
+    record(&b, &p, 2, 0, 700, 2);
+    // Each answer routes to its own endpoint, best latency first (one use each here; the
+    // last answer alone is a fallback pick).
+    let seq: Vec<usize> = (3..6).map(|t| pick(&b, &p, t)).collect();
+    assert_eq!(seq, [9, 0, 1]);
 }
 
 #[test]
@@ -475,7 +551,7 @@ proptest! {
                     p = picker(&mut b, now);
                 }
             }
-            prop_assert!(p.probes().unwrap().len() <= pool_size as usize);
+            prop_assert!(p.probes().unwrap().len() <= (pool_size as usize).max(2));
         }
         // Owed probes: per pick, plus at most one idle probe per 500 ms of simulated time.
         let idle = now / (500 * MS) + 1;

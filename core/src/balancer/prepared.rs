@@ -161,7 +161,20 @@ pub(super) fn build<T: Clone + Borrow<EndpointState>>(i: Inputs<'_, T>) -> Prepa
     let mut probe_ids = prequal::IdIndex::default();
     if let Some(probes) = &i.probes {
         probes.set_endpoints(ready.len());
-        probe_ids = prequal::IdIndex::new(ready.iter().map(|e| probes.id(e.borrow())));
+        // Distinct ids: a duplicate (a pool started by a configuration change, or wrapped
+        // ids) gets a new one, so no endpoint's answers route to another.
+        let mut seen = alloc::collections::BTreeSet::new();
+        let ids: Vec<u32> = ready
+            .iter()
+            .map(|e| {
+                let mut id = probes.id(e.borrow());
+                while !seen.insert(id) {
+                    id = probes.reassign(e.borrow());
+                }
+                id
+            })
+            .collect();
+        probe_ids = prequal::IdIndex::new(ids.into_iter());
     }
     let seed = i.seed as u32;
     let cursors = (0..=localities.len())
@@ -322,6 +335,19 @@ impl<T: Borrow<EndpointState>> Prepared<T> {
     /// adapter probes those endpoints asynchronously and records each answer with
     /// [`record_probe`](Self::record_probe). 0 under other policies.
     pub fn probe_targets(&self, now: u64, rng: &mut impl Rng, out: &mut [usize]) -> usize {
+        self.probe_targets_where(now, rng, out, |_| true)
+    }
+
+    /// [`probe_targets`](Self::probe_targets) among the ready endpoints `accept` takes (e.g. not
+    /// already being probed, or with a probe service): owed probes no acceptable endpoint can
+    /// take are dropped, never sent elsewhere.
+    pub fn probe_targets_where(
+        &self,
+        now: u64,
+        rng: &mut impl Rng,
+        out: &mut [usize],
+        accept: impl Fn(&T) -> bool,
+    ) -> usize {
         let Some(probes) = &self.probes else {
             return 0;
         };
@@ -330,9 +356,13 @@ impl<T: Borrow<EndpointState>> Prepared<T> {
             return 0;
         }
         let k = probes.take_probes(now, out.len().min(n) as u32) as usize;
-        prequal::sample_distinct(n, &mut out[..k], rng, |i| {
-            self.pool.is_available(self.ready[i].borrow(), now)
-        })
+        prequal::sample_distinct(
+            n,
+            &mut out[..k],
+            rng,
+            |i| self.pool.is_available(self.ready[i].borrow(), now),
+            |i| accept(&self.ready[i]),
+        )
     }
 
     /// Prequal: records an answer from `endpoint` received at `now` (a probe's, or one a
