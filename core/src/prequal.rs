@@ -80,10 +80,16 @@ pub struct ProbeReport {
     pub latency_us: u32,
 }
 
-/// Prequal's settings. Defaults are the paper's testbed settings (§5).
+/// Prequal's settings. Defaults are the paper's testbed settings (§5) except the probing rate:
+/// 1 probe per query, not 3. The paper's probes are cheap next to its queries; pickwise's
+/// adapters also record the answers servers piggyback on responses, and with them one probe per
+/// query matched or beat three in the simulator (`core/examples/prequal_sim.rs`, 20 servers:
+/// p99 79 vs 86 ms heterogeneous, 40 vs 43 ms equal) at a third of the probes, and on
+/// prequal-rs's HTTP testbed three probes per query cost more latency than they saved.
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct PrequalConfig {
-    /// Probes per query (`r_probe`, 3); fractional rates are spread over queries.
+    /// Probes per query (`r_probe`; 1, the paper uses 3); fractional rates are spread over
+    /// queries.
     pub probes_per_query: f32,
     /// Answers kept (`m`, 16; at most [`MAX_POOL_SIZE`]).
     pub pool_size: u8,
@@ -107,7 +113,7 @@ pub struct PrequalConfig {
 impl Default for PrequalConfig {
     fn default() -> Self {
         Self {
-            probes_per_query: 3.0,
+            probes_per_query: 1.0,
             pool_size: 16,
             max_age_ns: SECOND,
             removes_per_query: 1.0,
@@ -776,7 +782,10 @@ mod tests {
 
     #[test]
     fn reuse_budget_follows_eq_1() {
-        let c = PrequalConfig::default();
+        let c = PrequalConfig {
+            probes_per_query: 3.0,
+            ..PrequalConfig::default()
+        };
         // m = 16, n = 100, r = 3, r_remove = 1: (1 + 1) / (0.84 * 3 - 1) = 1.3158
         assert!((c.reuse_budget(100) - 2.0 / 1.52).abs() < 1e-4);
         // n = 20: denominator 0.6 - 1 < 0: one use (the paper's max(1, ·)).

@@ -18,6 +18,7 @@ type B = Balancer<String, Arc<EndpointState>>;
 /// needs a positive Eq. 1 denominator, so tests of reuse use more endpoints than the pool holds.)
 fn quiet() -> PrequalConfig {
     PrequalConfig {
+        probes_per_query: 3.0, // the paper's rate
         removes_per_query: 0.0,
         idle_probe_ns: 0,
         max_reuse: 63,
@@ -157,6 +158,7 @@ fn an_answer_routes_at_most_its_reuse_budget() {
 fn eq_1_budget_of_one_uses_each_answer_once() {
     // m = 16, n = 100, r = 3, r_remove = 1, δ = 0: (1 + 0) / (0.84·3 − 1) = 0.66 → 1.
     let cfg = PrequalConfig {
+        probes_per_query: 3.0,
         reuse_delta: 0.0,
         removes_per_query: 0.0,
         idle_probe_ns: 0,

@@ -32,10 +32,10 @@
 //!
 //! The `probes/req` column (`probes_per_request` in `--json`) is Prequal's probing cost: probes
 //! sent per successful call (answers piggybacked on responses are free and not counted).
-//! `--prequal-probes-per-query P` sets Prequal's probing rate (the paper's 3 by default; 0
-//! leaves piggybacked answers and idle probes). `--prequal-removes-per-query R` sets Prequal's removal rate (the paper's 1 by default; with 4
-//! backends the pool holds at most 4 answers, one per backend, so a lower rate keeps more of
-//! them usable).
+//! `--prequal-probes-per-query P` sets Prequal's probing rate (`PrequalConfig`'s default, 1;
+//! the paper's is 3; 0 leaves piggybacked answers and idle probes).
+//! `--prequal-removes-per-query R` sets Prequal's removal rate (the paper's 1 by default; the
+//! core scales it by n/m when there are fewer backends than pool entries).
 //!
 //! With `--targets`, `per_backend` counts come from pickwise's own statistics (requests started);
 //! tonic's `balance_list` does not report where requests went, so its map is empty.
@@ -127,11 +127,11 @@ struct Args {
     #[arg(long, value_name = "FILE.svg")]
     plot: Option<std::path::PathBuf>,
     /// Prequal's answers removed per query (`PrequalConfig::removes_per_query`).
-    #[arg(long, value_name = "R", default_value_t = 1.0)]
+    #[arg(long, value_name = "R", default_value_t = pickwise_tonic::PrequalConfig::default().removes_per_query)]
     prequal_removes_per_query: f32,
     /// Prequal's probes per query (`PrequalConfig::probes_per_query`; 0: piggybacked answers
     /// and idle probes only).
-    #[arg(long, value_name = "P", default_value_t = 3.0)]
+    #[arg(long, value_name = "P", default_value_t = pickwise_tonic::PrequalConfig::default().probes_per_query)]
     prequal_probes_per_query: f32,
 }
 
