@@ -95,7 +95,13 @@ fn launch(
     let mut targets = [0usize; BATCH];
     let mut room = limit.saturating_sub(in_flight.len());
     while room > 0 {
-        let k = picker.probe_targets(now, &mut rng, &mut targets[..room.min(BATCH)]);
+        // Only endpoints that can take a probe now are drawn (a connection, a probe service,
+        // no probe in flight), so owed probes are not lost on the others.
+        let k = picker.probe_targets_where(now, &mut rng, &mut targets[..room.min(BATCH)], |m| {
+            m.channel.is_some()
+                && !m.sub.lacks_probe_service(m.generation)
+                && !busy.contains(&(Arc::as_ptr(&m.sub) as usize))
+        });
         if k == 0 {
             break;
         }
