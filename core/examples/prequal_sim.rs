@@ -115,30 +115,30 @@ impl Variant {
 }
 
 fn policies() -> Vec<Variant> {
-    let prequal = |piggyback: bool, max_reuse: u8| Kind::Prequal {
+    let prequal = |piggyback: bool, probes_per_query: f32| Kind::Prequal {
         cfg: PrequalConfig {
-            max_reuse,
+            probes_per_query,
             ..PrequalConfig::default()
         },
         piggyback,
     };
-    let default_reuse = PrequalConfig::default().max_reuse;
+    let default_probes = PrequalConfig::default().probes_per_query;
     vec![
         Variant {
-            name: "pickwise_prequal (defaults)".into(),
-            kind: prequal(false, default_reuse),
+            name: format!("pickwise_prequal (defaults: {default_probes} probe/query)"),
+            kind: prequal(false, default_probes),
         },
         Variant {
             name: "pickwise_prequal (defaults) +piggyback".into(),
-            kind: prequal(true, default_reuse),
+            kind: prequal(true, default_probes),
         },
         Variant {
-            name: "pickwise_prequal max_reuse 1".into(),
-            kind: prequal(false, 1),
+            name: "pickwise_prequal 3 probes/query".into(),
+            kind: prequal(false, 3.0),
         },
         Variant {
-            name: "pickwise_prequal max_reuse 1 +piggyback".into(),
-            kind: prequal(true, 1),
+            name: "pickwise_prequal 3 probes/query +piggyback".into(),
+            kind: prequal(true, 3.0),
         },
         Variant {
             name: "p2c peak-EWMA".into(),
@@ -161,26 +161,23 @@ fn policies() -> Vec<Variant> {
 
 fn prequal_variants() -> Vec<Variant> {
     let mut out = Vec::new();
-    for reuse in [16u8, 1] {
-        for q in [0.840_896_4f32, 0.6] {
-            for probes in [1.0f32, 2.0, 3.0] {
-                for piggyback in [false, true] {
-                    out.push(Variant {
-                        name: format!(
-                            "max_reuse {reuse}, q_rif {q:.2}, {probes} probes{}",
-                            if piggyback { ", piggyback" } else { "" }
-                        ),
-                        kind: Kind::Prequal {
-                            cfg: PrequalConfig {
-                                q_rif: q,
-                                probes_per_query: probes,
-                                max_reuse: reuse,
-                                ..PrequalConfig::default()
-                            },
-                            piggyback,
+    for q in [0.840_896_4f32, 0.6] {
+        for probes in [1.0f32, 2.0, 3.0] {
+            for piggyback in [false, true] {
+                out.push(Variant {
+                    name: format!(
+                        "q_rif {q:.2}, {probes} probes{}",
+                        if piggyback { ", piggyback" } else { "" }
+                    ),
+                    kind: Kind::Prequal {
+                        cfg: PrequalConfig {
+                            q_rif: q,
+                            probes_per_query: probes,
+                            ..PrequalConfig::default()
                         },
-                    });
-                }
+                        piggyback,
+                    },
+                });
             }
         }
     }

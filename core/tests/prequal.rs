@@ -206,8 +206,7 @@ fn removal_alternates_oldest_and_worst() {
     let pool = p.probes().unwrap();
     assert_eq!(pool.len(), 6);
     // Query 1 removes the oldest (5), query 2 the worst (4), query 3 the oldest of the equally
-    // old (0, first in the pool, after its use), query 4 the worst left (3); query 5 finds two
-    // answers and removes none (removal never forces the fallback).
+    // old (0, first in the pool, after its use), query 4 the worst left (3), query 5 the oldest (1).
     let mut seq = Vec::new();
     let mut lens = Vec::new();
     for t in 2..7 {
@@ -215,7 +214,7 @@ fn removal_alternates_oldest_and_worst() {
         lens.push(pool.len());
     }
     assert_eq!(seq, [0, 0, 0, 1, 1]);
-    assert_eq!(lens, [5, 4, 3, 2, 2]);
+    assert_eq!(lens, [5, 4, 3, 2, 1]);
 }
 
 #[test]
