@@ -11,6 +11,19 @@ use std::time::Instant;
 
 use pickwise::{hash, Ring, RingConfig};
 
+/// User + system CPU seconds from a `/proc` `stat` file: `/proc/PID/stat` for a process (all
+/// threads), `/proc/thread-self/stat` for the calling thread.
+pub fn proc_cpu_seconds(stat_path: &str) -> Option<f64> {
+    let stat = std::fs::read_to_string(stat_path).ok()?;
+    // Fields after the `(comm)`, which may hold spaces: state is field 3, utime 14, stime 15.
+    let rest = &stat[stat.rfind(')')? + 2..];
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let utime: f64 = fields.get(11)?.parse().ok()?;
+    let stime: f64 = fields.get(12)?.parse().ok()?;
+    // USER_HZ is 100 on every Linux ABI Rust supports.
+    Some((utime + stime) / 100.0)
+}
+
 /// Points (virtual nodes) per endpoint in the ring comparisons.
 pub const POINTS: u32 = 100;
 

@@ -217,14 +217,7 @@ async fn measured(conn: &mut Conn, stats: &RefCell<Stats>, run: Run, start: Inst
 
 /// User + system CPU seconds of process `pid` (all threads).
 fn cpu_seconds(pid: u32) -> Option<f64> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    // Fields after the `(comm)`, which may hold spaces: state is field 3, utime 14, stime 15.
-    let rest = &stat[stat.rfind(')')? + 2..];
-    let fields: Vec<&str> = rest.split_whitespace().collect();
-    let utime: f64 = fields.get(11)?.parse().ok()?;
-    let stime: f64 = fields.get(12)?.parse().ok()?;
-    // USER_HZ is 100 on every Linux ABI Rust supports.
-    Some((utime + stime) / 100.0)
+    pickwise_benches::proc_cpu_seconds(&format!("/proc/{pid}/stat"))
 }
 
 fn main() {
