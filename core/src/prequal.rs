@@ -89,7 +89,8 @@ pub struct ProbeReport {
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct PrequalConfig {
     /// Probes per query (`r_probe`; 1, the paper uses 3); fractional rates are spread over
-    /// queries.
+    /// queries. 1 assumes servers piggyback answers on responses; set 2–3 for servers that only
+    /// answer probes (see `docs/prequal.md`).
     pub probes_per_query: f32,
     /// Answers kept (`m`, 16; at most [`MAX_POOL_SIZE`]).
     pub pool_size: u8,
