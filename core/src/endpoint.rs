@@ -410,11 +410,13 @@ impl EndpointState {
     }
 
     /// Replaces the probe-pool id (a collision found when a picker was built).
+    #[cfg(feature = "alloc")]
     pub(crate) fn replace_probe_id(&self, id: u32) {
         self.probe_id.store(id, Relaxed);
     }
 
     /// Stamp of the last failure (0 before any).
+    #[cfg(feature = "alloc")]
     pub(crate) fn failed_at_ms(&self) -> u32 {
         self.failed_at.load(Relaxed)
     }

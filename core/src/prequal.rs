@@ -49,11 +49,15 @@
 //! [`Prepared::probe_targets`]: crate::balancer::Prepared::probe_targets
 //! [`Prepared::record_probe`]: crate::balancer::Prepared::record_probe
 
+#[cfg(feature = "alloc")]
 use core::borrow::Borrow;
+#[cfg(feature = "alloc")]
 use core::ops::Range;
 
 use crate::endpoint::EndpointState;
-use crate::pool::{Policy, Pool};
+use crate::pool::Policy;
+#[cfg(feature = "alloc")]
+use crate::pool::Pool;
 use crate::rng::Rng;
 use crate::sync::{
     AtomicU32,
@@ -178,6 +182,7 @@ const VERSION_SHIFT: u32 = 26;
 fn id_of(tag: u32) -> u32 {
     tag & ID_MASK
 }
+#[cfg(feature = "alloc")]
 #[inline]
 fn uses_of(tag: u32) -> u32 {
     (tag >> USES_SHIFT) & USES_MASK
@@ -230,6 +235,7 @@ impl Slot {
     }
 
     /// Empties the slot if it still holds `tag`.
+    #[cfg(feature = "alloc")]
     #[inline]
     fn clear(&self, tag: u32) -> bool {
         self.tag.compare_exchange(tag, bump(tag), AcqRel, Relaxed).is_ok()
@@ -262,6 +268,7 @@ pub struct ProbePool {
 }
 
 /// What one scan of the pool found.
+#[cfg(feature = "alloc")]
 #[derive(Clone, Copy, Debug)]
 struct Best {
     slot: usize,
@@ -352,6 +359,7 @@ impl ProbePool {
 
     /// A new id for `e`, replacing its current one (two endpoints met with one id: after a
     /// configuration change started a new pool, or after the ids wrapped).
+    #[cfg(feature = "alloc")]
     pub(crate) fn reassign(&self, e: &EndpointState) -> u32 {
         let id = self.fresh_id();
         e.replace_probe_id(id);
@@ -508,6 +516,7 @@ impl ProbePool {
     /// One Prequal pick among `ready[range]`: the position in `ready` of the HCL choice, or
     /// `None` while fewer than two answers are usable (the caller falls back to P2C). Counts the
     /// query (probes owed, removals). `ids` maps endpoint ids to positions in `ready`.
+    #[cfg(feature = "alloc")]
     pub(crate) fn pick<E: Borrow<EndpointState>>(
         &self,
         ready: &[E],
@@ -636,6 +645,7 @@ impl ProbePool {
     /// Uses answer `c` once: its RIF counts the query just sent; the answer leaves the pool when
     /// its reuse budget is spent. Returns the slot's tag after the use, or the tag found if the
     /// answer changed since it was read.
+    #[cfg(feature = "alloc")]
     fn consume(&self, c: Best) -> Result<u32, u32> {
         let s = &self.slots[c.slot];
         let uses = uses_of(c.tag);
@@ -656,6 +666,7 @@ impl ProbePool {
 /// The HCL choice among `found` (whose order it may change): the cold answer with the lowest
 /// latency, or if all are hot the lowest RIF, among answers that are `usable`; `None` unless at
 /// least two are usable. Checks `usable` best first, so usually twice.
+#[cfg(feature = "alloc")]
 fn hcl(found: &mut [Best], threshold: u32, usable: impl Fn(&Best) -> bool) -> Option<Best> {
     let rank = |b: &Best| {
         if b.rif > threshold {
@@ -727,6 +738,7 @@ impl IdIndex {
 
 /// Up to `out.len()` distinct positions in `0..n` drawn uniformly among those `allow` accepts,
 /// those `prefer` also accepts first (the probe targets: available endpoints first).
+#[cfg(feature = "alloc")]
 pub(crate) fn sample_distinct(
     n: usize,
     out: &mut [usize],
