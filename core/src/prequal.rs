@@ -111,9 +111,6 @@ pub struct PrequalConfig {
     /// One probe after this long without any (500 ms; 0 disables), so the pool is fresh when
     /// traffic resumes.
     pub idle_probe_ns: u64,
-    /// After a failure, the endpoint's answers are not used for this long, unless a success
-    /// comes first (30 s, outlier ejection's base time; 0: answers count again at once).
-    pub failure_exclusion_ns: u64,
     /// The cost P2C uses while fewer than two answers are usable (peak-EWMA).
     pub fallback: Policy,
 }
@@ -129,7 +126,6 @@ impl Default for PrequalConfig {
             max_reuse: 16,
             q_rif: 0.840_896_4, // 2^-0.25
             idle_probe_ns: SECOND / 2,
-            failure_exclusion_ns: 30 * SECOND,
             fallback: Policy::PeakEwma,
         }
     }
@@ -276,6 +272,7 @@ struct Best {
     pos: usize,
     rif: u32,
     latency: u32,
+    received: u32,
 }
 
 impl ProbePool {
@@ -538,6 +535,7 @@ impl ProbePool {
             pos: 0,
             rif: 0,
             latency: 0,
+            received: 0,
         }; MAX_POOL_SIZE];
         let mut n = 0;
         // Removal candidates over the whole pool: the oldest, and the worst.
@@ -571,18 +569,17 @@ impl ProbePool {
                 pos,
                 rif,
                 latency,
+                received: at,
             };
             n += 1;
         }
-        // Error aversion: after a failure the endpoint's answers are not used for
-        // `failure_exclusion_ns` (a server failing fast answers probes with no load and would
-        // attract the traffic it fails); after that they are, so one failure does not starve a
-        // healthy endpoint until an ejection that, without traffic, never comes.
-        let exclusion = (self.config.failure_exclusion_ns / 1_000_000).min(u32::MAX as u64) as u32;
+        // An answer received before the endpoint's last failure is not used (a server failing
+        // fast looks idle); one received after it is, so a single failure does not starve the
+        // endpoint until an ejection that, without traffic, never comes.
         let usable = |b: &Best| {
             let e = ready[b.pos].borrow();
             pool.available(e, now)
-                && (e.consecutive_failures() == 0 || elapsed_ms(now_ms, e.failed_at_ms()) >= exclusion)
+                && (e.consecutive_failures() == 0 || elapsed_ms(b.received, e.failed_at_ms()) > 0)
         };
         let mut chosen = hcl(&mut found[..n], threshold, usable);
         // The chosen answer's tag after its use, for a removal that picks the same slot. A pick
