@@ -86,12 +86,29 @@ static FAILED: AtomicU64 = AtomicU64::new(0);
 static SKIPPED: AtomicU64 = AtomicU64::new(0);
 static PIGGYBACKED: AtomicU64 = AtomicU64::new(0);
 static PICKS: AtomicU64 = AtomicU64::new(0);
+/// Picks the hot-cold rule could not decide (fewer than two usable answers: P2C fallback).
+static FALLBACK_PICKS: AtomicU64 = AtomicU64::new(0);
+/// Failed requests, by how they were picked, and by second since the first client started.
+static FAIL_FALLBACK: AtomicU64 = AtomicU64::new(0);
+static FAIL_HCL: AtomicU64 = AtomicU64::new(0);
+static FAIL_AT: [AtomicU64; 32] = [const { AtomicU64::new(0) }; 32];
+
+fn count_failure(fallback: bool) {
+    let by = if fallback { &FAIL_FALLBACK } else { &FAIL_HCL };
+    by.fetch_add(1, Relaxed);
+    let second = (now_ns() / 1_000_000_000).min(31) as usize;
+    FAIL_AT[second].fetch_add(1, Relaxed);
+}
 
 /// `probes_sent,probes_answered,probes_timed_out,probes_failed,probes_skipped,piggybacked,picks`
-/// over every pickwise client of this process (the testbed's CSV columns, plus two).
+/// over every pickwise client of this process (the testbed's CSV columns, plus two), then the
+/// fallback picks and where the failed requests came from (`fail_at_s`: per second since the
+/// first client started, the last bucket holding the rest; the testbed measures from 3 s).
 pub fn probe_summary() -> String {
+    let fail_at: Vec<String> = FAIL_AT.iter().map(|a| a.load(Relaxed).to_string()).collect();
     format!(
-        "pickwise_probes sent={} answered={} timed_out={} failed={} skipped={} piggybacked={} picks={}",
+        "pickwise_probes sent={} answered={} timed_out={} failed={} skipped={} piggybacked={} picks={} \
+         fallback_picks={} fail_fallback={} fail_hcl={} fail_at_s={}",
         SENT.load(Relaxed),
         ANSWERED.load(Relaxed),
         TIMED_OUT.load(Relaxed),
@@ -99,6 +116,10 @@ pub fn probe_summary() -> String {
         SKIPPED.load(Relaxed),
         PIGGYBACKED.load(Relaxed),
         PICKS.load(Relaxed),
+        FALLBACK_PICKS.load(Relaxed),
+        FAIL_FALLBACK.load(Relaxed),
+        FAIL_HCL.load(Relaxed),
+        fail_at.join(","),
     )
 }
 
@@ -261,11 +282,17 @@ impl Service<u64> for PickwiseService {
     fn call(&mut self, units_us: u64) -> Self::Future {
         let now = now_ns();
         self.upkeep(now);
+        // The client is this picker's only user, so a moved counter means this pick fell back.
+        let fallbacks_before = self.picker.probes().map(|p| p.fallbacks());
         let member = match self.picker.pick(now, None, &mut self.rng) {
             Ok(member) => member.clone(),
             Err(unpicked) => return Box::pin(async move { Err(format!("no endpoint: {unpicked:?}").into()) }),
         };
         PICKS.fetch_add(1, Relaxed);
+        let fallback = self.picker.probes().map(|p| p.fallbacks()) != fallbacks_before;
+        if fallback {
+            FALLBACK_PICKS.fetch_add(1, Relaxed);
+        }
         // Prequal: the probes this query owes, sent after the pick (the pick counts the query).
         if let Some(prober) = &self.prober {
             let mut targets = [0usize; 16];
@@ -283,12 +310,14 @@ impl Service<u64> for PickwiseService {
                 Ok(response) => response,
                 Err(e) => {
                     guard.complete(now_ns(), Outcome::Failure);
+                    count_failure(fallback);
                     return Err(e.into());
                 }
             };
             if !response.status().is_success() {
                 let status = response.status();
                 guard.complete(now_ns(), Outcome::Failure);
+                count_failure(fallback);
                 return Err(format!("status {status}").into());
             }
             if let Some((picker, seed)) = feedback

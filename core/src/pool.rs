@@ -286,7 +286,15 @@ pub struct Pool {
     endpoints: AtomicU32,
     ejected: Padded,
     total: Padded,
+    /// Prequal probe ids of endpoints whose request just failed (0: empty): a failure makes
+    /// the endpoint's pooled answers unusable, so Prequal's next owed probe rechecks it
+    /// ([`take_failed`](Self::take_failed)). Endpoints without an id (other policies) are not
+    /// queued.
+    failed: [AtomicU32; FAILED_QUEUE],
 }
+
+/// How many just-failed endpoints wait for a Prequal recheck; more at once overwrite one.
+const FAILED_QUEUE: usize = 8;
 
 impl Pool {
     /// A pool with `config` and no endpoints counted yet (see [`set_endpoints`](Self::set_endpoints)).
@@ -298,7 +306,34 @@ impl Pool {
             endpoints: AtomicU32::new(0),
             ejected: Padded(AtomicU32::new(0)),
             total: Padded(AtomicU32::new(0)),
+            failed: core::array::from_fn(|_| AtomicU32::new(0)),
         }
+    }
+
+    /// Queues `e` for a Prequal recheck after a failure (no-op without a probe id).
+    fn note_failed(&self, e: &EndpointState) {
+        let id = e.probe_id();
+        if id == 0 || self.failed.iter().any(|s| s.load(Relaxed) == id) {
+            return;
+        }
+        if !self
+            .failed
+            .iter()
+            .any(|s| s.compare_exchange(0, id, Relaxed, Relaxed).is_ok())
+        {
+            // Full: the newest failure replaces one (which one does not matter; a recheck is
+            // a hint, and the displaced endpoint still gets random probes).
+            self.failed[id as usize % FAILED_QUEUE].store(id, Relaxed);
+        }
+    }
+
+    /// Takes the probe id of an endpoint queued by a failure, if any (Prequal's recheck).
+    #[cfg(feature = "alloc")]
+    pub(crate) fn take_failed(&self) -> Option<u32> {
+        self.failed.iter().find_map(|s| match s.swap(0, Relaxed) {
+            0 => None,
+            id => Some(id),
+        })
     }
 
     /// The configuration as built (the policy and total tracking may have changed since: see
@@ -483,6 +518,7 @@ impl Pool {
             Outcome::Neutral => false,
             Outcome::Failure => {
                 let streak = e.record_failure(millis(now));
+                self.note_failed(e);
                 let threshold = self.config.outlier.consecutive_failures;
                 threshold != 0 && streak >= threshold && self.try_eject(e, millis(now))
             }

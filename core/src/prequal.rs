@@ -7,7 +7,9 @@
 //! - **Probing:** `probes_per_query` probes per query (fractional rates rounded deterministically
 //!   so the long-run rate is exact), to targets drawn uniformly without replacement from the
 //!   available endpoints (rates exact to 1/1024 per query), plus one probe after `idle_probe_ns`
-//!   without one. The core only counts
+//!   without one. pickwise orders the owed probes: rechecks of endpoints that just failed first,
+//!   then one sweep over a new picker's endpoints from a random start, then uniform draws (see
+//!   below). The core only counts
 //!   what is owed ([`ProbePool::take_probes`], [`Prepared::probe_targets`]); the adapter sends
 //!   the probes asynchronously, never on the pick path, and feeds the answers back
 //!   ([`Prepared::record_probe`]). Answers piggybacked on responses are recorded the same way.
@@ -34,10 +36,17 @@
 //!   prequal-rs allows its reuse cap (16) there instead; in the simulator
 //!   (`core/examples/prequal_sim.rs`, 20 servers, 5 seeds) that doubled Prequal's p99 (175 vs
 //!   83.5 ms heterogeneous, 92 vs 43 ms equal servers): one answer routing 16 queries herds them.
-//! - Usable answers are those of endpoints that are available (READY, not ejected by outlier
-//!   detection) and whose last request did not fail (`consecutive_failures == 0`): a server that
-//!   answers errors fast reports a low RIF and latency and would otherwise attract traffic
-//!   (the paper's "sinkholing"); pickwise's ejection removes it after the streak.
+//! - Error aversion (the paper's "sinkholing", details unpublished): usable answers are those of
+//!   available endpoints (READY, not ejected by outlier detection) received after the
+//!   endpoint's last failure, since a server answering errors fast reports a low RIF and
+//!   latency. A failure also queues the endpoint for a recheck: the next owed probe goes to it
+//!   (within the probe rate, never an extra probe), so a healthy endpoint gets its traffic back
+//!   one probe round trip after a stray failure, and a failing one reaches outlier ejection's
+//!   streak in as many round trips instead of as many random draws.
+//! - Each new picker's first probes sweep its ready endpoints once, from a random start, before
+//!   the uniform draws: `n` uniform draws leave about 1/e of the endpoints unprobed (covering all
+//!   takes about `n ln n`), so a starting client, or a joining server, would wait several times
+//!   longer to be known. The sweep only orders the owed probes; it never adds one.
 //! - The pool is shared by every picker the balancer publishes and keyed by endpoint identity,
 //!   so membership or readiness changes keep the answers of endpoints that stay.
 //!

@@ -400,6 +400,94 @@ fn an_answer_after_a_failure_counts_again() {
 }
 
 #[test]
+fn a_new_picker_probes_every_endpoint_once_first() {
+    let cfg = PrequalConfig {
+        probes_per_query: 1.0,
+        ..quiet()
+    };
+    let mut b = balancer(cfg, 20);
+    let p = picker(&mut b, 0);
+    let mut rng = SplitMix64::new(5);
+    let mut out = [usize::MAX; 3];
+    let mut seen = Vec::new();
+    // 20 probes, taken 1 or 3 at a time: every endpoint once (20 uniform draws would miss about
+    // 7), and never more than owed.
+    while seen.len() < 20 {
+        for _ in 0..3 {
+            let _ = p.pick(MS, None, &mut rng);
+        }
+        let n = p.probe_targets(MS, &mut rng, &mut out[..if seen.len() % 2 == 0 { 3 } else { 1 }]);
+        assert!(n >= 1);
+        seen.extend_from_slice(&out[..n]);
+    }
+    seen.truncate(20);
+    seen.sort_unstable();
+    assert_eq!(seen, (0..20).collect::<Vec<_>>());
+    // A new picker sweeps again, from another start.
+    b.handle_connectivity(MS, &addr(19), Connectivity::TransientFailure);
+    b.get(&addr(19)).unwrap().set_ready(false);
+    let q = picker(&mut b, 2 * MS);
+    let mut seen = Vec::new();
+    for _ in 0..19 {
+        let _ = q.pick(2 * MS, None, &mut rng);
+        let n = q.probe_targets(2 * MS, &mut rng, &mut out[..1]);
+        seen.extend_from_slice(&out[..n]);
+    }
+    seen.sort_unstable();
+    assert_eq!(seen, (0..19).collect::<Vec<_>>());
+}
+
+#[test]
+fn a_failed_endpoint_takes_the_next_owed_probe() {
+    let cfg = PrequalConfig {
+        probes_per_query: 1.0,
+        ..quiet()
+    };
+    let mut b = balancer(cfg, 10);
+    let p = picker(&mut b, 0);
+    let pool = b.pool().clone();
+    let fail = |i: usize, t: u64, outcome: Outcome| {
+        let e = b.get(&addr(i)).unwrap().clone();
+        pickwise::InFlight::start(&*e, &*pool, t).complete(t, outcome);
+    };
+    let mut rng = SplitMix64::new(3);
+    let mut out = [usize::MAX; 4];
+    let targets = |p: &Prepared<Arc<EndpointState>>, out: &[usize], n: usize| -> Vec<usize> {
+        out[..n].iter().map(|&pos| name(&b, &p.ready()[pos])).collect()
+    };
+    // No probe owed: the recheck waits (it never adds a probe).
+    fail(3, MS, Outcome::Failure);
+    assert_eq!(p.probe_targets(2 * MS, &mut rng, &mut out), 0);
+    // One owed: it goes to 3, whose answers the failure made unusable.
+    let _ = p.pick(3 * MS, None, &mut rng);
+    assert_eq!(p.probe_targets(3 * MS, &mut rng, &mut out), 1);
+    assert_eq!(targets(&p, &out, 1), [3]);
+    // A success since the failure drops the recheck; the next failing endpoint is first.
+    fail(5, 4 * MS, Outcome::Failure);
+    fail(5, 5 * MS, Outcome::Success);
+    fail(7, 6 * MS, Outcome::Failure);
+    let _ = p.pick(7 * MS, None, &mut rng);
+    let _ = p.pick(7 * MS, None, &mut rng);
+    assert_eq!(p.probe_targets(8 * MS, &mut rng, &mut out), 2);
+    assert_eq!(targets(&p, &out, 2)[0], 7);
+    // An endpoint its failures ejected is not probed.
+    for t in 0..5 {
+        fail(2, 10 * MS + t, Outcome::Failure);
+    }
+    assert!(b.get(&addr(2)).unwrap().is_ejected(11 * MS));
+    for _ in 0..4 {
+        let _ = p.pick(12 * MS, None, &mut rng);
+    }
+    let n = p.probe_targets(12 * MS, &mut rng, &mut out);
+    assert_eq!(n, 4);
+    assert!(!targets(&p, &out, n).contains(&2));
+    // The recheck's answer makes 3 usable again.
+    record(&b, &p, 3, 0, 1, 13 * MS);
+    record(&b, &p, 4, 0, 50, 13 * MS);
+    assert_eq!(pick(&b, &p, 14 * MS), 3);
+}
+
+#[test]
 fn a_new_pool_never_gives_two_endpoints_one_id() {
     let mut b = balancer(quiet(), 3);
     let _ = picker(&mut b, 0);

@@ -16,7 +16,7 @@ use crate::pool::Pool;
 use crate::prequal::{self, ProbePool, ProbeReport};
 use crate::rng::Rng;
 use crate::schedule::{self, Stride};
-use crate::sync::AtomicU32;
+use crate::sync::{AtomicU32, Ordering::Relaxed};
 use crate::wrr::{WeightState, WrrStats};
 use crate::{Maglev, Ring};
 
@@ -71,6 +71,9 @@ pub struct Prepared<T> {
     probes: Option<Arc<ProbePool>>,
     /// Probe-pool ids of the `ready` endpoints to their positions.
     probe_ids: prequal::IdIndex,
+    /// Prequal: probes this picker has swept over `ready` (from `sweep_from`), once through.
+    sweep: AtomicU32,
+    sweep_from: u32,
 }
 
 /// What [`build`] needs from the balancer.
@@ -200,6 +203,8 @@ pub(super) fn build<T: Clone + Borrow<EndpointState>>(i: Inputs<'_, T>) -> Prepa
         wrr_stats,
         probes: i.probes,
         probe_ids,
+        sweep: AtomicU32::new(0),
+        sweep_from: seed.wrapping_mul(0x85EB_CA6B),
     }
 }
 
@@ -331,7 +336,9 @@ impl<T: Borrow<EndpointState>> Prepared<T> {
 
     /// Prequal: the probes to send now. Takes the probes owed (per query picked, or one after
     /// the idle interval; at most `out.len()`) and fills `out` with distinct positions in
-    /// [`ready`](Self::ready) drawn uniformly, available endpoints first; returns how many. The
+    /// [`ready`](Self::ready): endpoints whose request just failed (a recheck), then this
+    /// picker's one sweep over all of them from a random start, then uniform draws, available
+    /// endpoints first; returns how many. The
     /// adapter probes those endpoints asynchronously and records each answer with
     /// [`record_probe`](Self::record_probe). 0 under other policies.
     pub fn probe_targets(&self, now: u64, rng: &mut impl Rng, out: &mut [usize]) -> usize {
@@ -356,12 +363,63 @@ impl<T: Borrow<EndpointState>> Prepared<T> {
             return 0;
         }
         let k = probes.take_probes(now, out.len().min(n) as u32) as usize;
-        prequal::sample_distinct(
+        // Rechecks first: an endpoint whose request failed has no usable answer until a fresh
+        // one, so the owed probes go to it before others. A healthy endpoint gets its traffic
+        // back one probe round trip after a stray failure, and a failing one reaches outlier
+        // ejection's threshold in as many round trips, not as many random draws.
+        let mut first = [0usize; 16];
+        let want = k.min(first.len());
+        let mut r = 0;
+        while r < want.min(4) {
+            let Some(id) = self.pool.take_failed() else {
+                break;
+            };
+            let Some(pos) = self.probe_ids.get(id).filter(|&p| p < n) else {
+                continue;
+            };
+            let e = self.ready[pos].borrow();
+            // Still failing (no success since), still available, and not already chosen.
+            if e.probe_id() == id
+                && e.consecutive_failures() > 0
+                && !first[..r].contains(&pos)
+                && self.pool.is_available(e, now)
+                && accept(&self.ready[pos])
+            {
+                first[r] = pos;
+                r += 1;
+            }
+        }
+        // Then one sweep over the ready endpoints from a random start: every endpoint is probed
+        // within a new picker's first `n` probes (uniform draws leave about 1/e of them
+        // unprobed after `n`), so a client starting, or a server joining, is known at once.
+        while r < want {
+            let step = self.sweep.load(Relaxed);
+            if step as usize >= n {
+                break;
+            }
+            if self
+                .sweep
+                .compare_exchange_weak(step, step + 1, Relaxed, Relaxed)
+                .is_err()
+            {
+                continue;
+            }
+            let pos = (self.sweep_from as usize).wrapping_add(step as usize) % n;
+            if !first[..r].contains(&pos)
+                && self.pool.is_available(self.ready[pos].borrow(), now)
+                && accept(&self.ready[pos])
+            {
+                first[r] = pos;
+                r += 1;
+            }
+        }
+        out[..r].copy_from_slice(&first[..r]);
+        r + prequal::sample_distinct(
             n,
-            &mut out[..k],
+            &mut out[r..k],
             rng,
             |i| self.pool.is_available(self.ready[i].borrow(), now),
-            |i| accept(&self.ready[i]),
+            |i| !first[..r].contains(&i) && accept(&self.ready[i]),
         )
     }
 
