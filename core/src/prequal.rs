@@ -669,6 +669,30 @@ impl ProbePool {
     }
 }
 
+/// Turns a probe pool's wrapping [`fallbacks`](ProbePool::fallbacks) into increments for a
+/// monotonic metrics counter, sampled off the pick path. Holds the pool it last read, so a new
+/// pool (a policy switch starts one at zero) counts from zero instead of wrapping.
+#[cfg(feature = "alloc")]
+#[derive(Debug, Default)]
+pub struct FallbackMeter {
+    last: Option<(alloc::sync::Arc<ProbePool>, u32)>,
+}
+
+#[cfg(feature = "alloc")]
+impl FallbackMeter {
+    /// Fallback picks since the previous call (0 without a pool, i.e. another policy).
+    pub fn advance(&mut self, pool: Option<&alloc::sync::Arc<ProbePool>>) -> u32 {
+        let Some(pool) = pool else { return 0 };
+        let now = pool.fallbacks();
+        let before = match &self.last {
+            Some((p, n)) if alloc::sync::Arc::ptr_eq(p, pool) => *n,
+            _ => 0,
+        };
+        self.last = Some((pool.clone(), now));
+        now.wrapping_sub(before)
+    }
+}
+
 /// The HCL choice among `found` (whose order it may change): the cold answer with the lowest
 /// latency, or if all are hot the lowest RIF, among answers that are `usable`; `None` unless at
 /// least two are usable. Checks `usable` best first, so usually twice.

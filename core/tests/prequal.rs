@@ -7,7 +7,7 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use pickwise::balancer::{Balancer, BalancerConfig, Connectivity, EndpointSpec, Prepared};
-use pickwise::prequal::{PrequalConfig, ProbeReport};
+use pickwise::prequal::{FallbackMeter, PrequalConfig, ProbeReport};
 use pickwise::{EndpointState, LbPolicy, Outcome, Pool, PoolConfig, SplitMix64};
 use proptest::prelude::*;
 
@@ -305,6 +305,33 @@ fn removal_scales_with_a_small_fleet_and_fallbacks_are_counted() {
         pool.fallbacks() < 40,
         "{} of 400 picks fell back",
         pool.fallbacks()
+    );
+}
+
+#[test]
+fn the_fallback_meter_counts_increments_and_restarts_with_a_new_pool() {
+    // No answers at all: every pick falls back to P2C.
+    let (mut a, mut b) = (balancer(quiet(), 4), balancer(quiet(), 4));
+    let (pa, pb) = (picker(&mut a, 0), picker(&mut b, 0));
+    let mut rng = SplitMix64::new(1);
+    let mut meter = FallbackMeter::default();
+    for t in 1..=7u64 {
+        let _ = pa.pick(t * MS, None, &mut rng);
+    }
+    assert_eq!(meter.advance(pa.probes()), 7);
+    assert_eq!(meter.advance(pa.probes()), 0);
+    let _ = pa.pick(8 * MS, None, &mut rng);
+    assert_eq!(meter.advance(pa.probes()), 1);
+    // Another pool (a policy switch starts one) counts from its own zero, not from pa's 8.
+    for t in 1..=3u64 {
+        let _ = pb.pick(t * MS, None, &mut rng);
+    }
+    assert_eq!(meter.advance(pb.probes()), 3);
+    assert_eq!(meter.advance(None), 0);
+    assert_eq!(
+        meter.advance(pb.probes()),
+        0,
+        "a sample without a pool forgets nothing"
     );
 }
 

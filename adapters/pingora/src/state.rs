@@ -285,7 +285,10 @@ impl Shared {
         core.balancer.handle_timeout(now);
         self.publish(&mut core, now);
         #[cfg(feature = "metrics")]
-        self.instruments.sample(&self.pool, now);
+        {
+            self.instruments.sample(&self.pool, now);
+            self.instruments.sample_prequal(self.picker.load().probes());
+        }
     }
 
     /// Pingora's health check flipped `backend` to `healthy`: READY or TRANSIENT_FAILURE for the

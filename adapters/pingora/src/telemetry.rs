@@ -12,10 +12,13 @@
 //!   a backend: per-backend `pickwise.endpoint.in_flight`, and `pickwise.endpoint.ejections` with
 //!   the reason the core gives ([`Pool::ejection`](pickwise::Pool::ejection)); each ejection is
 //!   counted once.
-//! - **Prequal** (`pickwise_prequal` groups only): `pickwise.prequal.probes_sent`,
-//!   `pickwise.prequal.probes_answered` and `pickwise.prequal.probes_failed` as the
+//! - **Prequal** (`pickwise_prequal` groups only): `pickwise.prequal.probes_sent` and
+//!   `pickwise.prequal.probe_results` (`result` = `answered` or `failed`) as the
 //!   [`Prober`](crate::Prober) sends and hears back, and `pickwise.prequal.piggybacked` for
-//!   reports read from responses; one relaxed add each.
+//!   reports read from responses; one relaxed add each. `pickwise.prequal.fallback_picks`, the
+//!   picks the P2C fallback decided (fewer than two usable answers), when the core's timers run. The names and attributes are
+//!   `pickwise-tonic`'s (which also counts `result="unimplemented"`, a gRPC status HTTP probes
+//!   do not have).
 //!
 //! `grpc.target` is the group's name ([`Shared::with_target`](crate::Shared::with_target);
 //! `pickwise` by default), `pickwise.endpoint` the backend's `ip:port`.
@@ -23,10 +26,11 @@
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use arc_swap::ArcSwap;
 use metrics::{counter, gauge, Counter, Gauge, SharedString};
+use pickwise::prequal::{FallbackMeter, ProbePool};
 use pickwise::{EndpointState, LbPolicy, Pool};
 
 use crate::prober::ProbeEvent;
@@ -50,6 +54,8 @@ pub(crate) struct GroupInstruments {
     endpoints: ArcSwap<HashMap<SocketAddr, Arc<Endpoint>>>,
     /// Prequal's probe counters (`None` under other policies).
     prequal: Option<[Counter; 4]>,
+    /// Prequal's fallback picks, sampled from the core's count (`None` under other policies).
+    fallbacks: Option<(Counter, Mutex<FallbackMeter>)>,
 }
 
 impl GroupInstruments {
@@ -60,14 +66,19 @@ impl GroupInstruments {
         let prequal = matches!(policy, LbPolicy::Prequal(_)).then(|| {
             [
                 counter!("pickwise.prequal.probes_sent", "grpc.target" => t.clone()),
-                counter!("pickwise.prequal.probes_answered", "grpc.target" => t.clone()),
-                counter!("pickwise.prequal.probes_failed", "grpc.target" => t.clone()),
+                counter!("pickwise.prequal.probe_results", "grpc.target" => t.clone(), "result" => "answered"),
+                counter!("pickwise.prequal.probe_results", "grpc.target" => t.clone(), "result" => "failed"),
                 counter!("pickwise.prequal.piggybacked", "grpc.target" => t.clone()),
             ]
+        });
+        let fallbacks = prequal.is_some().then(|| {
+            let c = counter!("pickwise.prequal.fallback_picks", "grpc.target" => target.clone());
+            (c, Mutex::default())
         });
         Self {
             picks: counter!("pickwise.picks", "grpc.target" => target.clone(), "pickwise.policy" => policy.name()),
             prequal,
+            fallbacks,
             target,
             endpoints: ArcSwap::from_pointee(HashMap::new()),
         }
@@ -120,6 +131,18 @@ impl GroupInstruments {
         self.endpoints.store(Arc::new(next));
     }
 
+    /// Counts the picks the P2C fallback decided since the last sample, from `probes` (the
+    /// published picker's pool).
+    pub(crate) fn sample_prequal(&self, probes: Option<&Arc<ProbePool>>) {
+        if let Some((counter, meter)) = &self.fallbacks {
+            // A poisoned meter only lost a sample's count: keep counting.
+            let n = meter.lock().unwrap_or_else(|p| p.into_inner()).advance(probes);
+            if n > 0 {
+                counter.increment(u64::from(n));
+            }
+        }
+    }
+
     /// Sets the in-flight gauges and counts ejections begun since the last sample.
     pub(crate) fn sample(&self, pool: &Pool, now: u64) {
         for e in self.endpoints.load().values() {
@@ -157,16 +180,16 @@ fn describe() {
         );
         describe_counter!("pickwise.prequal.probes_sent", "Prequal probes sent.");
         describe_counter!(
-            "pickwise.prequal.probes_answered",
-            "Prequal probes answered with a report."
-        );
-        describe_counter!(
-            "pickwise.prequal.probes_failed",
-            "Prequal probes failed (no report, error or timeout)."
+            "pickwise.prequal.probe_results",
+            "Prequal probes ended, by result (answered with a report; failed: no report, error or timeout)."
         );
         describe_counter!(
             "pickwise.prequal.piggybacked",
             "Prequal reports read from responses."
+        );
+        describe_counter!(
+            "pickwise.prequal.fallback_picks",
+            "Prequal picks decided by the P2C fallback (fewer than two usable answers; the rest by the hot-cold rule)."
         );
     });
 }

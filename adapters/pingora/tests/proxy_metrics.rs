@@ -144,22 +144,30 @@ fn prequal_probes_are_counted() {
     let probes = run["probes"].as_u64().unwrap();
     assert!(probes > 0, "{line}");
     let text = scrape(addr).expect("the exporter serves until stdin closes");
-    let one = |name: &str| {
-        let s = samples(&text, name);
-        assert_eq!(s.len(), 1, "{name}: {text}");
+    let labelled = |name: &str, label: &str| {
+        let s: Vec<_> = samples(&text, name)
+            .into_iter()
+            .filter(|(labels, _)| labels.contains(label))
+            .collect();
+        assert_eq!(s.len(), 1, "{name}{{{label}}}: {text}");
         assert!(s[0].0.contains("grpc_target=\"prequal\""), "{text}");
         s[0].1
     };
+    let one = |name: &str| labelled(name, "");
+    // The names and attributes of pickwise-tonic's exporter.
     let (sent, answered, failed) = (
         one("pickwise_prequal_probes_sent"),
-        one("pickwise_prequal_probes_answered"),
-        one("pickwise_prequal_probes_failed"),
+        labelled("pickwise_prequal_probe_results", "result=\"answered\""),
+        labelled("pickwise_prequal_probe_results", "result=\"failed\""),
     );
     assert_eq!(sent, probes as f64, "{line}\n{text}");
     // Probes still on their way when the proxy stopped are neither.
     assert!(answered > 0.0 && answered + failed <= sent, "{text}");
     // The example's backends piggyback their report on every response.
     assert!(one("pickwise_prequal_piggybacked") > 0.0, "{text}");
+    // The fallback's picks: exported (sampled when the core's timers run), at most every pick.
+    let picks: f64 = samples(&text, "pickwise_picks").iter().map(|s| s.1).sum();
+    assert!(one("pickwise_prequal_fallback_picks") <= picks, "{text}");
     drop(child.stdin.take());
     assert!(child.wait().unwrap().success());
 }

@@ -19,8 +19,7 @@
 //! - **By the balancer task** on each published picker: A78's WRR counters and weights.
 //! - **By the Prequal prober** (`pickwise.prequal.*`): probes sent, their results, probes owed
 //!   but dropped at the concurrency bound; on the response path, answers piggybacked on
-//!   responses. The core does not say whether a pick was Prequal's or the fallback's, so picks
-//!   are not split that way.
+//!   responses. The sampler adds the picks the P2C fallback decided, from the core's count.
 //! - **By a sampler** every [`SAMPLE_PERIOD`]: per-endpoint in-flight and cost gauges, and
 //!   ejections (with their reason; each ejection is seen by the sampler, as ejections last at
 //!   least the base ejection time).
@@ -154,6 +153,9 @@ pub(crate) struct ProbeInstruments {
     pub(crate) unimplemented: Counter,
     pub(crate) dropped: Counter,
     pub(crate) piggybacked: Counter,
+    /// Picks the P2C fallback decided (fewer than two usable answers), sampled from the pool.
+    fallbacks: Counter,
+    fallback_meter: std::sync::Mutex<pickwise::prequal::FallbackMeter>,
 }
 
 impl ProbeInstruments {
@@ -167,6 +169,8 @@ impl ProbeInstruments {
             unimplemented: result("unimplemented"),
             dropped: counter!("pickwise.prequal.probes_dropped", "grpc.target" => t.clone()),
             piggybacked: counter!("pickwise.prequal.piggybacked", "grpc.target" => t.clone()),
+            fallbacks: counter!("pickwise.prequal.fallback_picks", "grpc.target" => t.clone()),
+            fallback_meter: Default::default(),
         }
     }
 }
@@ -248,6 +252,10 @@ pub(crate) fn describe() {
             "Prequal answers read from responses (x-prequal-rif / x-prequal-latency-us)."
         );
         describe_counter!(
+            "pickwise.prequal.fallback_picks",
+            "Prequal picks decided by the P2C fallback (fewer than two usable answers; the rest by the hot-cold rule)."
+        );
+        describe_counter!(
             "pickwise.picks.panic",
             "Picks of an ejected endpoint (panic routing: every ready endpoint ejected)."
         );
@@ -294,6 +302,16 @@ fn sample_once(shared: &Arc<Shared>) {
     let now = common.now();
     let snap = shared.snapshot.load();
     let Some(picker) = &snap.picker else { return };
+    let i = &common.probing.instruments;
+    // A poisoned meter only lost a sample's count: keep counting.
+    let fallbacks = i
+        .fallback_meter
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .advance(picker.probes());
+    if fallbacks > 0 {
+        i.fallbacks.increment(u64::from(fallbacks));
+    }
     for m in picker.all() {
         let e = &m.sub.core;
         let i = &m.sub.instruments;

@@ -1,6 +1,7 @@
 //! `loadtest --metrics ADDR` as an operator scrapes it (feature `metrics`): while the run goes,
 //! `grpc.subchannel.open_connections` counts one connection per backend; after it, the picks per
-//! endpoint add up to the calls the run printed (`--json`), backend by backend.
+//! endpoint add up to the calls the run printed (`--json`), backend by backend; under Prequal the
+//! probe counters and the fallback's picks are exported under the names Pingora's adapter shares.
 
 #[path = "../../../tests/support/prometheus.rs"]
 mod prometheus;
@@ -89,6 +90,49 @@ fn scraped_metrics_match_the_run() {
         0.0,
         "{after}"
     );
+    drop(child.stdin.take());
+    assert!(child.wait().unwrap().success());
+}
+
+#[test]
+fn prequal_counters_match_the_run() {
+    let addr = TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap();
+    let mut child = example("loadtest")
+        .args(["--policy", "prequal", "--healthy", "--duration", "1"])
+        .args(["--concurrency", "8", "--json", "--hold"])
+        .args(["--metrics", &addr.to_string()])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    let run: serde_json::Value = serde_json::from_str(&line).expect(&line);
+    let calls = run["requests"].as_u64().unwrap() + run["errors"].as_u64().unwrap();
+    assert!(calls > 0, "{line}");
+    let text = scrape(addr).expect("the exporter serves until stdin closes");
+    let value = |name: &str, label: &str| -> f64 {
+        let s: Vec<_> = samples(&text, name)
+            .into_iter()
+            .filter(|(labels, _)| labels.contains(label))
+            .collect();
+        assert_eq!(s.len(), 1, "{name}{{{label}}}: {text}");
+        s[0].1
+    };
+    let sent = value("pickwise_prequal_probes_sent", "");
+    let answered = value("pickwise_prequal_probe_results", "result=\"answered\"");
+    let failed = value("pickwise_prequal_probe_results", "result=\"failed\"");
+    assert!(sent > 0.0 && answered > 0.0, "{text}");
+    // Probes still on their way when the channel closed are neither.
+    assert!(answered + failed <= sent, "{text}");
+    // The fallback's share of the picks, sampled every 250 ms (the last quarter second may be
+    // missing): at most every pick, and present for an operator to alert on.
+    let picks = value("pickwise_picks", "pickwise_policy=\"pickwise_prequal\"");
+    assert_eq!(picks, calls as f64, "{line}\n{text}");
+    assert!(value("pickwise_prequal_fallback_picks", "") <= picks, "{text}");
     drop(child.stdin.take());
     assert!(child.wait().unwrap().success());
 }
