@@ -31,7 +31,9 @@
 //! Scenarios (`--scenario`): `hetero` (20 servers, half at half speed, antagonists, 0.9 load),
 //! `ramp` (the same fleet, load 0.75× → 1.75× in steps of ×10/9, Prequal §5.1), `failing` (the
 //! hetero fleet at 0.8 load; two servers start answering every query with an error, at once,
-//! 2 s into the measured window, and report no load), `equal` (20 equal servers, no antagonists, 0.9 load),
+//! 2 s into the measured window, and report no load), `sinkhole` (the same with three failing
+//! servers, one more than the default 10% ejection cap, that keep answering probes and report
+//! on their errors as idle: RIF 0, 50 µs), `equal` (20 equal servers, no antagonists, 0.9 load),
 //! `all`. `--variants` runs Prequal's settings instead (q_rif 0.84 / 0.6 × probes per query
 //! 1 / 2 / 3 × piggyback off / on) on the chosen scenarios.
 //!
@@ -52,6 +54,8 @@ use pickwise::{EndpointState, InFlight, LbPolicy, Outcome, Policy, Pool, PoolCon
 
 const MS: f64 = 1e6;
 const SECOND: u64 = 1_000_000_000;
+/// What a sinkhole reports as its latency (µs): the time an error takes.
+const SINKHOLE_US: u32 = 50;
 /// Mean of a normal(1, 1) truncated at 0.
 const TRUNCATED_MEAN: f64 = 1.287_6;
 /// Antagonists: mean quiet and slowed periods (ns), and the slowdown.
@@ -198,6 +202,9 @@ struct Scenario {
     /// Servers that fail, and when (ns).
     failing: usize,
     fail_at: u64,
+    /// Failing servers keep answering probes, and report on their errors, as idle (RIF 0, the
+    /// 50 µs an error takes): a sinkhole, which looks like the best server.
+    sinkhole: bool,
     /// Offered load per step (share of capacity); the first step also runs the warm-up.
     loads: Vec<f64>,
     warmup: u64,
@@ -561,6 +568,13 @@ impl Sim<'_> {
         let (arrival, error, report, load) = (r.arrival, r.error, r.report, r.load);
         if error {
             let _ = guard.complete(now, Outcome::Failure);
+            if self.sc.sinkhole && matches!(self.kind, Kind::Prequal { piggyback: true, .. }) {
+                let idle = ProbeReport {
+                    rif: 0,
+                    latency_us: SINKHOLE_US,
+                };
+                c.picker.record_probe(&ep.0 .0, idle, now, &mut c.rng);
+            }
             if let Some(st) = self.stats(arrival) {
                 st.failed += 1;
             }
@@ -636,6 +650,8 @@ impl Sim<'_> {
                     if !srv.failing {
                         let r = srv.report(srv.rif, t);
                         self.at(t + self.sc.rtt / 2, Ev::ProbeAns(c, s, r.rif, r.latency_us));
+                    } else if self.sc.sinkhole {
+                        self.at(t + self.sc.rtt / 2, Ev::ProbeAns(c, s, 0, SINKHOLE_US));
                     }
                 }
                 Ev::ProbeAns(c, s, rif, latency_us) => {
@@ -793,6 +809,7 @@ enum Which {
     Hetero,
     Ramp,
     Failing,
+    Sinkhole,
     Equal,
     All,
 }
@@ -814,7 +831,7 @@ struct Cli {
     /// Prequal's settings side by side (q_rif, probes per query, piggyback) instead of the policies.
     #[arg(long)]
     variants: bool,
-    /// Servers (the failing scenario fails the first two).
+    /// Servers (the failing scenario fails the first two, the sinkhole scenario three).
     #[arg(long, default_value_t = 20, value_parser = clap::value_parser!(u64).range(2..=1000))]
     servers: u64,
     /// Workers per server.
@@ -862,6 +879,7 @@ fn scenarios(cli: &Cli) -> Vec<Scenario> {
         antagonists: true,
         failing: 0,
         fail_at: 0,
+        sinkhole: false,
         loads: vec![cli.load],
         warmup: secs(cli.warmup),
         step: secs(cli.duration),
@@ -904,6 +922,20 @@ fn scenarios(cli: &Cli) -> Vec<Scenario> {
             loads: vec![cli.failing_load],
             failing: 2,
             fail_at: base.warmup + 2 * SECOND,
+            ..base.clone()
+        });
+    }
+    if want(Which::Sinkhole) {
+        out.push(Scenario {
+            name: "sinkhole",
+            title: format!(
+                "sinkhole: the hetero fleet, 3 of {n} servers fail every query at once from 2 s into the window and report idle (one more than the 10% ejection cap), {:.2} load",
+                cli.failing_load
+            ),
+            loads: vec![cli.failing_load],
+            failing: 3,
+            fail_at: base.warmup + 2 * SECOND,
+            sinkhole: true,
             ..base.clone()
         });
     }

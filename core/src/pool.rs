@@ -64,7 +64,10 @@
 
 use crate::endpoint::{Availability, EndpointState, Outcome};
 use crate::math::{exp_neg, sqrt};
-use crate::sync::{AtomicU32, Ordering::Relaxed};
+use crate::sync::{
+    AtomicU32,
+    Ordering::{Acquire, Relaxed, Release},
+};
 use crate::time::{elapsed_ms, millis};
 
 /// Stamps older than this are re-based by [`Pool::sweep`], so 32-bit stamps never wrap.
@@ -316,23 +319,26 @@ impl Pool {
         if id == 0 || self.failed.iter().any(|s| s.load(Relaxed) == id) {
             return;
         }
+        // Release: the prober that takes the id (Acquire) sees the failure streak recorded
+        // before it. Two failures racing here may queue the id twice; the prober dedups within
+        // a call, and a duplicate only spends one more probe owed.
         if !self
             .failed
             .iter()
-            .any(|s| s.compare_exchange(0, id, Relaxed, Relaxed).is_ok())
+            .any(|s| s.compare_exchange(0, id, Release, Relaxed).is_ok())
         {
             // Full: the newest failure replaces one (which one does not matter; a recheck is
             // a hint, and the displaced endpoint still gets random probes).
-            self.failed[id as usize % FAILED_QUEUE].store(id, Relaxed);
+            self.failed[id as usize % FAILED_QUEUE].store(id, Release);
         }
     }
 
     /// Takes the probe id of an endpoint queued by a failure, if any (Prequal's recheck).
     #[cfg(feature = "alloc")]
     pub(crate) fn take_failed(&self) -> Option<u32> {
-        self.failed.iter().find_map(|s| match s.swap(0, Relaxed) {
+        self.failed.iter().find_map(|s| match s.load(Relaxed) {
             0 => None,
-            id => Some(id),
+            _ => Some(s.swap(0, Acquire)).filter(|&id| id != 0),
         })
     }
 
@@ -391,12 +397,19 @@ impl Pool {
 
     #[inline]
     pub(crate) fn ejected_acquire(&self) -> u32 {
-        self.ejected.0.load(crate::sync::Ordering::Acquire)
+        self.ejected.0.load(Acquire)
     }
 
     /// Requests in flight across the pool (only with [`PoolConfig::track_total`], else 0).
     pub fn total_in_flight(&self) -> u32 {
         self.total.0.load(Relaxed)
+    }
+
+    /// Whether a consecutive-failure ejection could start now: it is configured and a slot under
+    /// [`ejection_cap`](Self::ejection_cap) is free (Prequal's recheck and error aversion ask).
+    #[inline]
+    pub(crate) fn ejection_slot_free(&self) -> bool {
+        self.ejected.0.load(Relaxed) < self.ejection_cap()
     }
 
     /// How many endpoints may be ejected at once.
@@ -518,9 +531,23 @@ impl Pool {
             Outcome::Neutral => false,
             Outcome::Failure => {
                 let streak = e.record_failure(millis(now));
-                self.note_failed(e);
                 let threshold = self.config.outlier.consecutive_failures;
-                threshold != 0 && streak >= threshold && self.try_eject(e, millis(now))
+                if threshold == 0 {
+                    return false;
+                }
+                if streak >= threshold {
+                    return self.try_eject(e, millis(now));
+                }
+                // Prequal recheck: the answer makes a server failing fast (and so looking idle)
+                // win the next picks, which ends its streak in an ejection within a few round
+                // trips. Only from the second failure in a row (after each single failure of a
+                // server failing a share of requests it would only draw it more traffic), and
+                // only while a slot under the cap is free: with none, or no ejection, rechecks
+                // would feed a failing server for good.
+                if streak >= 2 && self.ejection_slot_free() {
+                    self.note_failed(e);
+                }
+                false
             }
         }
     }

@@ -39,10 +39,14 @@
 //! - Error aversion (the paper's "sinkholing", details unpublished): usable answers are those of
 //!   available endpoints (READY, not ejected by outlier detection) received after the
 //!   endpoint's last failure, since a server answering errors fast reports a low RIF and
-//!   latency. A failure also queues the endpoint for a recheck: the next owed probe goes to it
-//!   (within the probe rate, never an extra probe), so a healthy endpoint gets its traffic back
-//!   one probe round trip after a stray failure, and a failing one reaches outlier ejection's
-//!   streak in as many round trips instead of as many random draws.
+//!   latency. A second failure in a row also queues the endpoint for a recheck (pickwise's
+//!   addition; prequal-rs never re-probes after an error): the next owed probe goes to it
+//!   (within the probe rate, never an extra probe), so a failing endpoint reaches outlier
+//!   ejection's streak in a few round trips instead of as many random draws. Only while an
+//!   ejection can follow (consecutive-failure ejection on, a slot under its cap free): the
+//!   recheck's idle-looking answer wins the failing endpoint picks, which without an ejection
+//!   to end the streak would feed it for good. Not after a single failure, which a server
+//!   failing a share of requests would turn into extra traffic.
 //! - Each new picker's first probes sweep its ready endpoints once, from a random start, before
 //!   the uniform draws: `n` uniform draws leave about 1/e of the endpoints unprobed (covering all
 //!   takes about `n ln n`), so a starting client, or a joining server, would wait several times
@@ -584,11 +588,22 @@ impl ProbePool {
         }
         // An answer received before the endpoint's last failure is not used (a server failing
         // fast looks idle); one received after it is, so a single failure does not starve the
-        // endpoint until an ejection that, without traffic, never comes.
+        // endpoint until an ejection that, without traffic, never comes. Two failures in a row
+        // with no ejection to follow (ejection off, or its cap taken) keep the endpoint's
+        // answers out for `max_age` after its last failure: a sinkhole's fresh answers would
+        // otherwise win it a pick each, and each pick fails.
         let usable = |b: &Best| {
             let e = ready[b.pos].borrow();
-            pool.available(e, now)
-                && (e.consecutive_failures() == 0 || elapsed_ms(b.received, e.failed_at_ms()) > 0)
+            if !pool.available(e, now) {
+                return false;
+            }
+            let streak = e.consecutive_failures();
+            if streak == 0 {
+                return true;
+            }
+            let failed_at = e.failed_at_ms();
+            elapsed_ms(b.received, failed_at) > 0
+                && (streak < 2 || pool.ejection_slot_free() || elapsed_ms(now_ms, failed_at) >= max_age)
         };
         let mut chosen = hcl(&mut found[..n], threshold, usable);
         // The chosen answer's tag after its use, for a removal that picks the same slot. A pick

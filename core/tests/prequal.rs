@@ -427,6 +427,61 @@ fn an_answer_after_a_failure_counts_again() {
 }
 
 #[test]
+fn a_sinkhole_sits_out_max_age_when_no_ejection_can_follow() {
+    // Ejection off: a server failing fast and answering probes as idle would win every pick
+    // its fresh answers allow. After two failures in a row its answers wait out max_age (1 s).
+    let mut b = Balancer::new(
+        BalancerConfig::new(LbPolicy::Prequal(quiet())),
+        Arc::new(Pool::new(PoolConfig {
+            outlier: pickwise::OutlierConfig::disabled(),
+            ..PoolConfig::default()
+        })),
+    );
+    for i in 0..3 {
+        b.insert(
+            0,
+            addr(i),
+            EndpointSpec::default(),
+            Arc::new(EndpointState::new(1)),
+        );
+        b.handle_connectivity(0, &addr(i), Connectivity::Ready);
+    }
+    let p = picker(&mut b, 0);
+    let pool = b.pool().clone();
+    let e0 = b.get(&addr(0)).unwrap().clone();
+    let fail = |t: u64| pickwise::InFlight::start(&*e0, &*pool, t).complete(t, Outcome::Failure);
+    let idle = |t: u64| {
+        record(&b, &p, 0, 0, 5, t);
+        record(&b, &p, 1, 0, 50, t);
+        record(&b, &p, 2, 0, 60, t);
+    };
+    // One failure: a fresh answer counts again (a stray failure must not starve a server).
+    fail(MS);
+    idle(2 * MS);
+    assert_eq!(pick(&b, &p, 3 * MS), 0);
+    // A second in a row: its fresh answers do not count for max_age after the failure...
+    fail(4 * MS);
+    idle(5 * MS);
+    assert_eq!(pick(&b, &p, 6 * MS), 1);
+    idle(900 * MS);
+    assert_eq!(pick(&b, &p, 901 * MS), 1);
+    // ...then they do: one pick in max_age tests it again (a recovered server comes back).
+    idle(1_005 * MS);
+    assert_eq!(pick(&b, &p, 1_006 * MS), 0);
+    // With ejection on and a slot free, the same streak does not keep it out: the picks that
+    // follow end it in an ejection instead (the default: 5 in a row).
+    let mut b = balancer(quiet(), 3);
+    let p = picker(&mut b, 0);
+    let e0 = b.get(&addr(0)).unwrap().clone();
+    for t in [MS, 2 * MS] {
+        pickwise::InFlight::start(&*e0, &**b.pool(), t).complete(t, Outcome::Failure);
+    }
+    record(&b, &p, 0, 0, 5, 3 * MS);
+    record(&b, &p, 1, 0, 50, 3 * MS);
+    assert_eq!(pick(&b, &p, 4 * MS), 0);
+}
+
+#[test]
 fn a_new_picker_probes_every_endpoint_once_first() {
     let cfg = PrequalConfig {
         probes_per_query: 1.0,
@@ -482,16 +537,28 @@ fn a_failed_endpoint_takes_the_next_owed_probe() {
     let targets = |p: &Prepared<Arc<EndpointState>>, out: &[usize], n: usize| -> Vec<usize> {
         out[..n].iter().map(|&pos| name(&b, &p.ready()[pos])).collect()
     };
-    // No probe owed: the recheck waits (it never adds a probe).
+    // One failure is not a pattern: no recheck (a server failing a share of requests would
+    // otherwise draw a fresh, idle-looking answer after each).
+    fail(3, MS / 2, Outcome::Failure);
+    let _ = p.pick(MS / 2, None, &mut rng);
+    assert_eq!(p.probe_targets(MS / 2, &mut rng, &mut out), 1);
+    let swept = targets(&p, &out, 1)[0];
+    // A second in a row queues it. No probe owed: the recheck waits (it never adds a probe).
     fail(3, MS, Outcome::Failure);
     assert_eq!(p.probe_targets(2 * MS, &mut rng, &mut out), 0);
     // One owed: it goes to 3, whose answers the failure made unusable.
     let _ = p.pick(3 * MS, None, &mut rng);
     assert_eq!(p.probe_targets(3 * MS, &mut rng, &mut out), 1);
     assert_eq!(targets(&p, &out, 1), [3]);
+    assert_ne!(
+        swept, 3,
+        "the sweep started elsewhere (seeded), so the first probe was not a recheck"
+    );
     // A success since the failure drops the recheck; the next failing endpoint is first.
     fail(5, 4 * MS, Outcome::Failure);
+    fail(5, 4 * MS, Outcome::Failure);
     fail(5, 5 * MS, Outcome::Success);
+    fail(7, 6 * MS, Outcome::Failure);
     fail(7, 6 * MS, Outcome::Failure);
     let _ = p.pick(7 * MS, None, &mut rng);
     let _ = p.pick(7 * MS, None, &mut rng);
@@ -508,10 +575,82 @@ fn a_failed_endpoint_takes_the_next_owed_probe() {
     let n = p.probe_targets(12 * MS, &mut rng, &mut out);
     assert_eq!(n, 4);
     assert!(!targets(&p, &out, n).contains(&2));
-    // The recheck's answer makes 3 usable again.
+    // 2's ejection took the cap's one slot (10% of 10, at least one), so no ejection can
+    // follow 3's streak: its fresh answer waits out max_age (error aversion) instead of
+    // winning it picks that would fail.
     record(&b, &p, 3, 0, 1, 13 * MS);
     record(&b, &p, 4, 0, 50, 13 * MS);
-    assert_eq!(pick(&b, &p, 14 * MS), 3);
+    record(&b, &p, 5, 0, 60, 13 * MS);
+    assert_eq!(pick(&b, &p, 14 * MS), 4);
+    record(&b, &p, 3, 0, 1, 1_100 * MS);
+    record(&b, &p, 4, 0, 50, 1_100 * MS);
+    record(&b, &p, 5, 0, 60, 1_100 * MS);
+    assert_eq!(pick(&b, &p, 1_100 * MS), 3);
+}
+
+#[test]
+fn no_recheck_when_no_ejection_can_follow() {
+    // A server failing fast answers probes as idle, so each recheck's answer wins it the next
+    // pick: without an ejection to end the streak, rechecks would feed it for good.
+    let cfg = PrequalConfig {
+        probes_per_query: 1.0,
+        ..quiet()
+    };
+    let streak = |b: &B, i: usize, t: u64| {
+        let e = b.get(&addr(i)).unwrap().clone();
+        for _ in 0..2 {
+            pickwise::InFlight::start(&*e, &**b.pool(), t).complete(t, Outcome::Failure);
+        }
+    };
+    let owed_to = |b: &B, p: &Prepared<Arc<EndpointState>>, i: usize, t: u64| {
+        let mut rng = SplitMix64::new(9);
+        let mut out = [usize::MAX; 16];
+        for _ in 0..16 {
+            let _ = p.pick(t, None, &mut rng);
+        }
+        let n = p.probe_targets(t, &mut rng, &mut out);
+        // The sweep covers the 20 endpoints in order from a random start: 16 probes reach 3
+        // from most starts, so look at the first probe only.
+        (n > 0).then(|| name(b, &p.ready()[out[0]])) == Some(i)
+    };
+    // Ejection off: no recheck.
+    let mut b = Balancer::new(
+        BalancerConfig::new(LbPolicy::Prequal(cfg)),
+        Arc::new(Pool::new(PoolConfig {
+            outlier: pickwise::OutlierConfig::disabled(),
+            ..PoolConfig::default()
+        })),
+    );
+    for i in 0..20 {
+        b.insert(
+            0,
+            addr(i),
+            EndpointSpec::default(),
+            Arc::new(EndpointState::new(1)),
+        );
+        b.handle_connectivity(0, &addr(i), Connectivity::Ready);
+    }
+    let p = picker(&mut b, 0);
+    streak(&b, 3, MS);
+    // Drain the sweep's start so its order does not decide (seeded: its first target is not 3).
+    assert!(!owed_to(&b, &p, 3, 2 * MS));
+    // The cap (10% of 20) already taken by two ejected endpoints: no recheck either.
+    let mut b = balancer(cfg, 20);
+    let p = picker(&mut b, 0);
+    for i in [0, 1] {
+        for t in 0..5 {
+            let e = b.get(&addr(i)).unwrap().clone();
+            pickwise::InFlight::start(&*e, &**b.pool(), t).complete(t, Outcome::Failure);
+        }
+    }
+    assert_eq!(b.pool().ejected(), 2);
+    streak(&b, 3, MS);
+    assert!(!owed_to(&b, &p, 3, 2 * MS));
+    // Control: with a slot free the same streak is rechecked first.
+    let mut b = balancer(cfg, 20);
+    let p = picker(&mut b, 0);
+    streak(&b, 3, MS);
+    assert!(owed_to(&b, &p, 3, 2 * MS));
 }
 
 #[test]

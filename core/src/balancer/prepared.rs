@@ -363,10 +363,10 @@ impl<T: Borrow<EndpointState>> Prepared<T> {
             return 0;
         }
         let k = probes.take_probes(now, out.len().min(n) as u32) as usize;
-        // Rechecks first: an endpoint whose request failed has no usable answer until a fresh
-        // one, so the owed probes go to it before others. A healthy endpoint gets its traffic
-        // back one probe round trip after a stray failure, and a failing one reaches outlier
-        // ejection's threshold in as many round trips, not as many random draws.
+        // Rechecks first: an endpoint whose requests failed (twice in a row, while an ejection
+        // can follow: `Pool::record`) has no usable answer until a fresh one, so the owed probes
+        // go to it before others. A failing one reaches outlier ejection's threshold in a few
+        // probe round trips, not as many random draws; one that recovered is back as soon.
         let mut first = [0usize; 16];
         let want = k.min(first.len());
         let mut r = 0;
@@ -404,7 +404,7 @@ impl<T: Borrow<EndpointState>> Prepared<T> {
             {
                 continue;
             }
-            let pos = (self.sweep_from as usize).wrapping_add(step as usize) % n;
+            let pos = (self.sweep_from as usize % n + step as usize) % n;
             if !first[..r].contains(&pos)
                 && self.pool.is_available(self.ready[pos].borrow(), now)
                 && accept(&self.ready[pos])
