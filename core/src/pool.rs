@@ -296,6 +296,9 @@ pub struct Pool {
     failed: [AtomicU32; FAILED_QUEUE],
 }
 
+/// A single failure is rechecked only if the endpoint had not failed for this long (ms).
+const RECHECK_QUIET_MS: u32 = 1_000;
+
 /// How many just-failed endpoints wait for a Prequal recheck; more at once overwrite one.
 const FAILED_QUEUE: usize = 8;
 
@@ -530,21 +533,25 @@ impl Pool {
             }
             Outcome::Neutral => false,
             Outcome::Failure => {
-                let streak = e.record_failure(millis(now));
+                let now_ms = millis(now);
+                // Whether this failure is the endpoint's first in RECHECK_QUIET_MS (read before
+                // recording it).
+                let isolated = e.failures() == 0 || elapsed_ms(now_ms, e.failed_at_ms()) >= RECHECK_QUIET_MS;
+                let streak = e.record_failure(now_ms);
                 let threshold = self.config.outlier.consecutive_failures;
                 if threshold == 0 {
                     return false;
                 }
                 if streak >= threshold {
-                    return self.try_eject(e, millis(now));
+                    return self.try_eject(e, now_ms);
                 }
                 // Prequal recheck: the answer makes a server failing fast (and so looking idle)
                 // win the next picks, which ends its streak in an ejection within a few round
-                // trips. Only from the second failure in a row (after each single failure of a
-                // server failing a share of requests it would only draw it more traffic), and
-                // only while a slot under the cap is free: with none, or no ejection, rechecks
-                // would feed a failing server for good.
-                if streak >= 2 && self.ejection_slot_free() {
+                // trips. Only while a slot under the cap is free (with none, or no ejection,
+                // rechecks would feed a failing server for good), and for a single failure only
+                // when the endpoint had not failed in the last second: a server failing a share
+                // of requests would otherwise draw more traffic from each failure's recheck.
+                if (streak >= 2 || isolated) && self.ejection_slot_free() {
                     self.note_failed(e);
                 }
                 false

@@ -39,14 +39,15 @@
 //! - Error aversion (the paper's "sinkholing", details unpublished): usable answers are those of
 //!   available endpoints (READY, not ejected by outlier detection) received after the
 //!   endpoint's last failure, since a server answering errors fast reports a low RIF and
-//!   latency. A second failure in a row also queues the endpoint for a recheck (pickwise's
-//!   addition; prequal-rs never re-probes after an error): the next owed probe goes to it
-//!   (within the probe rate, never an extra probe), so a failing endpoint reaches outlier
-//!   ejection's streak in a few round trips instead of as many random draws. Only while an
-//!   ejection can follow (consecutive-failure ejection on, a slot under its cap free): the
-//!   recheck's idle-looking answer wins the failing endpoint picks, which without an ejection
-//!   to end the streak would feed it for good. Not after a single failure, which a server
-//!   failing a share of requests would turn into extra traffic.
+//!   latency. While an ejection can follow (consecutive-failure ejection on, a slot under its
+//!   cap free), a failure also queues the endpoint for a recheck (pickwise's addition;
+//!   prequal-rs never re-probes after an error): the next owed probe goes to it (within the
+//!   probe rate, never an extra probe), so a failing endpoint reaches outlier ejection's streak
+//!   in a few round trips instead of as many random draws. The first failure of a streak is
+//!   rechecked only if the endpoint had not failed in the previous second (a server failing a
+//!   share of requests would draw traffic from each recheck). With no ejection to follow, two
+//!   failures in a row keep the endpoint's answers out for `max_age` after its last failure
+//!   instead: a sinkhole's idle-looking answers would otherwise win it a pick each.
 //! - Each new picker's first probes sweep its ready endpoints once, from a random start, before
 //!   the uniform draws: `n` uniform draws leave about 1/e of the endpoints unprobed (covering all
 //!   takes about `n ln n`), so a starting client, or a joining server, would wait several times

@@ -537,23 +537,15 @@ fn a_failed_endpoint_takes_the_next_owed_probe() {
     let targets = |p: &Prepared<Arc<EndpointState>>, out: &[usize], n: usize| -> Vec<usize> {
         out[..n].iter().map(|&pos| name(&b, &p.ready()[pos])).collect()
     };
-    // One failure is not a pattern: no recheck (a server failing a share of requests would
-    // otherwise draw a fresh, idle-looking answer after each).
-    fail(3, MS / 2, Outcome::Failure);
-    let _ = p.pick(MS / 2, None, &mut rng);
-    assert_eq!(p.probe_targets(MS / 2, &mut rng, &mut out), 1);
-    let swept = targets(&p, &out, 1)[0];
-    // A second in a row queues it. No probe owed: the recheck waits (it never adds a probe).
+    // A first failure (none in the last second) queues the endpoint (the second in a row
+    // finds it queued). No probe owed: the recheck waits (it never adds a probe).
+    fail(3, MS, Outcome::Failure);
     fail(3, MS, Outcome::Failure);
     assert_eq!(p.probe_targets(2 * MS, &mut rng, &mut out), 0);
     // One owed: it goes to 3, whose answers the failure made unusable.
     let _ = p.pick(3 * MS, None, &mut rng);
     assert_eq!(p.probe_targets(3 * MS, &mut rng, &mut out), 1);
     assert_eq!(targets(&p, &out, 1), [3]);
-    assert_ne!(
-        swept, 3,
-        "the sweep started elsewhere (seeded), so the first probe was not a recheck"
-    );
     // A success since the failure drops the recheck; the next failing endpoint is first.
     fail(5, 4 * MS, Outcome::Failure);
     fail(5, 4 * MS, Outcome::Failure);
@@ -651,6 +643,23 @@ fn no_recheck_when_no_ejection_can_follow() {
     let p = picker(&mut b, 0);
     streak(&b, 3, MS);
     assert!(owed_to(&b, &p, 3, 2 * MS));
+    // A single failure within a second of the endpoint's last one (a success between) is not
+    // rechecked: a server failing a share of requests would draw more traffic from each.
+    let mut b = balancer(cfg, 20);
+    let p = picker(&mut b, 0);
+    let e = b.get(&addr(3)).unwrap().clone();
+    let done = |t: u64, o: Outcome| pickwise::InFlight::start(&*e, &**b.pool(), t).complete(t, o);
+    done(MS, Outcome::Failure);
+    assert!(
+        owed_to(&b, &p, 3, 2 * MS),
+        "the first failure in a second is rechecked"
+    );
+    done(3 * MS, Outcome::Success);
+    done(500 * MS, Outcome::Failure);
+    assert!(!owed_to(&b, &p, 3, 501 * MS));
+    done(502 * MS, Outcome::Success);
+    done(1_600 * MS, Outcome::Failure);
+    assert!(owed_to(&b, &p, 3, 1_601 * MS), "a quiet second later it is again");
 }
 
 #[test]

@@ -363,8 +363,8 @@ impl<T: Borrow<EndpointState>> Prepared<T> {
             return 0;
         }
         let k = probes.take_probes(now, out.len().min(n) as u32) as usize;
-        // Rechecks first: an endpoint whose requests failed (twice in a row, while an ejection
-        // can follow: `Pool::record`) has no usable answer until a fresh one, so the owed probes
+        // Rechecks first: an endpoint whose request failed (queued while an ejection can
+        // follow: `Pool::record`) has no usable answer until a fresh one, so the owed probes
         // go to it before others. A failing one reaches outlier ejection's threshold in a few
         // probe round trips, not as many random draws; one that recovered is back as soon.
         let mut first = [0usize; 16];
