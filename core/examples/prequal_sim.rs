@@ -33,7 +33,8 @@
 //! hetero fleet at 0.8 load; two servers start answering every query with an error, at once,
 //! 2 s into the measured window, and report no load), `sinkhole` (the same with three failing
 //! servers, one more than the default 10% ejection cap, that keep answering probes and report
-//! on their errors as idle: RIF 0, 50 µs), `equal` (20 equal servers, no antagonists, 0.9 load),
+//! on their errors as idle: RIF 0, 50 µs), `partial` (one server fails 30% of queries at once
+//! and reports idle; default ejection, which 5 failures in a row rarely reach), `equal` (20 equal servers, no antagonists, 0.9 load),
 //! `all`. `--variants` runs Prequal's settings instead (q_rif 0.84 / 0.6 × probes per query
 //! 1 / 2 / 3 × piggyback off / on) on the chosen scenarios.
 //!
@@ -205,6 +206,8 @@ struct Scenario {
     /// Failing servers keep answering probes, and report on their errors, as idle (RIF 0, the
     /// 50 µs an error takes): a sinkhole, which looks like the best server.
     sinkhole: bool,
+    /// The share of queries a failing server fails (1: all).
+    fail_share: f64,
     /// Offered load per step (share of capacity); the first step also runs the warm-up.
     loads: Vec<f64>,
     warmup: u64,
@@ -506,7 +509,9 @@ impl Sim<'_> {
     fn srv_recv(&mut self, id: usize) {
         let now = self.now;
         let s = self.reqs[id].server;
-        if self.servers[s].failing {
+        if self.servers[s].failing
+            && (self.sc.fail_share >= 1.0 || uniform(&mut self.world) < self.sc.fail_share)
+        {
             self.reqs[id].error = true;
             self.at(now + 50_000 + self.sc.rtt / 2, Ev::Resp(id as u32));
             return;
@@ -810,6 +815,7 @@ enum Which {
     Ramp,
     Failing,
     Sinkhole,
+    Partial,
     Equal,
     All,
 }
@@ -880,6 +886,7 @@ fn scenarios(cli: &Cli) -> Vec<Scenario> {
         failing: 0,
         fail_at: 0,
         sinkhole: false,
+        fail_share: 1.0,
         loads: vec![cli.load],
         warmup: secs(cli.warmup),
         step: secs(cli.duration),
@@ -936,6 +943,21 @@ fn scenarios(cli: &Cli) -> Vec<Scenario> {
             failing: 3,
             fail_at: base.warmup + 2 * SECOND,
             sinkhole: true,
+            ..base.clone()
+        });
+    }
+    if want(Which::Partial) {
+        out.push(Scenario {
+            name: "partial",
+            title: format!(
+                "partial: the hetero fleet, 1 of {n} servers fails 30% of queries at once from 2 s into the window and reports idle, {:.2} load",
+                cli.failing_load
+            ),
+            loads: vec![cli.failing_load],
+            failing: 1,
+            fail_at: base.warmup + 2 * SECOND,
+            sinkhole: true,
+            fail_share: 0.3,
             ..base.clone()
         });
     }

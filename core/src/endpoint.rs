@@ -328,6 +328,17 @@ impl EndpointState {
         self.load.rebase(now_ms);
     }
 
+    /// Keeps an old failure's stamp within the wrapping clock's range (half of it, ~24.9 days):
+    /// older stamps would read as recent (Prequal's error aversion and recheck compare it).
+    pub(crate) fn rebase_failed_at(&self, now_ms: u32, max_age_ms: u32) {
+        let at = self.failed_at.load(Relaxed);
+        if now_ms.wrapping_sub(at) >= max_age_ms {
+            let _ = self
+                .failed_at
+                .compare_exchange(at, now_ms.wrapping_sub(max_age_ms), Relaxed, Relaxed);
+        }
+    }
+
     /// The weight `weighted_round_robin` schedules this endpoint with at `now` (A58), 0 while it
     /// has none usable (no report, in the blackout, or expired).
     pub fn load_weight(&self, now: u64, config: &WrrConfig) -> f64 {

@@ -408,11 +408,21 @@ impl Pool {
         self.total.0.load(Relaxed)
     }
 
-    /// Whether a consecutive-failure ejection could start now: it is configured and a slot under
-    /// [`ejection_cap`](Self::ejection_cap) is free (Prequal's recheck and error aversion ask).
+    /// Whether an ejection could start now (Prequal's recheck and error aversion ask): a slot
+    /// is free under [`ejection_cap`](Self::ejection_cap) (consecutive failures), or an interval
+    /// algorithm (A50: success rate, failure percentage) is configured and fewer than
+    /// `max_ejection_percent` of the endpoints are ejected.
     #[inline]
     pub(crate) fn ejection_slot_free(&self) -> bool {
-        self.ejected.0.load(Relaxed) < self.ejection_cap()
+        let ejected = self.ejected.0.load(Relaxed);
+        if ejected < self.ejection_cap() {
+            return true;
+        }
+        let o = &self.config.outlier;
+        o.counts_calls() && {
+            let n = u64::from(self.endpoints.load(Relaxed));
+            u64::from(ejected) * 100 < u64::from(o.max_ejection_percent.min(100)) * n
+        }
     }
 
     /// How many endpoints may be ejected at once.
@@ -717,6 +727,7 @@ impl Pool {
                 e.rebase_latency(now_ms, self.estimate(e, now));
             }
             e.rebase_load(now_ms);
+            e.rebase_failed_at(now_ms, REBASE_MS);
         }
     }
 
@@ -740,6 +751,26 @@ mod tests {
         InFlight::start(e, pool, now)
             .complete(now + MS, Outcome::Failure)
             .ejected
+    }
+
+    #[test]
+    fn an_old_failure_stays_old_across_the_clock_wrap() {
+        let pool = Pool::new(PoolConfig {
+            outlier: OutlierConfig::disabled(),
+            ..PoolConfig::default()
+        });
+        let e = EndpointState::new(1);
+        pool.set_endpoints(2);
+        fail(&e, &pool, 0);
+        // 49.7 days later the u32 millisecond clock is back just before the stamp: without the
+        // sweep's rebase the failure would read as just now (elapsed 0).
+        let day = 86_400_000 * MS;
+        for d in 1..=49u64 {
+            pool.sweep(d * day, [&e]);
+        }
+        let now = (u64::from(u32::MAX) - 60_000) * MS;
+        pool.sweep(now, [&e]);
+        assert!(elapsed_ms(millis(now), e.failed_at_ms()) >= REBASE_MS);
     }
 
     #[test]

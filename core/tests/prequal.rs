@@ -468,6 +468,37 @@ fn a_sinkhole_sits_out_max_age_when_no_ejection_can_follow() {
     // ...then they do: one pick in max_age tests it again (a recovered server comes back).
     idle(1_005 * MS);
     assert_eq!(pick(&b, &p, 1_006 * MS), 0);
+    // Under gRPC's outlier detection (A50: no consecutive-failure ejection, failure percentage
+    // on) an ejection can follow too: the failing server keeps its traffic until the interval
+    // algorithm has the request volume to eject it.
+    let mut b = Balancer::new(
+        BalancerConfig::new(LbPolicy::Prequal(quiet())),
+        Arc::new(Pool::new(PoolConfig {
+            outlier: pickwise::OutlierConfig {
+                consecutive_failures: 0,
+                failure_percentage: Some(pickwise::FailurePercentageEjection::default()),
+                ..pickwise::OutlierConfig::default()
+            },
+            ..PoolConfig::default()
+        })),
+    );
+    for i in 0..3 {
+        b.insert(
+            0,
+            addr(i),
+            EndpointSpec::default(),
+            Arc::new(EndpointState::new(1)),
+        );
+        b.handle_connectivity(0, &addr(i), Connectivity::Ready);
+    }
+    let p = picker(&mut b, 0);
+    let e0 = b.get(&addr(0)).unwrap().clone();
+    for t in [MS, 2 * MS] {
+        pickwise::InFlight::start(&*e0, &**b.pool(), t).complete(t, Outcome::Failure);
+    }
+    record(&b, &p, 0, 0, 5, 3 * MS);
+    record(&b, &p, 1, 0, 50, 3 * MS);
+    assert_eq!(pick(&b, &p, 4 * MS), 0);
     // With ejection on and a slot free, the same streak does not keep it out: the picks that
     // follow end it in an ejection instead (the default: 5 in a row).
     let mut b = balancer(quiet(), 3);

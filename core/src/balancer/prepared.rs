@@ -378,9 +378,11 @@ impl<T: Borrow<EndpointState>> Prepared<T> {
                 continue;
             };
             let e = self.ready[pos].borrow();
-            // Still failing (no success since), still available, and not already chosen.
+            // Still failing (no success since), still ejectable (the cap may have filled since
+            // it was queued), still available, and not already chosen.
             if e.probe_id() == id
                 && e.consecutive_failures() > 0
+                && self.pool.ejection_slot_free()
                 && !first[..r].contains(&pos)
                 && self.pool.is_available(e, now)
                 && accept(&self.ready[pos])
