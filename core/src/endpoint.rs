@@ -427,7 +427,6 @@ impl EndpointState {
     }
 
     /// Stamp of the last failure (0 before any).
-    #[cfg(feature = "alloc")]
     pub(crate) fn failed_at_ms(&self) -> u32 {
         self.failed_at.load(Relaxed)
     }
