@@ -28,9 +28,17 @@ fn quiet() -> PrequalConfig {
 }
 
 fn balancer(cfg: PrequalConfig, n: usize) -> B {
+    balancer_with(cfg, pickwise::OutlierConfig::default(), n)
+}
+
+/// `n` ready endpoints under `cfg`, with outlier detection `outlier`.
+fn balancer_with(cfg: PrequalConfig, outlier: pickwise::OutlierConfig, n: usize) -> B {
     let mut b = Balancer::new(
         BalancerConfig::new(LbPolicy::Prequal(cfg)),
-        Arc::new(Pool::new(PoolConfig::default())),
+        Arc::new(Pool::new(PoolConfig {
+            outlier,
+            ..PoolConfig::default()
+        })),
     );
     for i in 0..n {
         let a = addr(i);
@@ -430,22 +438,7 @@ fn an_answer_after_a_failure_counts_again() {
 fn a_sinkhole_sits_out_max_age_when_no_ejection_can_follow() {
     // Ejection off: a server failing fast and answering probes as idle would win every pick
     // its fresh answers allow. After two failures in a row its answers wait out max_age (1 s).
-    let mut b = Balancer::new(
-        BalancerConfig::new(LbPolicy::Prequal(quiet())),
-        Arc::new(Pool::new(PoolConfig {
-            outlier: pickwise::OutlierConfig::disabled(),
-            ..PoolConfig::default()
-        })),
-    );
-    for i in 0..3 {
-        b.insert(
-            0,
-            addr(i),
-            EndpointSpec::default(),
-            Arc::new(EndpointState::new(1)),
-        );
-        b.handle_connectivity(0, &addr(i), Connectivity::Ready);
-    }
+    let mut b = balancer_with(quiet(), pickwise::OutlierConfig::disabled(), 3);
     let p = picker(&mut b, 0);
     let pool = b.pool().clone();
     let e0 = b.get(&addr(0)).unwrap().clone();
@@ -471,26 +464,15 @@ fn a_sinkhole_sits_out_max_age_when_no_ejection_can_follow() {
     // Under gRPC's outlier detection (A50: no consecutive-failure ejection, failure percentage
     // on) an ejection can follow too: the failing server keeps its traffic until the interval
     // algorithm has the request volume to eject it.
-    let mut b = Balancer::new(
-        BalancerConfig::new(LbPolicy::Prequal(quiet())),
-        Arc::new(Pool::new(PoolConfig {
-            outlier: pickwise::OutlierConfig {
-                consecutive_failures: 0,
-                failure_percentage: Some(pickwise::FailurePercentageEjection::default()),
-                ..pickwise::OutlierConfig::default()
-            },
-            ..PoolConfig::default()
-        })),
+    let mut b = balancer_with(
+        quiet(),
+        pickwise::OutlierConfig {
+            consecutive_failures: 0,
+            failure_percentage: Some(pickwise::FailurePercentageEjection::default()),
+            ..pickwise::OutlierConfig::default()
+        },
+        3,
     );
-    for i in 0..3 {
-        b.insert(
-            0,
-            addr(i),
-            EndpointSpec::default(),
-            Arc::new(EndpointState::new(1)),
-        );
-        b.handle_connectivity(0, &addr(i), Connectivity::Ready);
-    }
     let p = picker(&mut b, 0);
     let e0 = b.get(&addr(0)).unwrap().clone();
     for t in [MS, 2 * MS] {
@@ -637,22 +619,7 @@ fn no_recheck_when_no_ejection_can_follow() {
         (n > 0).then(|| name(b, &p.ready()[out[0]])) == Some(i)
     };
     // Ejection off: no recheck.
-    let mut b = Balancer::new(
-        BalancerConfig::new(LbPolicy::Prequal(cfg)),
-        Arc::new(Pool::new(PoolConfig {
-            outlier: pickwise::OutlierConfig::disabled(),
-            ..PoolConfig::default()
-        })),
-    );
-    for i in 0..20 {
-        b.insert(
-            0,
-            addr(i),
-            EndpointSpec::default(),
-            Arc::new(EndpointState::new(1)),
-        );
-        b.handle_connectivity(0, &addr(i), Connectivity::Ready);
-    }
+    let mut b = balancer_with(cfg, pickwise::OutlierConfig::disabled(), 20);
     let p = picker(&mut b, 0);
     streak(&b, 3, MS);
     // Drain the sweep's start so its order does not decide (seeded: its first target is not 3).
